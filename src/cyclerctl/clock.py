@@ -1,0 +1,86 @@
+"""Time comes from a Clock. Engine, drivers and simulator never call time.time() or asyncio.sleep().
+
+- VirtualClock: simulated time that jumps; the simulator runs as fast as the CPU allows, tests are
+  deterministic.
+- WallClock: monotonic wall time, optionally accelerated by `speed` (for simulated instruments
+  running N times faster than real time; real hardware always runs at speed 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Seconds on a monotonic time axis, and waiting on it."""
+
+    speed: float
+
+    def now(self) -> float:
+        """Current time in seconds (monotonic; origin arbitrary but fixed for the clock's life)."""
+
+    def unix(self) -> float:
+        """Unix time (UTC seconds) corresponding to now()."""
+
+    async def sleep_until(self, t: float) -> None:
+        """Return once now() >= t."""
+
+    async def sleep(self, dt: float) -> None:
+        """Return once dt seconds of this clock have passed."""
+
+
+class VirtualClock:
+    """Simulated time. sleep/sleep_until advance time instantly (and yield to the event loop once)."""
+
+    speed = float("inf")
+
+    def __init__(self, start: float = 0.0, unix_epoch: float = 1_767_225_600.0) -> None:
+        self._t = float(start)
+        self._unix0 = unix_epoch  # 2026-01-01T00:00:00Z, fixed so runs are reproducible
+
+    def now(self) -> float:
+        return self._t
+
+    def unix(self) -> float:
+        return self._unix0 + self._t
+
+    def advance_to(self, t: float) -> None:
+        if t > self._t:
+            self._t = float(t)
+
+    async def sleep_until(self, t: float) -> None:
+        self.advance_to(t)
+        await asyncio.sleep(0)
+
+    async def sleep(self, dt: float) -> None:
+        await self.sleep_until(self._t + max(0.0, dt))
+
+
+class WallClock:
+    """Monotonic wall time, scaled by `speed` (1 = real time)."""
+
+    def __init__(self, speed: float = 1.0) -> None:
+        if not speed > 0:
+            raise ValueError("clock speed must be > 0")
+        self.speed = float(speed)
+        self._mono0 = time.monotonic()
+        self._unix0 = time.time()
+
+    def now(self) -> float:
+        return (time.monotonic() - self._mono0) * self.speed
+
+    def unix(self) -> float:
+        return self._unix0 + self.now()
+
+    async def sleep_until(self, t: float) -> None:
+        while True:
+            remaining = (t - self.now()) / self.speed
+            if remaining <= 0:
+                return
+            await asyncio.sleep(remaining)
+
+    async def sleep(self, dt: float) -> None:
+        await self.sleep_until(self.now() + max(0.0, dt))

@@ -1,0 +1,55 @@
+"""Instrument specs -> Channel objects.
+
+Spec strings (command line and bench files):
+  sim                               the simulated cycler with the default preset (hard_carbon)
+  sim:PRESET                        a shipped preset name (sim/*.yaml) or a path to a preset file
+  keithley2450:RESOURCE             a VISA resource, e.g. TCPIP0::10.0.0.5::5025::SOCKET
+  emstat:PORT                       a serial port (/dev/ttyACM0) or tcp://host:port
+Thermostat specs (--chamber): sim, espec:tcp://host:port, espec:/dev/ttyUSB0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..clock import Clock
+from ..errors import ConfigError
+from ..program import Cell
+
+
+@dataclass(frozen=True)
+class InstrumentSpec:
+    kind: str  # "sim", "keithley2450", "emstat", ...
+    address: str  # preset for sim, VISA resource / port otherwise
+
+    @classmethod
+    def parse(cls, text: str) -> InstrumentSpec:
+        text = text.strip()
+        if not text:
+            raise ConfigError("empty --instrument; use sim, sim:PRESET, keithley2450:RESOURCE or emstat:PORT")
+        kind, _, address = text.partition(":")
+        kind = kind.lower()
+        if kind not in _FACTORIES:
+            raise ConfigError(
+                f"unknown instrument {kind!r} in {text!r}; known: {', '.join(sorted(_FACTORIES))}")
+        return cls(kind, address)
+
+
+def _sim(spec: InstrumentSpec, clock: Clock, cell: Cell | None, **options):
+    from ..sim.channel import SimChannel  # the simulator owns its channel
+
+    return SimChannel(preset=spec.address or "hard_carbon", clock=clock, cell=cell, **options)
+
+
+_FACTORIES = {"sim": _sim}
+
+
+def register(kind: str, factory) -> None:
+    """Add an instrument family: factory(spec, clock, cell, **options) -> Channel."""
+    _FACTORIES[kind] = factory
+
+
+def open_channel(spec: str | InstrumentSpec, clock: Clock, cell: Cell | None = None, **options):
+    """Build (not yet open) the Channel for an instrument spec."""
+    s = spec if isinstance(spec, InstrumentSpec) else InstrumentSpec.parse(spec)
+    return _FACTORIES[s.kind](s, clock, cell, **options)
