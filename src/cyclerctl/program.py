@@ -30,6 +30,7 @@ class Cell:
     material: str = ""
     counter_electrode: str = "Na metal"
     kind: Literal["anode_half_cell", "cathode_half_cell", "full_cell"] = "anode_half_cell"
+    particle_radius: float | None = None  # m, mean active-particle radius (GITT/EIS diffusion coefficients)
 
     @property
     def nominal_capacity(self) -> float | None:
