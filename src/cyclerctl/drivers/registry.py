@@ -41,12 +41,46 @@ def _sim(spec: InstrumentSpec, clock: Clock, cell: Cell | None, **options):
     return SimChannel(preset=spec.address or "hard_carbon", clock=clock, cell=cell, **options)
 
 
-_FACTORIES = {"sim": _sim}
+def _keithley2450(spec: InstrumentSpec, clock: Clock, cell: Cell | None, **options):
+    from .keithley2450 import open_keithley
+
+    return open_keithley(spec, clock, cell, **options)
+
+
+def _emstat(spec: InstrumentSpec, clock: Clock, cell: Cell | None, **options):
+    from .emstat import open_emstat
+
+    return open_emstat(spec, clock, cell, **options)
+
+
+_FACTORIES = {"sim": _sim, "keithley2450": _keithley2450, "emstat": _emstat}
 
 
 def register(kind: str, factory) -> None:
     """Add an instrument family: factory(spec, clock, cell, **options) -> Channel."""
     _FACTORIES[kind] = factory
+
+
+_THERMOSTATS: dict = {}
+
+
+def register_thermostat(kind: str, factory) -> None:
+    """Add a thermostat family: factory(address, clock, **options) -> Thermostat."""
+    _THERMOSTATS[kind] = factory
+
+
+def open_thermostat(spec: str, clock: Clock, **options):
+    """Build (not yet open) the Thermostat for a --chamber spec such as espec:tcp://host:port."""
+    text = spec.strip()
+    kind, _, address = text.partition(":")
+    kind = kind.lower()
+    if kind == "espec" and kind not in _THERMOSTATS:
+        from .espec import open_espec
+
+        register_thermostat("espec", open_espec)
+    if kind not in _THERMOSTATS:
+        raise ConfigError(f"unknown chamber {kind!r} in {text!r}; known: {', '.join(sorted({'espec', *_THERMOSTATS}))}")
+    return _THERMOSTATS[kind](address, clock, **options)
 
 
 def open_channel(spec: str | InstrumentSpec, clock: Clock, cell: Cell | None = None, **options):
