@@ -1,0 +1,160 @@
+"""The one module that talks to aiomqtt (2.x). Everything else in cyclerctl.mqtt goes through here, so a
+move to another client (aiomqtt 3, MQTT 5 only) stays local.
+
+Broker URLs: ``mqtt://[user[:password]@]host[:port][?protocol=5|3.1.1]`` and ``mqtts://…`` for TLS
+(``?ca=FILE&cert=FILE&key=FILE``). Protocol 5 is the default; ``3.1.1`` is for brokers that speak only
+that (the embedded demo broker). Every payload is self-describing, so nothing depends on MQTT 5.
+
+aiomqtt 2.x cannot reconnect a Client object reliably: callers create a fresh client per attempt with
+`new_client` and enter it once.
+"""
+
+from __future__ import annotations
+
+import ssl
+import uuid
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ..errors import ConfigError
+
+MqttError = aiomqtt.MqttError
+MqttCodeError = aiomqtt.MqttCodeError
+Message = aiomqtt.Message
+
+_PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311,
+              "311": aiomqtt.ProtocolVersion.V311}
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where a broker is and how to log in."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    protocol: str = "5"
+
+    @property
+    def v5(self) -> bool:
+        return self.protocol == "5"
+
+    @property
+    def authenticated(self) -> bool:
+        """True when we log in with a user name (the broker then knows who we are)."""
+        return bool(self.username)
+
+    def url(self, with_password: bool = False) -> str:
+        """The URL again; the password is masked unless asked for."""
+        user = ""
+        if self.username:
+            secret = (self.password or "") if with_password else "***"
+            user = f"{self.username}:{secret}@" if self.password else f"{self.username}@"
+        query = "" if self.v5 else f"?protocol={self.protocol}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}{query}"
+
+
+def parse_url(url: str) -> BrokerAddress:
+    """Parse a broker URL; a wrong one is a ConfigError that says what a right one looks like."""
+    hint = "expected mqtt://[user:password@]host[:port] or mqtts://... (TLS)"
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"bad broker URL {url!r}: {exc}; {hint}") from None
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "tls"):
+        raise ConfigError(f"bad broker URL {url!r}: unknown scheme {parts.scheme!r}; {hint}")
+    if not parts.hostname:
+        raise ConfigError(f"bad broker URL {url!r}: no host; {hint}")
+    tls = parts.scheme in ("mqtts", "tls")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(query) - {"protocol", "ca", "cert", "key"}
+    if unknown:
+        raise ConfigError(f"bad broker URL {url!r}: unknown option(s) {', '.join(sorted(unknown))}; "
+                          "known: protocol, ca, cert, key")
+    protocol = query.get("protocol", "5")
+    if protocol not in _PROTOCOLS:
+        raise ConfigError(f"bad broker URL {url!r}: protocol must be 5 or 3.1.1, not {protocol!r}")
+    if protocol == "311":
+        protocol = "3.1.1"
+    if (query.get("ca") or query.get("cert")) and not tls:
+        raise ConfigError(f"bad broker URL {url!r}: ca/cert need the mqtts:// scheme")
+    return BrokerAddress(
+        host=parts.hostname, port=port or (8883 if tls else 1883),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        tls=tls, ca=query.get("ca"), cert=query.get("cert"), key=query.get("key"), protocol=protocol)
+
+
+def _tls_context(addr: BrokerAddress) -> ssl.SSLContext | None:
+    if not addr.tls:
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=addr.ca)
+        if addr.cert:
+            ctx.load_cert_chain(addr.cert, addr.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load TLS files for {addr.url()}: {exc}") from None
+    return ctx
+
+
+def publish_properties(addr: BrokerAddress, *, expiry_s: int | None = None,
+                       response_topic: str | None = None, correlation: bytes | None = None,
+                       content_type: str | None = "application/json") -> Properties | None:
+    """MQTT 5 PUBLISH properties (None on 3.1.1, where the payload says the same in-band)."""
+    if not addr.v5:
+        return None
+    props = Properties(PacketTypes.PUBLISH)
+    if content_type:
+        props.ContentType = content_type
+    if expiry_s is not None:
+        props.MessageExpiryInterval = int(expiry_s)
+    if response_topic:
+        props.ResponseTopic = response_topic
+    if correlation is not None:
+        props.CorrelationData = correlation
+    return props
+
+
+def response_of(message: Message) -> tuple[str | None, bytes | None]:
+    """(response topic, correlation data) of a received MQTT 5 message, or (None, None)."""
+    props = message.properties
+    if props is None:
+        return None, None
+    return getattr(props, "ResponseTopic", None), getattr(props, "CorrelationData", None)
+
+
+def new_client(addr: BrokerAddress, *, identifier: str | None = None,
+               will: tuple[str, bytes, int, bool] | None = None, persistent: bool = False,
+               session_expiry_s: int = 3600, timeout: float = 10.0, keepalive: int = 15,
+               max_inflight: int = 64, max_queued_incoming: int | None = None) -> aiomqtt.Client:
+    """A fresh aiomqtt Client (create one per connection attempt, inside the running loop).
+
+    persistent: keep the broker session (MQTT 5 clean_start=False with a finite session expiry;
+    clean_session=False on 3.1.1) so QoS 1 messages are queued by the broker while we are away."""
+    kwargs: dict = {}
+    if addr.v5:
+        kwargs["clean_start"] = False if persistent else True
+        if persistent:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = int(session_expiry_s)
+            kwargs["properties"] = props
+    else:
+        kwargs["clean_session"] = not persistent
+    return aiomqtt.Client(
+        addr.host, addr.port, username=addr.username, password=addr.password,
+        identifier=identifier or f"cyclerctl-{uuid.uuid4().hex[:12]}",
+        protocol=_PROTOCOLS[addr.protocol],
+        will=aiomqtt.Will(*will) if will else None,
+        timeout=timeout, keepalive=keepalive, tls_context=_tls_context(addr),
+        max_inflight_messages=max_inflight, max_queued_incoming_messages=max_queued_incoming,
+        **kwargs)

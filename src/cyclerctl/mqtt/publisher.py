@@ -1,0 +1,351 @@
+"""Outbox publisher: committed journal rows -> broker, QoS 1, nothing lost.
+
+- Live: each poll reads what was committed since the last one (``seq`` greater than what was
+  published) and publishes it at once, in batches of ≤ 200 samples that never span a step.
+- Acks: a batch counts as delivered when the broker's PUBACK arrives; the acknowledged watermark per
+  (channel, stream) goes to the journal's ``outbox`` table.
+- Reconnect: whatever was not acknowledged (in flight when the link died, or committed while it was
+  down) is backlog. It is resent from the journal on ``ch/{ch}/replay`` (samples) or on its own topic
+  (events, metrics), at a bounded rate so live data stays current. Consumers de-duplicate by seq.
+- Memory: at most `max_inflight` messages are outstanding and at most `read_limit` rows are read per
+  channel and poll. The journal is the buffer, however long the broker is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from .. import __version__
+from . import payloads
+from .client import BrokerAddress, publish_properties
+from .outbox import STREAMS, JournalSource, Watermark
+from .topics import Topics
+
+log = logging.getLogger("cyclerctl.mqtt")
+
+Publish = Callable[..., Awaitable[None]]
+
+
+@dataclass
+class PublisherOptions:
+    """Tuning of the publisher (defaults suit 1–256 channels at 1–10 Hz)."""
+
+    poll_interval: float = 0.02     # s between cheap "anything committed?" checks
+    max_batch: int = payloads.MAX_BATCH_SAMPLES
+    max_inflight: int = 64          # outstanding QoS 1 publishes (memory bound)
+    read_limit: int = 2000          # rows read per channel and stream per poll
+    replay_rate: float = 200.0      # backlog/replay messages per second (≤ 200 samples each)
+    state_interval: float = 1.0     # s, minimum period of a channel's retained state
+    outbox_interval: float = 0.5    # s between outbox watermark writes
+    drain_timeout: float = 5.0      # s to publish what is committed when asked to stop
+    max_replay_requests: int = 16   # pending replay requests per channel
+
+
+@dataclass
+class ChannelOut:
+    """Publishing state of one channel."""
+
+    ch: str
+    run: str
+    descriptor: str
+    marks: dict[str, Watermark] = field(default_factory=lambda: {s: Watermark() for s in STREAMS})
+    live_next: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAMS, 0))
+    backlog: deque = field(default_factory=deque)     # (stream, lo, hi) resent after reconnect
+    requests: deque = field(default_factory=deque)    # (stream, lo, hi) asked for by replay commands
+    last_sample: tuple | None = None
+    state_due: bool = True
+    state_sent: float = 0.0
+    desc_sent: bool = False
+
+
+class Publisher:
+    """Publishes one run journal. Survives reconnects: `serve` is called once per connection."""
+
+    def __init__(self, source: JournalSource, topics: Topics, options: PublisherOptions | None = None) -> None:
+        self.source = source
+        self.topics = topics
+        self.opt = options or PublisherOptions()
+        self.channels: dict[str, ChannelOut] = {}
+        self.by_topic_id: dict[str, str] = {}
+        self.sess = 0
+        self.columns = source.sample_columns
+        self._saved: dict[tuple[str, str], int] = {}
+        self._inflight = 0
+        self.max_inflight_seen = 0
+        self.published = 0
+        self._tokens = 0.0
+        self._wake = asyncio.Event()
+        self._rebirth = False
+        self._tasks: set[asyncio.Task] = set()
+        self._free_ev = asyncio.Event()
+        self._errors: list[BaseException] = []
+        self._load_channels()
+        for (ch, stream), seq in source.outbox().items():
+            if ch in self.channels and stream in STREAMS:
+                self.channels[ch].marks[stream].through = seq
+                self._saved[(ch, stream)] = seq
+
+    # ---- channel bookkeeping -------------------------------------------------------------
+    def _load_channels(self) -> bool:
+        names = self.source.channel_names()
+        if len(names) == len(self.channels):
+            return False
+        from .topics import topic_id
+
+        for ch, run, descriptor in self.source.channels():
+            if ch not in self.channels:
+                self.channels[ch] = ChannelOut(ch, run, descriptor)
+                self.by_topic_id[topic_id(ch)] = ch
+        return True
+
+    def run_id(self) -> str | None:
+        runs = {c.run for c in self.channels.values()}
+        return runs.pop() if len(runs) == 1 else self.source.meta().get("run_id")
+
+    def request_replay(self, ch: str, stream: str, lo: int, hi: int) -> None:
+        out = self.channels[ch]
+        if len(out.requests) >= self.opt.max_replay_requests:
+            raise OverflowError(f"{self.opt.max_replay_requests} replay requests are already pending for {ch}")
+        out.requests.append((stream, lo, hi))
+        self._wake.set()
+
+    def rebirth(self) -> None:
+        self._rebirth = True
+        self._wake.set()
+
+    # ---- one connection ------------------------------------------------------------------
+    async def serve(self, publish: Publish, addr: BrokerAddress, sess: int, stop: asyncio.Event) -> None:
+        """Publish until `stop` is set (then drain and return) or a publish fails (then raise)."""
+        self.sess = sess
+        self._props = publish_properties(addr)
+        self._publish = publish
+        self._errors = []
+        self._tokens = self.opt.replay_rate
+        self._load_channels()
+        await self._announce()
+        for out in self.channels.values():
+            self._plan_backlog(out)
+        last_version, last_full = -1, 0.0
+        last_save = time.monotonic()
+        while not stop.is_set():
+            self._check()
+            version = self.source.data_version()
+            now = time.monotonic()
+            if version != last_version or now - last_full > 1.0:
+                last_version, last_full = version, now
+                if self._load_channels():
+                    await self._announce(only_new=True)
+                await self._pump_live()
+            await self._pump_backlog(now)
+            await self._pump_states(now)
+            if now - last_save >= self.opt.outbox_interval:
+                self.save_outbox()
+                last_save = now
+            if self._rebirth:
+                self._rebirth = False
+                await self._announce(force=True)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.opt.poll_interval)
+            except TimeoutError:
+                pass
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Publish everything committed, wait for the acks, store the outbox (bounded in time)."""
+        try:
+            async with asyncio.timeout(self.opt.drain_timeout):
+                while True:
+                    self._check()
+                    before = self.published
+                    await self._pump_live()
+                    await self._pump_states(time.monotonic(), force=True)
+                    if self.published == before:
+                        break
+                await self._wait_idle()
+        except TimeoutError:
+            log.warning("mqtt: stopped before every committed row was acknowledged; the journal keeps them")
+        self._check()
+        self.save_outbox()
+
+    def save_outbox(self) -> None:
+        marks = {}
+        for ch, out in self.channels.items():
+            for stream, wm in out.marks.items():
+                if wm.through >= 0 and self._saved.get((ch, stream), -1) != wm.through:
+                    marks[(ch, stream)] = wm.through
+        if marks:
+            self.source.save_outbox(marks)
+            self._saved.update(marks)
+
+    # ---- announcements -------------------------------------------------------------------
+    def birth_payload(self) -> dict:
+        return {"v": payloads.VERSION, "node": self.topics.node, "sess": self.sess, "ts": time.time(),
+                "sw": __version__, "run": self.run_id(),
+                "channels": [{"ch": c.ch, "topic": self.topics.ch(c.ch), "run": c.run}
+                             for c in self.channels.values()],
+                "encodings": ["json"],
+                "schemas": {k: payloads.VERSION for k in
+                            ("status", "birth", "desc", "state", "data", "event", "metric", "command", "reply")}}
+
+    def status_payload(self, state: str) -> dict:
+        return {"v": payloads.VERSION, "state": state, "sess": self.sess, "ts": time.time(), "sw": __version__}
+
+    async def _announce(self, only_new: bool = False, force: bool = False) -> None:
+        if not only_new:
+            await self._send(self.topics.status, self.status_payload("online"), retain=True)
+        await self._send(self.topics.birth, self.birth_payload(), retain=True)
+        for out in self.channels.values():
+            if only_new and out.desc_sent:
+                continue
+            body = payloads.descriptor_payload(out.run, out.ch, self.topics.node, out.descriptor,
+                                               self.columns, time.time())
+            await self._send(self.topics.desc(out.ch), body, retain=True)
+            out.desc_sent = True
+            out.state_due = True
+            if force:
+                out.state_sent = 0.0
+
+    # ---- live, backlog, state ------------------------------------------------------------
+    def _plan_backlog(self, out: ChannelOut) -> None:
+        """After (re)connecting: everything committed and not acknowledged is backlog."""
+        out.backlog.clear()
+        for stream in STREAMS:
+            head = self.source.head(stream, out.ch)
+            missing = out.marks[stream].missing(head)
+            if stream == "samples":
+                out.backlog.extend(("samples", a, b) for a, b in missing)
+                out.live_next[stream] = head + 1
+            else:  # low volume: resend in order on the stream's own topic
+                out.live_next[stream] = missing[0][0] if missing else head + 1
+
+    async def _pump_live(self) -> None:
+        for out in list(self.channels.values()):
+            rows = self.source.samples(out.ch, out.live_next["samples"], limit=self.opt.read_limit)
+            if rows:
+                await self._send_samples(out, rows, replay=False)
+                out.live_next["samples"] = rows[-1][1] + 1
+                out.last_sample = rows[-1]
+                out.state_due = True
+            for stream in ("events", "metrics"):
+                rows = self.source.rows(stream, out.ch, out.live_next[stream], limit=self.opt.read_limit)
+                for row in rows:
+                    await self._send_row(out, stream, row, replay=False)
+                if rows:
+                    out.live_next[stream] = rows[-1]["seq"] + 1
+                    out.state_due = out.state_due or stream == "events"
+
+    async def _pump_backlog(self, now: float) -> None:
+        last = getattr(self, "_bucket_t", now)
+        self._bucket_t = now
+        self._tokens = min(self.opt.replay_rate, self._tokens + (now - last) * self.opt.replay_rate)
+        for out in list(self.channels.values()):
+            for queue, replay in ((out.backlog, True), (out.requests, True)):
+                while queue and self._tokens >= 1:
+                    stream, lo, hi = queue[0]
+                    if stream == "samples":
+                        rows = self.source.samples(out.ch, lo, hi, limit=self.opt.max_batch)
+                        nxt = rows[-1][1] + 1 if rows else hi + 1
+                        if rows:
+                            self._tokens -= await self._send_samples(out, rows, replay=replay)
+                    else:
+                        rows = self.source.rows(stream, out.ch, lo, hi, limit=self.opt.max_batch)
+                        nxt = rows[-1]["seq"] + 1 if rows else hi + 1
+                        for row in rows:
+                            await self._send_row(out, stream, row, replay=replay)
+                        self._tokens -= max(1, len(rows) // 10)
+                    if nxt > hi:
+                        queue.popleft()
+                    else:
+                        queue[0] = (stream, nxt, hi)
+
+    async def _pump_states(self, now: float, force: bool = False) -> None:
+        due = [o for o in self.channels.values()
+               if o.state_due and (force or now - o.state_sent >= self.opt.state_interval)]
+        if not due:
+            return
+        states = self.source.engine_states()
+        for out in due:
+            body = payloads.state_payload(out.run, out.ch, states.get(out.ch, "unknown"), self.columns,
+                                          out.last_sample, time.time())
+            await self._send(self.topics.state(out.ch), body, retain=True)
+            out.state_due, out.state_sent = False, now
+
+    async def _send_samples(self, out: ChannelOut, rows: list[tuple], replay: bool) -> int:
+        topic = self.topics.replay(out.ch) if replay else self.topics.data(out.ch)
+        count = 0
+        for lo, hi, body in payloads.encode_batches(out.run, out.ch, self.sess, self.columns, rows,
+                                                    replay=replay, max_samples=self.opt.max_batch):
+            await self._send(topic, body, ack=(out.marks["samples"], lo, hi))
+            count += 1
+        return count
+
+    async def _send_row(self, out: ChannelOut, stream: str, row: dict, replay: bool) -> None:
+        wm = out.marks[stream]
+        if stream == "events":
+            await self._send(self.topics.event(out.ch), payloads.event_payload(out.run, out.ch, row, replay),
+                             ack=(wm, row["seq"], row["seq"]))
+            return
+        body = payloads.dumps(payloads.metric_payload(out.run, out.ch, row, replay))
+        await self._send(self.topics.metric(out.ch, row["kind"]), body, ack=(wm, row["seq"], row["seq"]))
+        await self._send(self.topics.metric_latest(out.ch, row["kind"]), body, retain=True)
+
+    # ---- bounded concurrent QoS 1 publishing ---------------------------------------------
+    async def _send(self, topic: str, body: dict | bytes, retain: bool = False,
+                    ack: tuple[Watermark, int, int] | None = None) -> None:
+        if not isinstance(body, bytes | bytearray):
+            body = payloads.dumps(body)
+        while self._inflight >= self.opt.max_inflight:
+            await self._slot_freed()
+        self._check()
+        self._inflight += 1
+        self.max_inflight_seen = max(self.max_inflight_seen, self._inflight)
+        self.published += 1
+        task = asyncio.get_running_loop().create_task(self._deliver(topic, body, retain, ack))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.sleep(0)  # let paho write it now
+
+    async def _deliver(self, topic: str, body: bytes, retain: bool, ack) -> None:
+        try:
+            await self._publish(topic, body, qos=1, retain=retain, properties=self._props)
+            if ack is not None:
+                ack[0].ack(ack[1], ack[2])
+        except Exception as exc:  # the connection is gone: unacked rows stay in the journal
+            self._errors.append(exc)
+        finally:
+            self._inflight -= 1
+            self._free_ev.set()
+
+    async def _slot_freed(self) -> None:
+        self._free_ev.clear()
+        await self._free_ev.wait()
+        self._check()
+
+    async def _wait_idle(self) -> None:
+        while self._inflight:
+            await self._slot_freed()
+
+    def _check(self) -> None:
+        if self._errors:
+            raise self._errors[0]
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def abandon(self) -> None:
+        """Forget in-flight publishes of a dead connection (they stay in the journal)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._errors = []

@@ -1,0 +1,151 @@
+"""The MQTT service of a run: one task beside the engine.
+
+``await run_mqtt(journal_path, url, node, control, stop)`` publishes the run journal and serves
+commands until `stop` is set, then publishes what is committed, says ``offline`` and returns.
+It never raises because the broker is away: it reconnects with a fresh client per attempt and a
+bounded exponential backoff with jitter, and the journal holds everything meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import payloads
+from .client import BrokerAddress, MqttError, new_client, parse_url, publish_properties, response_of
+from .control import CommandHandler, RunControl
+from .outbox import JournalSource
+from .publisher import Publisher, PublisherOptions
+from .topics import ROOT, Topics
+
+log = logging.getLogger("cyclerctl.mqtt")
+
+
+@dataclass
+class MqttStatus:
+    """What the service is doing, for progress displays and tests."""
+
+    connected: bool = False
+    sess: int = 0
+    connects: int = 0
+    last_error: str | None = None
+    published: int = 0
+    max_inflight_seen: int = 0
+    history: list[str] = field(default_factory=list)
+
+
+def _next_session(previous: int) -> int:
+    """Session number: Unix milliseconds of the connect, strictly increasing."""
+    return max(int(time.time() * 1000), previous + 1)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+async def _wait_for_journal(path: Path, stop: asyncio.Event) -> JournalSource | None:
+    while not stop.is_set():
+        if path.exists():
+            try:
+                return JournalSource(path)
+            except Exception as exc:  # tables not created yet
+                log.debug("mqtt: journal not ready: %s", exc)
+        await _sleep_or_stop(stop, 0.2)
+    return None
+
+
+async def run_mqtt(journal_path: str | Path, url: str | BrokerAddress, node: str, control: RunControl | None,
+                   stop: asyncio.Event, *, root: str = ROOT, commands: str = "auth",
+                   options: PublisherOptions | None = None, status: MqttStatus | None = None,
+                   backoff: tuple[float, float] = (0.5, 10.0), client_id: str | None = None,
+                   **tuning) -> MqttStatus:
+    """Publish `journal_path` to the broker at `url` as node `node` and serve commands via `control`.
+
+    commands: "auth" (default) refuses commands unless our own broker connection is authenticated;
+    "open" accepts them on any connection (only for the loopback demo broker); "off" ignores them.
+    tuning: PublisherOptions fields (poll_interval, max_inflight, replay_rate, ...)."""
+    addr = parse_url(url) if isinstance(url, str) else url
+    topics = Topics(node, root)
+    if commands not in ("auth", "open", "off"):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"commands must be auth, open or off, not {commands!r}")
+    opt = options or PublisherOptions(**tuning)
+    status = status or MqttStatus()
+    source = await _wait_for_journal(Path(journal_path), stop)
+    if source is None:
+        return status
+    publisher = Publisher(source, topics, opt)
+    handler = CommandHandler(topics, control, publisher, authenticated=addr.authenticated,
+                             open_commands=commands == "open")
+    client_id = client_id or f"cyclerctl-{node}-{uuid.uuid4().hex[:8]}"
+    delay = backoff[0]
+    try:
+        while not stop.is_set():
+            sess = _next_session(status.sess)
+            will = (topics.status, payloads.dumps({"v": payloads.VERSION, "state": "lost", "sess": sess}), 1, True)
+            client = new_client(addr, identifier=client_id, will=will, max_inflight=opt.max_inflight,
+                                max_queued_incoming=1000)
+            try:
+                async with client:
+                    status.connected, status.sess = True, sess
+                    status.connects += 1
+                    status.history.append("connected")
+                    delay = backoff[0]
+                    log.info("mqtt: connected to %s as %s (session %d)", addr.url(), node, sess)
+                    await _serve(client, addr, topics, publisher, handler, stop, commands, status)
+                    await client.publish(topics.status, payloads.dumps(publisher.status_payload("offline")),
+                                         qos=1, retain=True, properties=publish_properties(addr))
+            except* (MqttError, OSError) as group:
+                exc = group.exceptions[0]
+                status.last_error = str(exc)
+                if status.connected:
+                    log.warning("mqtt: connection to %s lost: %s; the journal keeps everything", addr.url(), exc)
+                    status.history.append("lost")
+                else:
+                    log.warning("mqtt: cannot connect to %s: %s; retrying in %.1f s", addr.url(), exc, delay)
+            finally:
+                status.connected = False
+                await publisher.abandon()
+                status.published = publisher.published
+                status.max_inflight_seen = publisher.max_inflight_seen
+            if stop.is_set():
+                break
+            await _sleep_or_stop(stop, delay * random.uniform(0.8, 1.2))
+            delay = min(backoff[1], delay * 2)
+    finally:
+        try:
+            publisher.save_outbox()
+        finally:
+            source.close()
+    return status
+
+
+async def _serve(client, addr: BrokerAddress, topics: Topics, publisher: Publisher, handler: CommandHandler,
+                 stop: asyncio.Event, commands: str, status: MqttStatus) -> None:
+    if commands != "off":
+        for flt in topics.command_filters:
+            await client.subscribe(flt, qos=1)
+    async with asyncio.TaskGroup() as tg:
+        if commands != "off":
+            cmd_task = tg.create_task(_commands(client, addr, handler))
+        await publisher.serve(client.publish, addr, status.sess, stop)
+        if commands != "off":
+            cmd_task.cancel()
+
+
+async def _commands(client, addr: BrokerAddress, handler: CommandHandler) -> None:
+    async for message in client.messages:
+        response_topic, correlation = response_of(message)
+        reply_topic, reply = await handler.handle(str(message.topic), bytes(message.payload or b""),
+                                                  response_topic, correlation)
+        props = publish_properties(addr, correlation=correlation)
+        await client.publish(reply_topic, payloads.dumps(reply), qos=1, properties=props)
