@@ -1,0 +1,555 @@
+"""One channel running its Program: the step machine.
+
+The runner walks `Program.instructions` with a program counter (docs/architecture.md, "Engine
+semantics"): primitive steps run on the Channel block by block; ends carry gotos; LoopStart/LoopEnd
+keep counters and evaluate loop conditions on live metrics from the cycle operator; cycle_count and
+step_count follow the BDF rules. Every block is checked against the step's safety limits before
+anything else; a breach, an InstrumentError or a JournalError puts the channel in its safe state.
+
+Everything the runner knows is in `EngineState`, which is journaled with the samples it produced
+(one transaction), so `cyclerctl resume` continues the same step with the same counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..channel import Block, Channel, StepStart
+from ..clock import Clock
+from ..errors import InstrumentError, JournalError
+from ..program import (
+    ConstantCurrent,
+    ConstantVoltage,
+    Impedance,
+    LoopEnd,
+    LoopStart,
+    Program,
+    Rest,
+    SetTemperature,
+    Step,
+    Sweep,
+)
+from ..store import schema
+from ..store.journal import Journal
+from ..store.read import event_type
+from .safety import SafetyMonitor, Trip
+from .states import TERMINAL, State, StateMachine
+
+log = logging.getLogger(__name__)
+
+_COL = {name: i for i, name in enumerate(schema.SAMPLE_COLUMNS)}
+_NCOL = len(schema.SAMPLE_COLUMNS)
+_BLOCK_TO_JOURNAL = ("voltage_volt", "current_ampere", "temperature_t1_celsius", "frequency_hertz",
+                     "real_impedance_ohm", "imaginary_impedance_ohm", "sweep_segment")
+
+
+@dataclass(slots=True)
+class EngineState:
+    """What the engine must remember to continue a channel exactly (all SI)."""
+
+    state: str = State.IDLE.value
+    pc: int = 0
+    in_step: bool = False  # a step has started and not ended (paused or interrupted by a crash)
+    loops: dict[str, int] = field(default_factory=dict)  # loop_id -> completed iterations
+    cycle_count: int = 1
+    step_count: int = 0
+    last_direction: int = 0
+    test_time: float = 0.0  # s, of the last sample (or of the last step boundary)
+    step_time: float = 0.0  # s in the current step, pause excluded
+    step_charge: float = 0.0  # C passed in the current step (signed)
+    total_charge: float = 0.0  # C passed since the start of the run (signed)
+    last_t: float | None = None  # last sample in this step segment, for charge integration
+    last_i: float | None = None
+    seq: int = 0  # next sample seq
+    event_seq: int = 0
+    metric_seq: int = 0
+    unix_origin: float = 0.0  # unix time of test_time 0
+    status: str = ""  # complete | stopped | aborted | faulted
+    fault: str = ""  # message of the fault
+    fault_kind: str = ""  # safety | instrument | journal
+    trailing: dict[str, int] = field(default_factory=dict)  # safety debounce carry
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EngineState:
+        names = set(cls.__slots__)  # type: ignore[attr-defined]
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def step_parameters(step: Step) -> dict[str, Any]:
+    """The set-point of a step for its step_start event (BDF-style names, SI)."""
+    if isinstance(step, ConstantCurrent):
+        return {"current_ampere": step.current}
+    if isinstance(step, ConstantVoltage):
+        return {"voltage_volt": step.voltage, "current_limit_ampere": _finite(step.current_limit)}
+    if isinstance(step, Sweep):
+        return {"scan_rate_volt_per_second": step.scan_rate, "start_volt": step.start,
+                "vertices_volt": list(step.vertices), "cycles": step.cycles}
+    if isinstance(step, Impedance):
+        return {"mode": step.mode, "freq_start_hertz": step.freq_start, "freq_stop_hertz": step.freq_stop,
+                "amplitude": step.amplitude, "bias": step.bias, "points_per_decade": step.points_per_decade}
+    if isinstance(step, SetTemperature):
+        return {"temperature_kelvin": step.temperature}
+    if isinstance(step, Rest):
+        return {"current_ampere": 0.0}
+    return {}
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+class ChannelRunner:
+    """Runs one Program on one Channel, journaling everything.
+
+    operators: analysis operators fed exactly the rows written to the journal, in journal order.
+    lock: the instrument's lock (channels sharing an instrument take turns per block).
+    watchdog: wall seconds without a block before the instrument counts as not answering."""
+
+    def __init__(self, name: str, program: Program, channel: Channel, journal: Journal, clock: Clock, *,
+                 operators: list | None = None, lock: asyncio.Lock | None = None,
+                 max_block_span: float = math.inf, watchdog: float = 30.0,
+                 commit_on_step_end: bool = True, state: EngineState | None = None) -> None:
+        self.name = name
+        self.program = program
+        self.channel = channel
+        self.journal = journal
+        self.clock = clock
+        self.operators = list(operators or [])
+        self.lock = lock
+        self.max_block_span = max_block_span
+        self.watchdog = watchdog
+        self.commit_on_step_end = commit_on_step_end
+        self.es = state or EngineState()
+        self.sm = StateMachine(State(self.es.state))
+        self.safety = SafetyMonitor()
+        self.safety.trailing = dict(self.es.trailing)
+        self.listeners: list[Callable[[str, str, Any], None]] = []  # (ch, kind, payload)
+        self.cycle_history: dict[int, dict[str, Any]] = {}  # cycle_count -> cycle metric row
+        self._wake = asyncio.Event()
+        self._skip = False
+        self._after_pause = False
+        self._timeout: asyncio.Timeout | None = None
+        self._time_offset = self.es.test_time - clock.now()  # test time = clock.now() + offset
+        self._Event = event_type()
+        self.current_step: Step | None = None
+
+    # ---- journal snapshot -------------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[str, str, bytes | None]:
+        self.es.state = self.sm.state.value
+        self.es.trailing = dict(self.safety.trailing)
+        try:
+            blob = self.channel.save_state()
+        except Exception:  # noqa: BLE001 - a channel that cannot save is resumed without its state
+            log.exception("channel %s: save_state failed", self.name)
+            blob = None
+        return self.es.state, self.es.to_json(), blob
+
+    # ---- operator requests (called by RunControl; validated there) -------------------------------
+
+    def poke(self) -> None:
+        """Wake the runner: a request changed the state or asked for a skip."""
+        self._wake.set()
+        if self._timeout is not None:
+            self._timeout.reschedule(asyncio.get_running_loop().time())
+
+    def request_skip(self) -> None:
+        self._skip = True
+        self.poke()
+
+    # ---- events and metrics -----------------------------------------------------------------------
+
+    def _emit(self, kind: str, data: dict[str, Any] | None = None) -> None:
+        es = self.es
+        data = data or {}
+        unix = es.unix_origin + es.test_time
+        row = (es.event_seq, kind, es.test_time, unix, es.cycle_count, es.step_count, es.seq,
+               json.dumps(_clean(data), allow_nan=False))
+        self.journal.stage_event(self.name, row)
+        ev = self._Event(kind=kind, test_time_second=es.test_time, cycle_count=es.cycle_count,
+                         step_count=es.step_count, sample_seq=es.seq, data=json.loads(row[-1]), ch=self.name,
+                         seq=es.event_seq, unix_time_second=unix)
+        es.event_seq += 1
+        for op in self.operators:
+            self._metrics(op.feed_event(ev))
+        self._notify("event", ev)
+
+    def _metrics(self, rows) -> None:
+        for r in rows or ():
+            data = dict(r.data)
+            self.journal.stage_metric(self.name, (self.es.metric_seq, r.kind, data.get("test_time_second"),
+                                                  data.get("cycle_count"), json.dumps(_clean(data), allow_nan=False)))
+            self.es.metric_seq += 1
+            if r.kind == "cycle" and data.get("cycle_count") is not None:
+                self.cycle_history[int(data["cycle_count"])] = data
+            self._notify("metric", r)
+
+    def _notify(self, kind: str, payload: Any) -> None:
+        for cb in self.listeners:
+            cb(self.name, kind, payload)
+
+    def rebuild_operators(self, replay) -> None:
+        """Feed the committed journal stream through the (fresh) operators; their metric rows are
+        already in the journal, so they are only counted, not written again."""
+        produced = 0
+        for kind, item in replay:
+            for op in self.operators:
+                rows = op.feed_samples(item) if kind == "samples" else op.feed_event(item)
+                for r in rows or ():
+                    produced += 1
+                    if r.kind == "cycle" and r.data.get("cycle_count") is not None:
+                        self.cycle_history[int(r.data["cycle_count"])] = dict(r.data)
+        if produced != self.es.metric_seq:
+            log.warning("channel %s: replay produced %d metric rows, journal holds %d", self.name, produced,
+                        self.es.metric_seq)
+
+    # ---- the main loop ---------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Run until done, aborted or faulted. Returns the final state name."""
+        try:
+            await self.channel.open()
+            if self.sm.state == State.IDLE:
+                if self.es.unix_origin == 0.0:
+                    self.es.unix_origin = self.clock.unix() - self.es.test_time
+                self.sm.apply("start")
+                self._emit("run_start", {"run": self.program.name, "protocol": self.program.source,
+                                         "cell": self.program.cell.name})
+                await self.journal.commit()
+            while self.sm.state not in TERMINAL:
+                await self._tick()
+        except JournalError as exc:
+            await self._fault(str(exc), "journal", commit=False)
+        except InstrumentError as exc:
+            await self._fault(str(exc), "instrument")
+        except asyncio.CancelledError:
+            await self._safe()
+            raise
+        except Exception as exc:  # a bug must still leave the cell safe
+            log.exception("channel %s: unexpected error", self.name)
+            await self._fault(f"internal error: {exc!r}", "internal")
+        finally:
+            try:
+                await self.channel.close()
+            except Exception:  # noqa: BLE001
+                log.exception("channel %s: close failed", self.name)
+        return self.sm.state.value
+
+    async def _tick(self) -> None:
+        st = self.sm.state
+        if self._skip and st in (State.RUNNING, State.PAUSED):
+            self._do_skip()
+            await self.journal.commit()
+            return
+        if st == State.PAUSED:
+            self._wake.clear()
+            await self._wake.wait()
+            if self.sm.state == State.RUNNING:
+                self._time_offset = self.es.test_time - self.clock.now()
+                self._after_pause = True
+                self._emit("resume", {})
+                await self.journal.commit()
+            return
+        if st == State.PAUSING:
+            await self._safe()
+            self._emit("pause", {})
+            self.sm.apply("paused")
+            await self.journal.commit()
+            return
+        if st == State.STOPPING:
+            await self._end_run("stopped", "finish")
+            return
+        if st == State.ABORTED:
+            await self._end_run("aborted", None)
+            return
+        pcs = self.program.instructions
+        if self.es.pc >= len(pcs):
+            await self._end_run("complete", "finish")
+            return
+        ins = pcs[self.es.pc]
+        if isinstance(ins, LoopStart):
+            self.es.loops[str(ins.loop_id)] = 0
+            self.es.pc += 1
+        elif isinstance(ins, LoopEnd):
+            self._loop_end(ins)
+        else:
+            await self._run_step(ins)
+
+    def _loop_end(self, ins: LoopEnd) -> None:
+        start = self.program.instructions[ins.start]
+        assert isinstance(start, LoopStart)
+        key = str(ins.loop_id)
+        n = self.es.loops.get(key, 0) + 1
+        self.es.loops[key] = n
+        leave = False
+        if start.count is not None and n >= start.count:
+            leave = True
+        if start.until is not None and start.until.holds(self.metric_value(start.until)):
+            leave = True
+        if start.at_most is not None and n >= start.at_most:
+            leave = True
+        if start.count is None and start.until is None and start.at_most is None:
+            leave = True  # a loop without a bound runs once
+        self.es.pc = start.end + 1 if leave else ins.start + 1
+        self.journal.touch(self.name)
+
+    def metric_value(self, cond) -> float | None:
+        """The live value of a loop-condition metric, from the cycle operator (None if unknown)."""
+        if cond.metric == "cycle_count":
+            return float(self.es.cycle_count)
+        cur: dict[str, Any] = {}
+        for op in self.operators:
+            if getattr(op, "kind", "") == "cycle" and hasattr(op, "current"):
+                cur = dict(op.current() or {})
+                break
+        if cond.metric == "capacity_retention" and cond.reference_cycle is not None:
+            ref = self.cycle_history.get(cond.reference_cycle)
+            last = max(self.cycle_history) if self.cycle_history else None
+            if ref is None or last is None:
+                return None
+            key = _reversible_key(ref, self.program.cell.kind)
+            a, b = self.cycle_history[last].get(key), ref.get(key)
+            return None if not a or not b else a / b
+        v = cur.get(cond.metric)
+        return None if v is None else float(v)
+
+    # ---- one step ----------------------------------------------------------------------------------
+
+    def _begin_step(self, step: Step) -> None:
+        es = self.es
+        es.step_count += 1
+        d = step.direction
+        if d:
+            target = -1 if self.program.cycle_starts_on == "discharge" else 1
+            if d == target and es.last_direction == -target:
+                es.cycle_count += 1
+                self._emit("cycle_start", {"cycle_count": es.cycle_count})
+            es.last_direction = d
+        es.step_time = 0.0
+        es.step_charge = 0.0
+        es.last_t = es.last_i = None
+        es.in_step = True
+        self.safety.reset()
+        data = {"step_id": step.step_id, "step_type": step.step_type, "technique": step.technique,
+                "name": step.name, "tags": dict(step.tags), "pc": es.pc, "direction": d}
+        data.update(step_parameters(step))
+        self._emit("step_start", data)
+
+    def _end_step(self, reason: str, label: str = "") -> None:
+        self._emit("step_end", {"step_id": self.current_step.step_id if self.current_step else None,
+                                "reason": reason, "end_label": label})
+        self.es.in_step = False
+        self.es.last_t = self.es.last_i = None
+
+    async def _run_step(self, step: Step) -> None:
+        es = self.es
+        self.current_step = step
+        if not es.in_step:
+            self._begin_step(step)
+        start = StepStart(test_time=max(es.test_time, self.clock.now() + self._time_offset),
+                          step_time=es.step_time, step_charge=es.step_charge,
+                          max_block_span=self.max_block_span)
+        if self._after_pause:  # no charge integration across a pause (the output was off)
+            es.last_t = es.last_i = None
+            self._after_pause = False
+        seg_t0, seg_st0 = start.test_time, start.step_time
+        it = self.channel.run_step(step, start).__aiter__()
+        outcome: tuple[str, Any] | None = None
+        try:
+            while outcome is None:
+                if self.sm.state != State.RUNNING or self._skip:
+                    outcome = ("interrupt", None)
+                    break
+                block = await self._next_block(it)
+                if block is None:
+                    outcome = ("interrupt", None)
+                    break
+                trip = self._take_block(step, block, seg_t0, seg_st0)
+                if trip is not None:
+                    outcome = ("trip", trip)
+                elif block.final:
+                    outcome = ("end", block.end)
+                elif self.journal.due():
+                    await self.journal.commit()
+                else:
+                    await asyncio.sleep(0)  # cooperative yield, not a wait: other channels, control
+        finally:
+            await it.aclose()
+        kind, value = outcome
+        if kind == "trip":
+            trip: Trip = value
+            await self._safe()
+            self._emit("safety_trip", {"limit": trip.limit, "value": trip.value, "bound": trip.bound})
+            self._end_step("fault")
+            await self._fault(trip.message, "safety")
+        elif kind == "end":
+            end_index = value
+            goto = None
+            label = ""
+            if end_index is not None and 0 <= end_index < len(step.ends):
+                goto = step.ends[end_index].goto
+                label = step.ends[end_index].label
+            self._end_step("end" if end_index is not None else "complete", label)
+            es.pc = goto if goto is not None else es.pc + 1
+            if self.commit_on_step_end or self.journal.due():
+                await self.journal.commit()
+        else:
+            await self._interrupted()
+
+    async def _next_block(self, it) -> Block | None:
+        """The next block, or None when an operator request interrupted the wait.
+        Raises InstrumentError when the instrument does not answer within the watchdog."""
+        try:
+            async with asyncio.timeout(self.watchdog) as cm:
+                self._timeout = cm
+                try:
+                    if self.lock is not None:
+                        async with self.lock:
+                            return await anext(it)
+                    return await anext(it)
+                finally:
+                    self._timeout = None
+        except TimeoutError:
+            if self.sm.state != State.RUNNING or self._skip:
+                return None
+            raise InstrumentError(f"no answer from the instrument within {self.watchdog:g} s",
+                                  resource=getattr(self.channel, "name", "")) from None
+        except StopAsyncIteration:
+            raise InstrumentError("the instrument ended a step without a final block",
+                                  resource=getattr(self.channel, "name", "")) from None
+
+    def _take_block(self, step: Step, block: Block, seg_t0: float, seg_st0: float) -> Trip | None:
+        """Safety check, journal rows, operator feed and counters for one block (no awaits)."""
+        es = self.es
+        n = len(block)
+        if n == 0:
+            return None
+        cols = block.columns
+        t = np.asarray(cols["test_time_second"], dtype=np.float64)
+        st = cols.get("step_time_second")
+        st = seg_st0 + (t - seg_t0) if st is None else np.asarray(st, dtype=np.float64)
+        trip = self.safety.check(step.limits, cols, st)
+        rows = np.full((n, _NCOL), np.nan)
+        rows[:, _COL["seq"]] = np.arange(es.seq, es.seq + n)
+        rows[:, _COL["test_time_second"]] = t
+        rows[:, _COL["unix_time_second"]] = es.unix_origin + t
+        rows[:, _COL["step_time_second"]] = st
+        for name in _BLOCK_TO_JOURNAL:
+            a = cols.get(name)
+            if a is not None:
+                rows[:, _COL[name]] = a
+        rows[:, _COL["cycle_count"]] = es.cycle_count
+        rows[:, _COL["step_count"]] = es.step_count
+        rows[:, _COL["step_id"]] = step.step_id
+        self.journal.stage_samples(self.name, rows)
+        es.seq += n
+        if not isinstance(step, Impedance):
+            i = np.asarray(cols["current_ampere"], dtype=np.float64)
+            if es.last_t is not None:
+                tt = np.concatenate(([es.last_t], t))
+                ii = np.concatenate(([es.last_i], i))
+            else:
+                tt, ii = t, i
+            dq = float(np.sum(0.5 * (ii[1:] + ii[:-1]) * np.diff(tt))) if len(tt) > 1 else 0.0
+            es.step_charge += dq
+            es.total_charge += dq
+            es.last_t, es.last_i = float(t[-1]), float(i[-1])
+        es.test_time = float(t[-1])
+        es.step_time = float(st[-1])
+        if self.operators:
+            view = {name: rows[:, k] for name, k in _COL.items()}
+            for op in self.operators:
+                self._metrics(op.feed_samples(view))
+        self._notify("block", n)
+        return trip
+
+    async def _interrupted(self) -> None:
+        st = self.sm.state
+        if self._skip and st == State.RUNNING:
+            self._do_skip()
+            await self.journal.commit()
+        elif st in (State.STOPPING, State.ABORTED):
+            await self._safe()
+            self._end_step("stop")
+        elif st == State.PAUSING:
+            pass  # the main loop puts the channel in its safe state and records the pause
+        self.journal.touch(self.name)
+
+    def _do_skip(self) -> None:
+        self._skip = False
+        if self.es.in_step:
+            self._emit("skip", {"pc": self.es.pc})
+            self._end_step("skip")
+            self.es.pc += 1
+        self.journal.touch(self.name)
+
+    async def _end_run(self, status: str, action: str | None) -> None:
+        await self._safe()
+        if self.es.in_step:
+            self._end_step("stop")
+        if status == "stopped":
+            self._emit("stop", {})
+        elif status == "aborted":
+            self._emit("abort", {})
+        if action is not None:
+            self.sm.apply(action)
+        self.es.status = status
+        self._emit("run_end", {"status": status})
+        await self.journal.commit()
+
+    async def _safe(self) -> None:
+        try:
+            await self.channel.safe_state()
+        except Exception:  # noqa: BLE001 - best effort; the fault is recorded by the caller
+            log.exception("channel %s: safe_state failed", self.name)
+
+    async def _fault(self, message: str, kind: str, commit: bool = True) -> None:
+        await self._safe()
+        if self.sm.can("fault"):
+            self.sm.apply("fault")
+        self.es.status = "faulted"
+        self.es.fault = message
+        self.es.fault_kind = kind
+        if not commit or self.journal.failed is not None:
+            return
+        if self.es.in_step:
+            self._end_step("fault")
+        self._emit("fault", {"message": message, "kind": kind})
+        self._emit("run_end", {"status": "faulted"})
+        try:
+            await self.journal.commit()
+        except JournalError as exc:
+            self.es.fault = f"{message}; and {exc}"
+
+
+def _reversible_key(row: dict, cell_kind: str) -> str:
+    """The capacity that counts as reversible: desodiation (charge) for anode half cells."""
+    base = "charge" if cell_kind == "anode_half_cell" else "discharge"
+    for k in (f"{base}_capacity_ah", f"{base}_capacity", f"specific_{base}_capacity_mah_g"):
+        if k in row:
+            return k
+    return f"{base}_capacity_ah"
+
+
+def _clean(o: Any) -> Any:
+    """JSON-ready: numpy scalars/arrays to Python, NaN/inf to None (the journal never holds NaN)."""
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, np.ndarray)):
+        return [_clean(v) for v in o]
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o

@@ -1,0 +1,104 @@
+"""Safety limits checked on every sample block, with a short debounce against noise.
+
+A limit trips when 2 consecutive samples are outside it (a single noisy sample does not), or at once
+when one sample is outside by more than a large margin: 50 mV for voltage, 10 % of the limit for
+current, 2 K for temperature. Consecutive samples may straddle two blocks, so the count of trailing
+violations carries over. Step duration trips at once. Vectorized over the block.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..program import Limits
+
+VOLTAGE_MARGIN = 0.050  # V
+CURRENT_MARGIN = 0.10  # fraction of the limit
+TEMPERATURE_MARGIN = 2.0  # K
+DEBOUNCE = 2  # consecutive samples
+KELVIN = 273.15
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """Which limit, the offending value (SI), the limit, and the sample index within the block."""
+
+    limit: str
+    value: float
+    bound: float
+    index: int
+
+    @property
+    def message(self) -> str:
+        unit = {"voltage": "V", "current": "A", "temperature": "K", "step": "s"}[self.limit.split("_")[0]]
+        return f"safety limit {self.limit} = {self.bound:.6g} {unit} crossed: {self.value:.6g} {unit}"
+
+
+class SafetyMonitor:
+    """Debounced limit checks for one channel. `trailing` holds, per limit, how many samples at the
+    end of the previous block were outside it."""
+
+    def __init__(self) -> None:
+        self.trailing: dict[str, int] = {}
+
+    def reset(self) -> None:
+        self.trailing.clear()
+
+    def check(self, limits: Limits, columns: dict[str, np.ndarray], step_time: np.ndarray | None) -> Trip | None:
+        """The first trip in the block (by sample index), or None."""
+        trips: list[Trip] = []
+        v = columns.get("voltage_volt")
+        i = columns.get("current_ampere")
+        t = columns.get("temperature_t1_celsius")
+        eis = "frequency_hertz" in columns and np.isfinite(columns["frequency_hertz"]).any()
+        if v is not None and not eis:
+            self._side(trips, "voltage_min", v, limits.voltage_min, -1, VOLTAGE_MARGIN)
+            self._side(trips, "voltage_max", v, limits.voltage_max, +1, VOLTAGE_MARGIN)
+        if i is not None and not eis and math.isfinite(limits.current_max):
+            self._side(trips, "current_max", np.abs(i), limits.current_max, +1,
+                       CURRENT_MARGIN * limits.current_max)
+        if t is not None:
+            tk = t + KELVIN
+            self._side(trips, "temperature_min", tk, limits.temperature_min, -1, TEMPERATURE_MARGIN)
+            self._side(trips, "temperature_max", tk, limits.temperature_max, +1, TEMPERATURE_MARGIN)
+        if step_time is not None and len(step_time) and math.isfinite(limits.step_duration_max):
+            over = np.flatnonzero(step_time > limits.step_duration_max)
+            if len(over):
+                k = int(over[0])
+                trips.append(Trip("step_duration_max", float(step_time[k]), limits.step_duration_max, k))
+        return min(trips, key=lambda tr: tr.index) if trips else None
+
+    def _side(self, trips: list[Trip], name: str, x: np.ndarray, bound: float, sign: int, margin: float) -> None:
+        if not math.isfinite(bound) or len(x) == 0:
+            return
+        excess = (x - bound) * sign  # > 0 outside the limit
+        with np.errstate(invalid="ignore"):
+            out = excess > 0
+            hard = excess > margin
+        prev = self.trailing.get(name, 0)
+        if not out.any():
+            self.trailing[name] = 0
+            return
+        # index of the first sample that completes a run of DEBOUNCE violations (counting the carry)
+        first: int | None = None
+        hard_idx = np.flatnonzero(hard)
+        if len(hard_idx):
+            first = int(hard_idx[0])
+        if prev >= 1 and out[0]:
+            first = 0 if first is None else min(first, 0)
+        pair = np.flatnonzero(out[1:] & out[:-1])
+        if len(pair):
+            k = int(pair[0]) + 1
+            first = k if first is None else min(first, k)
+        # trailing run length for the next block
+        if out[-1]:
+            not_out = np.flatnonzero(~out)
+            run = len(out) - 1 - int(not_out[-1]) if len(not_out) else len(out) + prev
+            self.trailing[name] = run
+        else:
+            self.trailing[name] = 0
+        if first is not None:
+            trips.append(Trip(name, float(x[first]), bound, first))

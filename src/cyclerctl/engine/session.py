@@ -1,0 +1,399 @@
+"""A run: one journal, one or more channels (one asyncio task each), the MQTT task, the export.
+
+`Session.create(...)` makes a new run directory (run.json + journal.sqlite) from channel plans;
+`Session.resume(run_dir)` rebuilds every channel from the committed journal state (engine state, the
+channel's saved model state, operator state replayed from the journal). `await session.execute()`
+runs everything until every channel is done, aborted or faulted, then exports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..clock import Clock, VirtualClock, WallClock
+from ..drivers.registry import InstrumentSpec, open_channel
+from ..errors import ConfigError, JournalError
+from ..program import Program
+from ..store import read
+from ..store.journal import JOURNAL_NAME, Journal, connect, create_meta, read_meta
+from .control import RunControl
+from .runner import ChannelRunner, EngineState
+from .states import State
+
+log = logging.getLogger(__name__)
+
+RUN_JSON = "run.json"
+BDF_UNITS = {"test_time_second": "s", "unix_time_second": "s", "step_time_second": "s", "voltage_volt": "V",
+             "current_ampere": "A", "temperature_t1_celsius": "degC", "frequency_hertz": "Hz",
+             "real_impedance_ohm": "ohm", "imaginary_impedance_ohm": "ohm", "cycle_count": "1",
+             "step_count": "1", "step_id": "1", "sweep_segment": "1"}
+
+
+@dataclass
+class ChannelPlan:
+    """What one channel runs: its name, compiled program, instrument spec and channel options."""
+
+    name: str
+    program: Program
+    instrument: str = "sim"
+    options: dict[str, Any] = field(default_factory=dict)  # e.g. seed, noise (passed to the channel)
+    protocol_path: str = ""
+    cell_file: str = ""
+
+
+@dataclass
+class RunSettings:
+    speed: float = math.inf  # inf = as fast as the CPU allows (virtual clock)
+    mqtt: str = "off"  # off | embedded | mqtt://host:port
+    node: str = "cyclerctl"
+    commit_interval: float = 1.0  # s of wall time between commits (at least once a second)
+    max_block_span: float | None = None  # s of test time per block; None: 3600 (max speed) or 1 s wall
+    watchdog: float = 30.0  # s of wall time without a block -> instrument fault
+    export: tuple[str, ...] = ("bdf-parquet", "bdf-csv")
+    analysis: bool = True
+    commit_on_step_end: bool = True
+    mqtt_commands: str = "open"
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["speed"] = "max" if math.isinf(self.speed) else self.speed
+        d["export"] = list(self.export)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> RunSettings:
+        d = dict(d)
+        d["speed"] = math.inf if d.get("speed") in ("max", None) else float(d["speed"])
+        d["export"] = tuple(d.get("export", ()))
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def parse_speed(text: str | float | None) -> float:
+    """"max" -> inf (virtual clock); a number N > 0 -> N times real time."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("max", "inf", "")):
+        return math.inf
+    try:
+        v = float(text)
+    except ValueError:
+        raise ConfigError(f"--speed must be 'max' or a number > 0, not {text!r}") from None
+    if not v > 0:
+        raise ConfigError(f"--speed must be 'max' or a number > 0, not {text!r}")
+    return v
+
+
+def default_run_dir(name: str, base: str | Path = "runs") -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()[:40] or "run"
+    p = Path(base) / f"{stamp}_{slug}"
+    k = 1
+    while p.exists():
+        k += 1
+        p = Path(base) / f"{stamp}_{slug}_{k}"
+    return p
+
+
+def write_run_json(run_dir: Path, data: dict) -> None:
+    """Atomically replace RUN_DIR/run.json."""
+    tmp = run_dir / (RUN_JSON + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, run_dir / RUN_JSON)
+
+
+def read_run_json(run_dir: Path) -> dict:
+    p = Path(run_dir) / RUN_JSON
+    if not p.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no {RUN_JSON})")
+    return json.loads(p.read_text())
+
+
+def cell_dict(program: Program) -> dict:
+    return dataclasses.asdict(program.cell)
+
+
+def _default_operators(program: Program) -> list:
+    try:
+        from ..analysis.live import default_operators
+    except ImportError:
+        return []
+    return list(default_operators(program))
+
+
+class Session:
+    """A run in this process."""
+
+    def __init__(self, run_dir: Path, journal: Journal, settings: RunSettings, run_info: dict) -> None:
+        self.run_dir = Path(run_dir)
+        self.journal = journal
+        self.settings = settings
+        self.run_info = run_info
+        self.runners: dict[str, ChannelRunner] = {}
+        self.clocks: dict[str, Clock] = {}
+        self.control = RunControl(self.runners, journal)
+        self.listeners: list[Callable[[str, str, Any], None]] = []
+        self.operator_factory: Callable[[Program], list] = _default_operators
+        self.mqtt_url: str | None = None
+        self.mqtt_status: Any = None
+        self.exported: list[Path] = []
+        self.notes: list[str] = []
+        self.resumed = False
+
+    # ---- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, plans: list[ChannelPlan], settings: RunSettings, run_dir: Path | None = None, *,
+               operator_factory: Callable[[Program], list] | None = None) -> Session:
+        if not plans:
+            raise ConfigError("nothing to run: no channels")
+        names = [p.name for p in plans]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"channel names must be unique, got {names}")
+        for p in plans:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", p.name):
+                raise ConfigError(f"channel name {p.name!r}: use letters, digits, '_', '-', '.'")
+        run_dir = Path(run_dir) if run_dir else default_run_dir(plans[0].program.name)
+        if (run_dir / JOURNAL_NAME).exists():
+            raise ConfigError(f"{run_dir} already holds a run; continue it with `cyclerctl resume {run_dir}` "
+                              f"or choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run_id = uuid.uuid4().hex
+        info = {
+            "run_id": run_id,
+            "software_version": __version__,
+            "created": dt.datetime.now(dt.UTC).isoformat(),
+            "status": "running",
+            "settings": settings.to_json(),
+            "channels": [
+                {"name": p.name, "instrument": p.instrument, "options": p.options,
+                 "protocol": {"name": p.program.name, "path": p.protocol_path or p.program.source,
+                              "sha256": p.program.protocol_hash},
+                 "cell_file": p.cell_file, "cell": cell_dict(p.program)}
+                for p in plans
+            ],
+        }
+        journal = Journal(run_dir / JOURNAL_NAME, commit_interval=settings.commit_interval)
+        journal.set_meta(create_meta(run_id, info))
+        write_run_json(run_dir, info)
+        s = cls(run_dir, journal, settings, info)
+        if operator_factory is not None:
+            s.operator_factory = operator_factory
+        for p in plans:
+            s._add_channel(p, EngineState(), None, fresh=True)
+        return s
+
+    @classmethod
+    def resume(cls, run_dir: Path, *, settings: RunSettings | None = None, continue_paused: bool = False,
+               operator_factory: Callable[[Program], list] | None = None) -> Session:
+        run_dir = Path(run_dir)
+        info = read_run_json(run_dir)
+        conn = connect(run_dir, readonly=False)
+        try:
+            meta = read_meta(conn)
+            chans = read.channels(conn)
+            programs = dict(conn.execute("SELECT ch, program FROM programs").fetchall())
+            states = {ch: read.engine_state(conn, ch) for ch in chans}
+        finally:
+            conn.close()
+        settings = settings or RunSettings.from_json(info.get("settings", {}))
+        journal = Journal(run_dir / JOURNAL_NAME, commit_interval=settings.commit_interval)
+        info["status"] = "running"
+        info.setdefault("resumed", []).append(dt.datetime.now(dt.UTC).isoformat())
+        s = cls(run_dir, journal, settings, info)
+        s.resumed = True
+        if operator_factory is not None:
+            s.operator_factory = operator_factory
+        if meta.get("run_id") != info.get("run_id"):
+            raise ConfigError(f"{run_dir}: run.json and the journal belong to different runs")
+        by_name = {c["name"]: c for c in info["channels"]}
+        for ch in chans:
+            blob = programs.get(ch)
+            if blob is None:
+                raise JournalError(f"{run_dir}: no program journaled for channel {ch}")
+            try:
+                program = pickle.loads(blob)
+            except Exception as exc:
+                raise JournalError(f"{run_dir}: cannot load the program of channel {ch} ({exc}); "
+                                   f"it was written by another cyclerctl version") from exc
+            c = by_name.get(ch, {})
+            plan = ChannelPlan(ch, program, c.get("instrument", "sim"), c.get("options", {}),
+                               c.get("protocol", {}).get("path", ""), c.get("cell_file", ""))
+            es_dict, blob_state = states[ch]
+            es = EngineState.from_dict(es_dict) if es_dict else EngineState()
+            if es.state == State.PAUSING.value:
+                es.state = State.PAUSED.value
+            if es.state == State.PAUSED.value and continue_paused:
+                es.state = State.RUNNING.value
+                journal.stage_audit(ch, "resume", "cyclerctl resume", "cli", None, {"continue_paused": True},
+                                    "ok: paused channel continued on resume")
+            if es.state == State.FAULTED.value and es.fault_kind in ("journal", "instrument", "internal"):
+                es.state = State.RUNNING.value
+                es.status = ""
+                journal.stage_audit(ch, "recover", "cyclerctl resume", "cli", None, {"fault": es.fault},
+                                    "ok: continued after a journal/instrument fault")
+            s._add_channel(plan, es, blob_state, fresh=False)
+        return s
+
+    def _make_clock(self, test_time: float) -> Clock:
+        if math.isinf(self.settings.speed):
+            return VirtualClock(start=test_time)
+        shared = self.clocks.get("__wall__")
+        if shared is None:
+            shared = WallClock(self.settings.speed)
+            self.clocks["__wall__"] = shared
+        return shared
+
+    def _add_channel(self, plan: ChannelPlan, es: EngineState, channel_state: bytes | None, *, fresh: bool) -> None:
+        spec = InstrumentSpec.parse(plan.instrument)
+        clock = self._make_clock(es.test_time)
+        self.clocks[plan.name] = clock
+        options = dict(plan.options)
+        options.setdefault("name", plan.name)
+        try:
+            channel = open_channel(spec, clock, plan.program.cell, **options)
+        except TypeError:
+            options.pop("name", None)
+            channel = open_channel(spec, clock, plan.program.cell, **options)
+        if channel.capabilities.real_hardware and self.settings.speed != 1.0:
+            raise ConfigError(f"channel {plan.name}: {plan.instrument} is real hardware; it runs only at "
+                              f"--speed 1")
+        if channel_state is not None:
+            channel.load_state(channel_state)
+        lock = self._instrument_lock(spec, plan.name)
+        span = self.settings.max_block_span
+        if span is None:
+            span = 3600.0 if math.isinf(self.settings.speed) else self.settings.speed * 1.0
+        operators = self.operator_factory(plan.program) if self.settings.analysis else []
+        runner = ChannelRunner(plan.name, plan.program, channel, self.journal, clock, operators=operators,
+                               lock=lock, max_block_span=span, watchdog=self.settings.watchdog,
+                               commit_on_step_end=self.settings.commit_on_step_end, state=es)
+        runner.listeners.append(self._forward)
+        self.runners[plan.name] = runner
+        descriptor = {
+            "cell": cell_dict(plan.program),
+            "protocol": {"name": plan.program.name, "path": plan.protocol_path or plan.program.source,
+                         "sha256": plan.program.protocol_hash},
+            "instrument": plan.instrument, "kind": spec.kind, "preset": spec.address if spec.kind == "sim" else None,
+            "model": channel.capabilities.model, "options": plan.options,
+            "columns": BDF_UNITS,
+        }
+        self.journal.add_channel(plan.name, self.run_info["run_id"], descriptor,
+                                 pickle.dumps(plan.program) if fresh else None, runner.snapshot)
+        if not fresh:
+            conn = connect(self.run_dir, readonly=True)
+            try:
+                runner.rebuild_operators(read.replay(conn, plan.name, to_seq=es.seq, to_event=es.event_seq))
+            finally:
+                conn.close()
+
+    _locks: dict[str, asyncio.Lock]
+
+    def _instrument_lock(self, spec: InstrumentSpec, ch: str) -> asyncio.Lock | None:
+        """One lock per physical instrument; each simulated channel is its own instrument."""
+        if spec.kind == "sim":
+            return None
+        if not hasattr(self, "_locks"):
+            self._locks = {}
+        key = f"{spec.kind}:{spec.address.split('#')[0]}"
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def _forward(self, ch: str, kind: str, payload: Any) -> None:
+        for cb in self.listeners:
+            cb(ch, kind, payload)
+
+    # ---- running ----------------------------------------------------------------------------------
+
+    async def execute(self) -> dict[str, str]:
+        """Run every channel to its end; returns ch -> final state. Exports at the end."""
+        stop_mqtt = asyncio.Event()
+        mqtt_task = None
+        async with contextlib.AsyncExitStack() as stack:
+            url = await self._start_broker(stack)
+            if url is not None:
+                mqtt_task = self._start_mqtt(url, stop_mqtt)
+            tasks = {ch: asyncio.create_task(r.run(), name=f"channel:{ch}") for ch, r in self.runners.items()}
+            try:
+                results = dict(zip(tasks, await asyncio.gather(*tasks.values()), strict=True))
+            except BaseException:
+                for t in tasks.values():
+                    t.cancel()
+                await asyncio.gather(*tasks.values(), return_exceptions=True)
+                self._finish_status()
+                raise
+            finally:
+                with contextlib.suppress(JournalError):
+                    await self.journal.commit()
+                if mqtt_task is not None:
+                    stop_mqtt.set()
+                    try:
+                        await asyncio.wait_for(mqtt_task, 30)
+                    except Exception as exc:  # noqa: BLE001 - publishing never fails the run
+                        self.notes.append(f"MQTT publisher ended with: {exc}")
+        self._finish_status()
+        self.journal.close()
+        if self.journal.failed is None and self.settings.export:
+            from ..store.export import export_run
+
+            self.exported = export_run(self.run_dir, formats=self.settings.export)
+        return results
+
+    async def _start_broker(self, stack: contextlib.AsyncExitStack) -> str | None:
+        mode = (self.settings.mqtt or "off").strip()
+        if mode.lower() == "off":
+            return None
+        if mode.lower() == "embedded":
+            try:
+                from ..mqtt.broker import EmbeddedBroker
+            except ImportError:
+                self.notes.append("MQTT: the embedded broker is not available in this installation")
+                return None
+            broker = await stack.enter_async_context(EmbeddedBroker(host="127.0.0.1", port=0))
+            self.mqtt_url = broker.url
+            return broker.url
+        self.mqtt_url = mode
+        return mode
+
+    def _start_mqtt(self, url: str, stop: asyncio.Event):
+        try:
+            from ..mqtt.service import MqttStatus, run_mqtt
+        except ImportError:
+            self.notes.append("MQTT: the publisher is not available in this installation")
+            return None
+        self.mqtt_status = MqttStatus()
+        return asyncio.create_task(run_mqtt(self.run_dir / JOURNAL_NAME, url, self.settings.node, self.control,
+                                            stop, status=self.mqtt_status, commands=self.settings.mqtt_commands),
+                                   name="mqtt")
+
+    def _finish_status(self) -> None:
+        per = {ch: (r.es.status or r.sm.state.value) for ch, r in self.runners.items()}
+        statuses = set(per.values())
+        status = statuses.pop() if len(statuses) == 1 else "mixed"
+        if self.journal.failed is not None:
+            status = "faulted"
+        self.run_info["status"] = status
+        self.run_info["channel_status"] = per
+        faults = {ch: r.es.fault for ch, r in self.runners.items() if r.es.fault}
+        if faults:
+            self.run_info["faults"] = faults
+        write_run_json(self.run_dir, self.run_info)
+
+    @property
+    def status(self) -> str:
+        return self.run_info.get("status", "")

@@ -1,0 +1,252 @@
+"""The run journal writer: one SQLite database per run, WAL, synchronous=FULL, one writer.
+
+The engine stages rows per channel (samples, events, metrics) on the event-loop thread; `commit()`
+takes a snapshot of every staged channel's engine state (and the channel's own saved state, e.g. the
+simulator's model) and writes all of it in ONE transaction in a worker thread, so what is on disk is
+always a consistent point of every channel: the samples up to seq N together with the state that
+produced them. A crash loses at most what was staged since the last commit; `cyclerctl resume`
+continues from the committed state.
+
+Failure rule: any error while writing (disk full, I/O error, locked database) rolls the transaction
+back and raises JournalError; the engine then puts every channel in its safe state and stops. The
+journal holds the last committed point, so the run can be resumed once the disk is fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import JournalError
+from . import schema
+
+JOURNAL_NAME = "journal.sqlite"
+
+# (state name, engine state JSON, channel state) of a channel at the moment of a commit
+Snapshot = Callable[[], tuple[str, str, bytes | None]]
+
+
+@dataclass(slots=True)
+class _Pending:
+    samples: list[np.ndarray] = field(default_factory=list)  # 2-D float64, columns = SAMPLE_COLUMNS
+    events: list[tuple] = field(default_factory=list)
+    metrics: list[tuple] = field(default_factory=list)
+    n_samples: int = 0
+
+
+def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection to a journal. Readers use readonly=True (they never block the writer in WAL)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / JOURNAL_NAME
+    if not p.is_file():
+        raise JournalError(f"no run journal at {p}; give a run directory made by `cyclerctl run`")
+    if readonly:
+        conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(p, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+class Journal:
+    """The single writer of a run's journal."""
+
+    def __init__(self, path: str | Path, *, commit_interval: float = 1.0) -> None:
+        self.path = Path(path)
+        self.commit_interval = float(commit_interval)
+        try:
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                         cached_statements=4096)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA busy_timeout=5000")
+            self._conn.executescript(schema.DDL)
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open the run journal {self.path}: {exc}") from exc
+        self._pending: dict[str, _Pending] = {}
+        self._snapshots: dict[str, Snapshot] = {}
+        self._audit: list[tuple] = []
+        self._insert_sql: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+        self._db_lock = threading.Lock()
+        self._last_commit = time.monotonic()
+        self.commits = 0
+        self.rows_committed = 0
+        self.failed: JournalError | None = None
+        self.on_commit: list[Callable[[dict[str, int]], None]] = []  # callbacks: samples committed per ch
+
+    # ---- setup ---------------------------------------------------------------------------------
+
+    def set_meta(self, values: dict[str, str]) -> None:
+        with self._db_lock:
+            self._write(lambda c: c.executemany(
+                "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                [(k, str(v)) for k, v in values.items()]))
+
+    def add_channel(self, ch: str, run: str, descriptor: dict, program_blob: bytes | None,
+                    snapshot: Snapshot) -> None:
+        """Declare a channel (idempotent on resume) and the callable that snapshots its state."""
+        with self._db_lock:
+            def write(c: sqlite3.Connection) -> None:
+                c.execute("INSERT INTO channels(ch, run, descriptor) VALUES (?, ?, ?) ON CONFLICT(ch) "
+                          "DO UPDATE SET descriptor=excluded.descriptor", (ch, run, json.dumps(descriptor)))
+                if program_blob is not None:
+                    c.execute("INSERT OR IGNORE INTO programs(ch, program) VALUES (?, ?)", (ch, program_blob))
+            self._write(write)
+        self._snapshots[ch] = snapshot
+        self._insert_sql[ch] = schema.INSERT_SAMPLE.replace("VALUES (?, ", f"VALUES ({_sql_text(ch)}, ", 1)
+
+    # ---- staging (event-loop thread, never blocks) -------------------------------------------------
+
+    def stage_samples(self, ch: str, rows: np.ndarray) -> None:
+        """rows: 2-D float64 array, columns in schema.SAMPLE_COLUMNS order (NaN = NULL)."""
+        p = self._pending.setdefault(ch, _Pending())
+        p.samples.append(rows)
+        p.n_samples += len(rows)
+
+    def stage_event(self, ch: str, row: tuple) -> None:
+        """row: values of schema.EVENT_COLUMNS (data as a JSON string)."""
+        self._pending.setdefault(ch, _Pending()).events.append(row)
+
+    def stage_metric(self, ch: str, row: tuple) -> None:
+        """row: values of schema.METRIC_COLUMNS (data as a JSON string)."""
+        self._pending.setdefault(ch, _Pending()).metrics.append(row)
+
+    def touch(self, ch: str) -> None:
+        """Mark a channel's state as changed (it will be snapshotted at the next commit)."""
+        self._pending.setdefault(ch, _Pending())
+
+    def stage_audit(self, ch: str | None, action: str, actor: str | None, source: str | None,
+                    request_id: str | None, args: dict | None, result: str) -> None:
+        self._audit.append((time.time(), ch, action, actor, source, request_id,
+                            json.dumps(args or {}), result))
+
+    def due(self) -> bool:
+        """True when the last commit is older than commit_interval seconds of wall time."""
+        return time.monotonic() - self._last_commit >= self.commit_interval
+
+    @property
+    def staged_samples(self) -> int:
+        return sum(p.n_samples for p in self._pending.values())
+
+    # ---- commit ----------------------------------------------------------------------------------
+
+    async def commit(self) -> None:
+        """Write everything staged (all channels) in one transaction, off the event loop."""
+        async with self._lock:
+            batch, audit, states = self._take()
+            if batch or audit:
+                await asyncio.to_thread(self._commit_batch, batch, audit, states)
+
+    def commit_sync(self) -> None:
+        """commit() for callers outside the event loop (shutdown paths)."""
+        batch, audit, states = self._take()
+        if batch or audit:
+            self._commit_batch(batch, audit, states)
+
+    def _take(self):
+        if self.failed is not None:
+            raise self.failed
+        batch, self._pending = self._pending, {}
+        audit, self._audit = self._audit, []
+        states = {}
+        unix = time.time()
+        for ch in batch:
+            snap = self._snapshots.get(ch)
+            if snap is not None:
+                name, engine_json, channel_state = snap()
+                states[ch] = (ch, name, channel_state, unix, engine_json)
+        self._last_commit = time.monotonic()
+        return batch, audit, states
+
+    def _commit_batch(self, batch: dict[str, _Pending], audit: list[tuple], states: dict) -> None:
+        counts = {}
+
+        def write(c: sqlite3.Connection) -> None:
+            for ch, p in batch.items():
+                if p.samples:
+                    rows = p.samples[0] if len(p.samples) == 1 else np.concatenate(p.samples)
+                    c.executemany(self._insert_sql[ch], rows.tolist())
+                    counts[ch] = len(rows)
+                if p.events:
+                    c.executemany(schema.INSERT_EVENT, [(ch, *e) for e in p.events])
+                if p.metrics:
+                    c.executemany(schema.INSERT_METRIC, [(ch, *m) for m in p.metrics])
+            if states:
+                c.executemany(schema.UPSERT_STATE, list(states.values()))
+            if audit:
+                c.executemany(schema.INSERT_AUDIT, audit)
+
+        with self._db_lock:
+            self._write(write)
+        self.commits += 1
+        self.rows_committed += sum(counts.values())
+        for cb in self.on_commit:
+            cb(counts)
+
+    def _write(self, fn: Callable[[sqlite3.Connection], None]) -> None:
+        c = self._conn
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            fn(c)
+            c.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                c.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self.failed = JournalError(
+                f"cannot write the run journal {self.path}: {exc} — the channels were put in their safe "
+                f"state; fix the disk (free space, permissions) and continue with `cyclerctl resume "
+                f"{self.path.parent}`")
+            raise self.failed from exc
+
+    def close(self) -> None:
+        try:
+            with self._db_lock:
+                self._conn.close()
+        except sqlite3.Error:
+            pass
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The writer's connection, for setup and tests (use only from the writer's side)."""
+        return self._conn
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
+    return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+
+
+def create_meta(run_id: str, run_json: dict) -> dict[str, str]:
+    return {
+        "run_id": run_id,
+        "schema_version": str(schema.SCHEMA_VERSION),
+        "software_version": __version__,
+        "created_unix": repr(time.time()),
+        "run_json": json.dumps(run_json),
+    }
+
+
+def iter_rows(conn: sqlite3.Connection, sql: str, params: Iterable = (), size: int = 100_000):
+    """Fetch a query in chunks (bounded memory for long runs)."""
+    cur = conn.execute(sql, tuple(params))
+    while True:
+        rows = cur.fetchmany(size)
+        if not rows:
+            return
+        yield rows
