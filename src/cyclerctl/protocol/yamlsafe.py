@@ -1,0 +1,196 @@
+"""Safe, bounded YAML loading that remembers where every value came from.
+
+Protocol files are untrusted input. The loader
+- never constructs objects (only the YAML core types: mappings, sequences, str, int, float, bool, null),
+- refuses documents larger than `MAX_BYTES`, nested deeper than `MAX_DEPTH`, with more than `MAX_NODES`
+  nodes once aliases are expanded, or more than `MAX_ALIASES` alias references ("billion laughs"),
+- refuses duplicate keys and non-text keys,
+- returns, beside the data, a map from each value's path (("steps", 3, "gitt", "current")) to its
+  (line, column), 1-based, so any later error can point into the file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from ..errors import ProtocolError
+
+MAX_BYTES = 1_000_000
+MAX_DEPTH = 40
+MAX_NODES = 100_000
+MAX_ALIASES = 100
+
+Path = tuple[str | int, ...]
+Locations = dict[Path, tuple[int, int]]
+
+
+class BoundedSafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that counts nodes, nesting depth and aliases while composing."""
+
+    def __init__(self, stream: str, filename: str) -> None:
+        super().__init__(stream)
+        self.filename = filename
+        self._nodes = 0
+        self._depth = 0
+        self._aliases = 0
+
+    def _refuse(self, message: str, mark) -> None:
+        line = mark.line + 1 if mark is not None else 1
+        col = mark.column + 1 if mark is not None else 1
+        raise ProtocolError(message, self.filename, line, col)
+
+    def compose_node(self, parent, index):  # noqa: D401 - yaml API
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                self._refuse(f"too many YAML aliases (more than {MAX_ALIASES}); write the values out",
+                             self.peek_event().start_mark)
+        else:
+            self._nodes += 1
+            if self._nodes > MAX_NODES:
+                self._refuse(f"document too large (more than {MAX_NODES} YAML nodes)", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                self._refuse(f"nesting too deep (more than {MAX_DEPTH} levels)", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
+_ALLOWED_SCALAR_TAGS = {
+    "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null",
+}
+
+
+class _Builder:
+    """Turns a composed node graph into plain Python data plus a location map (bounded expansion)."""
+
+    def __init__(self, loader: BoundedSafeLoader, filename: str) -> None:
+        self.loader = loader
+        self.filename = filename
+        self.locations: Locations = {}
+        self.expanded = 0
+        self.stack: list[Node] = []
+
+    def error(self, message: str, node: Node) -> ProtocolError:
+        m = node.start_mark
+        return ProtocolError(message, self.filename, m.line + 1, m.column + 1)
+
+    def build(self, node: Node, path: Path) -> Any:
+        self.expanded += 1
+        if self.expanded > MAX_NODES:
+            raise self.error(f"document too large once aliases are expanded (more than {MAX_NODES} values)", node)
+        if len(path) > MAX_DEPTH:
+            raise self.error(f"nesting too deep (more than {MAX_DEPTH} levels)", node)
+        if any(n is node for n in self.stack):
+            raise self.error("recursive YAML alias (a value that contains itself)", node)
+        self.locations[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        self.stack.append(node)
+        try:
+            if isinstance(node, ScalarNode):
+                return self.scalar(node)
+            if isinstance(node, SequenceNode):
+                if node.tag != "tag:yaml.org,2002:seq":
+                    raise self.error(f"unsupported YAML tag {node.tag!r}", node)
+                return [self.build(child, (*path, i)) for i, child in enumerate(node.value)]
+            if isinstance(node, MappingNode):
+                if node.tag != "tag:yaml.org,2002:map":
+                    raise self.error(f"unsupported YAML tag {node.tag!r}", node)
+                return self.mapping(node, path)
+            raise self.error("unsupported YAML node", node)
+        finally:
+            self.stack.pop()
+
+    def scalar(self, node: ScalarNode) -> Any:
+        if node.tag not in _ALLOWED_SCALAR_TAGS:
+            raise self.error(f"unsupported YAML tag {node.tag!r} (protocol files hold plain values only)", node)
+        if node.tag == _STR_TAG:
+            return node.value
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, OverflowError) as exc:
+            raise self.error(f"cannot read the value {node.value!r}: {exc}", node) from None
+
+    def _pairs(self, node: MappingNode) -> list[tuple[Node, Node]]:
+        """Key/value node pairs with YAML merge keys (<<) expanded; explicit keys win over merged ones."""
+        own: list[tuple[Node, Node]] = []
+        merged: list[tuple[Node, Node]] = []
+        for key, value in node.value:
+            if key.tag == _MERGE_TAG:
+                sources = value.value if isinstance(value, SequenceNode) else [value]
+                for src in sources:
+                    if not isinstance(src, MappingNode):
+                        raise self.error("a YAML merge (<<) needs a mapping", src)
+                    merged.extend(self._pairs(src))
+            else:
+                own.append((key, value))
+        own_keys = {k.value for k, _ in own if isinstance(k, ScalarNode)}
+        return own + [(k, v) for k, v in merged if not (isinstance(k, ScalarNode) and k.value in own_keys)]
+
+    def mapping(self, node: MappingNode, path: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key_node, value_node in self._pairs(node):
+            if not isinstance(key_node, ScalarNode):
+                raise self.error("a key must be plain text", key_node)
+            key = self.scalar(key_node)
+            if not isinstance(key, str):
+                raise self.error(f"the key {key_node.value!r} must be text (quote it)", key_node)
+            if key in out:
+                raise self.error(f"duplicate key {key!r}", key_node)
+            out[key] = self.build(value_node, (*path, key))
+            # point a key's errors at the key itself, its value's errors at the value
+            self.locations[(*path, key, "__key__")] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+        return out
+
+
+def load_yaml(text: str, filename: str = "<string>") -> tuple[Any, Locations]:
+    """Parse one YAML document safely; return (data, locations). Raises ProtocolError on any problem."""
+    if len(text.encode("utf-8", errors="replace")) > MAX_BYTES:
+        raise ProtocolError(f"file too large (more than {MAX_BYTES // 1000} kB); protocol files are small",
+                            filename, 1, 1)
+    loader = BoundedSafeLoader(text, filename)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            problem = exc.problem or exc.context or "malformed YAML"
+            line = mark.line + 1 if mark is not None else 1
+            col = mark.column + 1 if mark is not None else 1
+            raise ProtocolError(f"malformed YAML: {problem}", filename, line, col) from None
+        except yaml.YAMLError as exc:
+            raise ProtocolError(f"malformed YAML: {exc}".splitlines()[0], filename, 1, 1) from None
+        except RecursionError:
+            raise ProtocolError(f"nesting too deep (more than {MAX_DEPTH} levels)", filename, 1, 1) from None
+        if node is None:
+            raise ProtocolError("empty file: a protocol starts with 'cyclerctl: 1'", filename, 1, 1)
+        builder = _Builder(loader, filename)
+        try:
+            data = builder.build(node, ())
+        except RecursionError:
+            raise ProtocolError(f"nesting too deep (more than {MAX_DEPTH} levels)", filename, 1, 1) from None
+        return data, builder.locations
+    finally:
+        loader.dispose()
+
+
+def locate(locations: Locations, loc: tuple[Any, ...], key: bool = False) -> tuple[int, int]:
+    """The (line, column) of the deepest known path along `loc` (entries not in the file, such as
+    pydantic union tags, are skipped). With key=True, prefer the position of the last key itself."""
+    path: Path = ()
+    best = locations.get((), (1, 1))
+    for part in loc:
+        cand = (*path, part)
+        if cand in locations:
+            path = cand
+            best = locations[cand]
+    if key and (*path, "__key__") in locations:
+        return locations[(*path, "__key__")]
+    return best
