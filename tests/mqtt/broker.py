@@ -92,3 +92,43 @@ def stop_mosquitto(proc: subprocess.Popen, kill: bool = False) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+class MosquittoSub:
+    """mosquitto_sub (an independent client) writing `topic payload` lines to a file.
+
+    with MosquittoSub(port, ["cycler/v1/#"], user="viewer", password="pw") as sub:
+        ...
+    sub.messages() -> [(topic, payload)]"""
+
+    def __init__(self, port: int, topics: list[str], workdir: Path, user: str | None = None,
+                 password: str | None = None, qos: int = 1) -> None:
+        self.out = Path(workdir) / f"sub-{free_port()}.txt"
+        cmd = ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5",
+               "-q", str(qos), "-v"]
+        if user:
+            cmd += ["-u", user, "-P", password or ""]
+        for t in topics:
+            cmd += ["-t", t]
+        self.cmd = cmd
+
+    def __enter__(self) -> MosquittoSub:
+        self._fh = open(self.out, "w")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._fh, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.3)  # connected and subscribed
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"mosquitto_sub exited: {self.proc.stderr.read()}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+        self._fh.close()
+
+    def messages(self) -> list[tuple[str, str]]:
+        out = []
+        for line in self.out.read_text().split("\n"):
+            if line:
+                topic, _, payload = line.partition(" ")
+                out.append((topic, payload))
+        return out

@@ -221,6 +221,9 @@ class Publisher:
             if stream == "samples":
                 out.backlog.extend(("samples", a, b) for a, b in missing)
                 out.live_next[stream] = head + 1
+                if head >= 0 and out.last_sample is None:
+                    out.last_sample = self.source.samples(out.ch, head, head)[0]
+                    out.state_due = True
             else:  # low volume: resend in order on the stream's own topic
                 out.live_next[stream] = missing[0][0] if missing else head + 1
 
