@@ -9,7 +9,8 @@ Physics: between commands the source state is constant, so the cell is advanced 
 clock in small steps under that state. A current source whose terminal voltage would pass its voltage
 limit clamps at the limit (and reports TRIP 1); a voltage source whose current would pass its current
 limit clamps at that current. Output off in HIMP mode leaves the cell at open circuit; output off in
-NORMAL mode puts 0 V across it, as the real instrument does. A reading takes NPLC/50 s of instrument time.
+NORMAL mode puts 0 V across it, as the real instrument does (the cell counts as wired to the terminals
+from the first command a client sends). A reading takes NPLC/50 s of instrument time.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class SimKeithley2450:
         self.stop = threading.Event()
         self.readings = 0
         self.commands: list[str] = []  # every command received, for tests
+        self.attached = False  # the cell is wired to the terminals when the first client talks to us
         self._rng = None
         if noise > 0:
             import numpy as np
@@ -114,7 +116,7 @@ class SimKeithley2450:
                     self.v, self.i, self.clamped = self.level["VOLT"], 0.0, False
                 continue
             if not self.output:
-                if self.smod[self.func] == "HIMP":
+                if self.smod[self.func] == "HIMP" or not self.attached:
                     self.v, self.i = plant.advance_open(dt), 0.0
                 else:  # NORMAL/ZERO: a 0 V source with a limit of 10 % of range across the cell
                     self.i = plant.advance_voltage(0.0, dt)
@@ -158,6 +160,9 @@ class SimKeithley2450:
             if not command:
                 continue
             with self._lock:
+                if not self.attached:
+                    self._advance()
+                    self.attached = True
                 self.commands.append(command)
                 reply = self._command(command, link)
             if reply is not None and not link.closed:

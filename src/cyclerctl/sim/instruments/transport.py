@@ -105,6 +105,8 @@ class TcpServer:
                     chunk = conn.recv(65536)
                 except TimeoutError:
                     continue
+                if hasattr(socket, "TCP_QUICKACK"):  # answer small writes at once (no delayed ACK)
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
                 if not chunk:
                     break
                 for line in _split_lines(buffer, chunk):

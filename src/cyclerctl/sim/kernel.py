@@ -1,0 +1,584 @@
+"""The compiled time stepper of the half-cell model (numba).
+
+One internal step of length h with the cell held at a current or a voltage:
+- each material j: modal particle update, exact for a constant faradaic current I_j over the step;
+  surface stoichiometry x_s,j = p_j - g_j I_j (affine in I_j);
+- shared electrode potential phi: U_j(x_s,j) + eta_j(I_j) = phi for every material (Butler-Volmer,
+  alpha = 1/2), double layer C_dl (phi - phi_old)/h treated implicitly;
+- the terminal voltage V = phi + eta_Na(I) + I R_s (Na-metal counter electrode, series resistance);
+- SEI takes a decaying fraction of the cathodic interface current; active material fades with the
+  sodiation throughput (its Na is trapped); an optional internal soft short drains V/R_short;
+- Arrhenius factors on D, i0, i0_Na, R_s; the cell follows the chamber with a thermal lag.
+The unknowns (I_j, phi) are found by Newton on an arrowhead Jacobian. `run` loops over internal
+steps, records samples by the step's record rule, and locates end-condition crossings between
+steps by regula falsi, so a voltage cutoff is met to micro-volts.
+Everything here is SI. Positive current = desodiation of the working electrode (BDF charge).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+F_CONST = 96485.33212
+R_GAS = 8.314462618
+
+# cell state st[...]
+T_CELL, T_CH, T_SET, PHI, I_LAST, Q_SEI, Q_TRAP, Q_SHORT, CYCLES, LAST_DIR, TIME, Q_PASSED, V_LAST = range(13)
+N_ST = 13
+# per-material state mst[j, ...]
+HYST, PSI, NEQ, IJ = range(4)
+N_MST = 4
+# per-material parameters mp[j, ...]
+(Q0, RAD, GAP, AS, I0, EA_CT, EA_D, HRATE, FADE_LIN, F1, N1, F2, N2, F3, N3, HAS_HYST) = range(16)
+N_MP = 16
+# cell parameters cp[...]
+(RS, EA_RS, CDL, I0NA, EA_NA, SEI_MAX, SEI_RATE, SEI_SLOW, TREF, TAU_TH, RAMP, SHORT_AFTER,
+ R_SHORT, DX_MAX, DV_MAX, H_MAX) = range(16)
+N_CP = 16
+# step state ss[...]
+(S_T0, S_CHARGE, S_REC_T, S_REC_V, S_REC_I, S_FIRST, S_HSUB, S_ANC_T, S_ANC_V, S_SEG_T0, S_STABLE,
+ S_TEMP_MODE, S_TEMP_TOL, S_TEMP_FOR, S_DVDT, S_SEG_V0) = range(16)
+N_SS = 16
+# end-condition quantities (cyclerctl.program.EndQuantity)
+Q_STEP_TIME, Q_VOLTAGE, Q_CURRENT, Q_ABS_CURRENT, Q_ABS_CHARGE, Q_DVDT, Q_TEMPERATURE = range(7)
+# output columns
+C_T, C_V, C_I, C_TEMP, C_STEP_T = range(5)
+N_BASE_OUT = 5
+# cell truth columns after the base columns, then 7 per material
+(TR_PHI, TR_ETA_NA, TR_OHMIC, TR_SEI, TR_TRAP, TR_SHORT, TR_INVENTORY, TR_DL, TR_CYCLES, TR_PASSED) = range(10)
+N_TR_CELL = 10
+(TM_XBAR, TM_XS, TM_D, TM_U, TM_ETA, TM_DUDX, TM_I) = range(7)
+N_TR_MAT = 7
+# reasons run() returns
+R_END, R_STOP, R_FULL, R_DONE = 0, 1, 2, 3
+
+
+@njit(cache=True)
+def _interp(tab, x):
+    g = tab.shape[0] - 1
+    y = x * g
+    i = int(math.floor(y))
+    if i < 0:
+        i = 0
+    elif i > g - 1:
+        i = g - 1
+    fr = y - i
+    return tab[i] + fr * (tab[i + 1] - tab[i])
+
+
+@njit(cache=True)
+def _ocv(utab, stab, j, x, hyst, has_hyst):
+    """U_j(x) and dU/dx of material j, blending sodiation (0) and desodiation (1) branches."""
+    u0 = _interp(utab[j, 0], x)
+    s0 = _interp(stab[j, 0], x)
+    if has_hyst == 0.0:
+        return u0, s0
+    w = 0.5 * (1.0 + hyst)
+    u1 = _interp(utab[j, 1], x)
+    s1 = _interp(stab[j, 1], x)
+    return w * u1 + (1.0 - w) * u0, w * s1 + (1.0 - w) * s0
+
+
+@njit(cache=True)
+def _arr(ea, t, tref):
+    return math.exp(-ea / R_GAS * (1.0 / t - 1.0 / tref))
+
+
+@njit(cache=True)
+def _eta(i, i0a, f):
+    """Butler-Volmer overpotential (alpha = 1/2) and its derivative d eta / d i."""
+    z = i / (2.0 * i0a)
+    return 2.0 / f * math.asinh(z), 1.0 / (f * i0a * math.sqrt(1.0 + z * z))
+
+
+@njit(cache=True)
+def diffusivity(dtab, j, xbar):
+    nd = dtab.shape[1] - 1
+    k = int(round(xbar * nd))
+    if k < 0:
+        k = 0
+    elif k > nd:
+        k = nd
+    return dtab[j, k]
+
+
+@njit(cache=True)
+def _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, pj, gj, dj, qj):
+    """Per material: D, the free surface value p_j and the gain g_j of the step of length h."""
+    m, n = a.shape
+    t = st[T_CELL]
+    tref = cp[TREF]
+    for j in range(m):
+        q = mp[j, Q0] * mst[j, PSI]
+        dd = diffusivity(dtab, j, a[j, 0]) * _arr(mp[j, EA_D], t, tref)
+        if cache[j, 0] != dd or cache[j, 1] != h:
+            cache[j, 0] = dd
+            cache[j, 1] = h
+            ex[j, 0] = 1.0
+            fx[j, 0] = h
+            for k in range(1, n):
+                lam = dd * mu[j, k]
+                e = math.exp(lam * h)
+                ex[j, k] = e
+                fx[j, k] = (e - 1.0) / lam
+        p = 0.0
+        g = 0.0
+        for k in range(n):
+            p += vs[j, k] * ex[j, k] * a[j, k]
+            g += vs[j, k] * vs[j, k] * fx[j, k]
+        r = mp[j, RAD]
+        pj[j] = p
+        gj[j] = g / q + mp[j, GAP] * r / (3.0 * q * dd)
+        dj[j] = dd
+        qj[j] = q
+
+
+@njit(cache=True)
+def _sei_fraction(st, cp):
+    if cp[SEI_MAX] <= 0.0:
+        return cp[SEI_SLOW]
+    rem = 1.0 - st[Q_SEI] / cp[SEI_MAX]
+    if rem < 0.0:
+        rem = 0.0
+    return cp[SEI_RATE] * rem + cp[SEI_SLOW]
+
+
+@njit(cache=True)
+def _short_current(st, cp):
+    if cp[SHORT_AFTER] > 0.0 and st[CYCLES] >= cp[SHORT_AFTER]:
+        return st[V_LAST] / cp[R_SHORT]
+    return 0.0
+
+
+@njit(cache=True)
+def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx, cache, w):
+    """Solve one step (not committed). mode 0: current target (A); mode 1: voltage target (V).
+    h = 0 evaluates the instantaneous response (double layer holds phi). Returns V, I, phi;
+    w[0..3, j] holds I_j, x_s,j, p_j, g_j; w[4..6, j] D_j, U_j, dU/dx_j, w[7, j] Q_j."""
+    m = a.shape[0]
+    t = st[T_CELL]
+    tref = cp[TREF]
+    f = F_CONST / (R_GAS * t)
+    rs = cp[RS] * math.exp(cp[EA_RS] / R_GAS * (1.0 / t - 1.0 / tref))
+    i0na = cp[I0NA] * _arr(cp[EA_NA], t, tref)
+    pj = w[2]
+    gj = w[3]
+    _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, pj, gj, w[4], w[7])
+    eps = _sei_fraction(st, cp)
+    ish = _short_current(st, cp)
+    phi_old = st[PHI]
+    if h <= 0.0:
+        # instantaneous: phi cannot jump (double layer); only the ohmic and counter-electrode terms move
+        if mode == 0:
+            iext = target
+        else:
+            iext = st[I_LAST]
+            for _ in range(60):
+                en, den = _eta(iext, i0na, f)
+                r = phi_old + en + iext * rs - target
+                iext -= r / (den + rs)
+                if abs(r) < 1e-12:
+                    break
+        en, _d = _eta(iext, i0na, f)
+        for j in range(m):
+            w[0, j] = mst[j, IJ]
+            xs = pj[j] - gj[j] * mst[j, IJ]
+            w[1, j] = xs
+            u, du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
+            w[5, j] = u
+            w[6, j] = du
+        return phi_old + en + iext * rs, iext, phi_old
+    cdh = cp[CDL] / h
+    ij = w[0]
+    for j in range(m):
+        ij[j] = mst[j, IJ]
+    phi = phi_old
+    iext = st[I_LAST]
+    for _it in range(100):
+        s_sum = cdh * (phi - phi_old)
+        inv_d = 0.0
+        rd = 0.0
+        rmax = 0.0
+        for j in range(m):
+            i0a = mp[j, I0] * mp[j, AS] * mst[j, PSI] * _arr(mp[j, EA_CT], t, tref)
+            xs = pj[j] - gj[j] * ij[j]
+            u, du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
+            e, de = _eta(ij[j], i0a, f)
+            r = u + e - phi
+            d = -gj[j] * du + de
+            w[1, j] = xs
+            w[5, j] = u
+            w[6, j] = du
+            w[8, j] = r
+            w[9, j] = d
+            inv_d += 1.0 / d
+            rd += r / d
+            s_sum += ij[j]
+            if abs(r) > rmax:
+                rmax = abs(r)
+        if mode == 0:
+            iint = target - ish
+            s_t = iint * (1.0 - eps) if iint < 0.0 else iint
+            rt = s_sum - s_t
+            dphi = (-rt + rd) / (inv_d + cdh)
+            conv = abs(rt) * (1.0 / inv_d) < 1e-13
+            iext = target
+        else:
+            e_s = eps if s_sum < 0.0 else 0.0
+            iint = s_sum / (1.0 - e_s)
+            iext = iint + ish
+            en, den = _eta(iext, i0na, f)
+            k = (den + rs) / (1.0 - e_s)
+            rt = phi + en + iext * rs - target
+            dphi = (-rt + k * rd) / (k * inv_d + 1.0 + k * cdh)
+            conv = abs(rt) < 1e-12
+        if dphi > 0.2:
+            dphi = 0.2
+        elif dphi < -0.2:
+            dphi = -0.2
+        phi += dphi
+        for j in range(m):
+            ij[j] += (dphi - w[8, j]) / w[9, j]
+        if conv and rmax < 1e-12 and abs(dphi) < 1e-13:
+            break
+    # final consistent values
+    s_sum = cdh * (phi - phi_old)
+    for j in range(m):
+        xs = pj[j] - gj[j] * ij[j]
+        u, du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
+        w[1, j] = xs
+        w[5, j] = u
+        w[6, j] = du
+        s_sum += ij[j]
+    if mode == 1:
+        e_s = eps if s_sum < 0.0 else 0.0
+        iext = s_sum / (1.0 - e_s) + ish
+    en, _d = _eta(iext, i0na, f)
+    return phi + en + iext * rs, iext, phi
+
+
+@njit(cache=True)
+def _fade(mp, j, n):
+    psi = 1.0 - mp[j, FADE_LIN] * n
+    psi *= 1.0 - mp[j, F1] * (1.0 - math.exp(-n / mp[j, N1])) - mp[j, F2] * (1.0 - math.exp(-n / mp[j, N2])) \
+        - mp[j, F3] * (1.0 - math.exp(-n / mp[j, N3]))
+    return max(psi, 1e-6)
+
+
+@njit(cache=True)
+def commit(a, st, mst, mp, vs, cp, h, v, iext, phi, ex, fx, w):
+    """Apply a solved step of length h > 0 to the state."""
+    m, n = a.shape
+    eps = _sei_fraction(st, cp)
+    ish = _short_current(st, cp)
+    iint = iext - ish
+    for j in range(m):
+        q = w[7, j]
+        ij = w[0, j]
+        u = -ij / q
+        for k in range(n):
+            a[j, k] = ex[j, k] * a[j, k] + fx[j, k] * vs[j, k] * u
+        if mp[j, HAS_HYST] != 0.0 and ij != 0.0:
+            s = 1.0 if ij > 0.0 else -1.0
+            mst[j, HYST] = s + (mst[j, HYST] - s) * math.exp(-mp[j, HRATE] * abs(ij) * h / q)
+        if ij < 0.0:
+            n_old = mst[j, NEQ]
+            n_new = n_old - ij * h / mp[j, Q0]
+            p_old = _fade(mp, j, n_old) if n_old > 0.0 else 1.0
+            p_new = _fade(mp, j, n_new)
+            mst[j, NEQ] = n_new
+            mst[j, PSI] = mst[j, PSI] * p_new / p_old
+            st[Q_TRAP] += mp[j, Q0] * mst[j, PSI] * (p_old / p_new - 1.0) * a[j, 0]
+        mst[j, IJ] = ij
+    if iint < 0.0:
+        st[Q_SEI] += -eps * iint * h
+    st[Q_SHORT] += ish * h
+    st[PHI] = phi
+    st[I_LAST] = iext
+    st[V_LAST] = v
+    st[Q_PASSED] += iext * h
+    st[TIME] += h
+    if iext != 0.0:
+        d = 1.0 if iext > 0.0 else -1.0
+        if d < 0.0 and st[LAST_DIR] > 0.0:
+            st[CYCLES] += 1.0
+        st[LAST_DIR] = d
+    # chamber ramps to its set point; the cell follows with a first-order lag
+    dt_ch = st[T_SET] - st[T_CH]
+    lim = cp[RAMP] * h
+    if dt_ch > lim:
+        dt_ch = lim
+    elif dt_ch < -lim:
+        dt_ch = -lim
+    st[T_CH] += dt_ch
+    st[T_CELL] = st[T_CH] + (st[T_CELL] - st[T_CH]) * math.exp(-h / cp[TAU_TH])
+
+
+@njit(cache=True)
+def inventory(a, st, mst, mp):
+    """Na held by the working electrode (C): in the particles, trapped in faded material, and in SEI."""
+    tot = st[Q_TRAP] + st[Q_SEI]
+    for j in range(a.shape[0]):
+        tot += mp[j, Q0] * mst[j, PSI] * a[j, 0]
+    return tot
+
+
+@njit(cache=True)
+def _write(out, row, a, st, mst, mp, cp, w, v, iext, phi, step_time):
+    m = a.shape[0]
+    t = st[T_CELL]
+    tref = cp[TREF]
+    f = F_CONST / (R_GAS * t)
+    rs = cp[RS] * math.exp(cp[EA_RS] / R_GAS * (1.0 / t - 1.0 / tref))
+    en, _d = _eta(iext, cp[I0NA] * _arr(cp[EA_NA], t, tref), f)
+    out[row, C_T] = st[TIME]
+    out[row, C_V] = v
+    out[row, C_I] = iext
+    out[row, C_TEMP] = t
+    out[row, C_STEP_T] = step_time
+    b = N_BASE_OUT
+    out[row, b + TR_PHI] = phi
+    out[row, b + TR_ETA_NA] = en
+    out[row, b + TR_OHMIC] = iext * rs
+    out[row, b + TR_SEI] = st[Q_SEI]
+    out[row, b + TR_TRAP] = st[Q_TRAP]
+    out[row, b + TR_SHORT] = st[Q_SHORT]
+    out[row, b + TR_INVENTORY] = inventory(a, st, mst, mp)
+    out[row, b + TR_DL] = cp[CDL] * st[PHI]
+    out[row, b + TR_CYCLES] = st[CYCLES]
+    out[row, b + TR_PASSED] = st[Q_PASSED]
+    for j in range(m):
+        c = b + N_TR_CELL + N_TR_MAT * j
+        out[row, c + TM_XBAR] = a[j, 0]
+        out[row, c + TM_XS] = w[1, j]
+        out[row, c + TM_D] = w[4, j]
+        out[row, c + TM_U] = w[5, j]
+        out[row, c + TM_ETA] = phi - w[5, j]
+        out[row, c + TM_DUDX] = w[6, j]
+        out[row, c + TM_I] = w[0, j]
+
+
+@njit(cache=True)
+def _quantity(code, ss, st, v, iext):
+    if code == Q_STEP_TIME:
+        return st[TIME] - ss[S_T0]
+    if code == Q_VOLTAGE:
+        return v
+    if code == Q_CURRENT:
+        return iext
+    if code == Q_ABS_CURRENT:
+        return abs(iext)
+    if code == Q_ABS_CHARGE:
+        return abs(ss[S_CHARGE])
+    if code == Q_TEMPERATURE:
+        return st[T_CELL]
+    return ss[S_DVDT]
+
+
+@njit(cache=True)
+def _target(mode, target, rate, ss, t):
+    if rate != 0.0:
+        return ss[S_SEG_V0] + rate * (t - ss[S_SEG_T0])
+    return target
+
+
+@njit(cache=True)
+def _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, rate, ilimit, ss,
+             ex, fx, cache, w):
+    tv = _target(mode, target, rate, ss, st[TIME] + h)
+    md = 0 if mode == 0 else 1
+    v, iext, phi = solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, md, tv, ex, fx, cache, w)
+    if md == 1 and abs(iext) > ilimit:
+        lim = ilimit if iext > 0.0 else -ilimit
+        v, iext, phi = solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, 0, lim, ex, fx, cache, w)
+    ss[S_CHARGE] += iext * h
+    commit(a, st, mst, mp, vs, cp, h, v, iext, phi, ex, fx, w)
+    return v, iext, phi
+
+
+@njit(cache=True)
+def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, ilimit, t_stop,
+        rec_every, rec_dv, rec_di, e_code, e_op, e_val, e_win, out, ex, fx, cache, w):
+    """Advance until an end fires (R_END), t_stop (R_STOP), out is full (R_FULL) or a temperature
+    step has settled (R_DONE). Returns (samples written, end index or -1, reason)."""
+    m, n_modes = a.shape
+    a0 = np.empty_like(a)
+    st0 = np.empty_like(st)
+    mst0 = np.empty_like(mst)
+    ss0 = np.empty_like(ss)
+    n_out = 0
+    n_ends = e_code.shape[0]
+    if ss[S_FIRST] != 0.0:
+        ss[S_FIRST] = 0.0
+        tv = _target(mode, target, rate, ss, st[TIME])
+        md = 0 if mode == 0 else 1
+        v, iext, phi = solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, 0.0, md, tv, ex, fx, cache, w)
+        if md == 1 and abs(iext) > ilimit:
+            lim = ilimit if iext > 0.0 else -ilimit
+            v, iext, phi = solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, 0.0, 0, lim, ex, fx, cache, w)
+        _write(out, 0, a, st, mst, mp, cp, w, v, iext, phi, st[TIME] - ss[S_T0])
+        n_out = 1
+        ss[S_REC_T] = st[TIME]
+        ss[S_REC_V] = v
+        ss[S_REC_I] = iext
+        ss[S_ANC_T] = st[TIME]
+        ss[S_ANC_V] = v
+        st[V_LAST] = v
+        # an end that already holds at the first sample ends the step at once (e.g. charge to 2 V at 2.1 V)
+        for e in range(n_ends):
+            if e_code[e] == Q_VOLTAGE or e_code[e] == Q_TEMPERATURE:
+                x = _quantity(e_code[e], ss, st, v, iext)
+                if (e_op[e] > 0 and x >= e_val[e]) or (e_op[e] < 0 and x <= e_val[e]):
+                    return n_out, e, R_END
+    v_prev = st[V_LAST]
+    i_prev = st[I_LAST]
+    while True:
+        t = st[TIME]
+        if t >= t_stop - 1e-9:
+            return n_out, -1, R_STOP
+        if n_out >= out.shape[0] - 1:
+            return n_out, -1, R_FULL
+        h = min(ss[S_HSUB], cp[H_MAX], t_stop - t)
+        if rec_every > 0.0:
+            hr = ss[S_REC_T] + rec_every - t
+            if hr > 1e-9:
+                h = min(h, hr)
+        ia = abs(st[I_LAST])
+        if mode == 0:
+            ia = max(ia, abs(target))
+        if ia > 0.0:
+            for j in range(m):
+                h = min(h, cp[DX_MAX] * mp[j, Q0] * mst[j, PSI] / ia)
+        if rate != 0.0:
+            h = min(h, cp[DV_MAX] / abs(rate))
+        for e in range(n_ends):
+            if e_code[e] == Q_STEP_TIME:
+                hr = e_val[e] - (t - ss[S_T0])
+                if hr > 1e-9:
+                    h = min(h, hr)
+        if ss[S_TEMP_MODE] != 0.0:
+            h = min(h, max(ss[S_TEMP_FOR] / 20.0, 1e-3))
+        if h < 1e-9:
+            h = 1e-9
+        a0[:, :] = a
+        st0[:] = st
+        mst0[:, :] = mst
+        ss0[:] = ss
+        v, iext, phi = _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, rate,
+                                ilimit, ss, ex, fx, cache, w)
+        ss[S_HSUB] = min(2.0 * ss[S_HSUB], cp[H_MAX])
+        # |dV/dt| over the trailing window (or between internal steps)
+        dvdt_ready = False
+        if st[TIME] - ss[S_ANC_T] >= max(e_win_max(e_win), 0.0) - 1e-9:
+            ss[S_DVDT] = abs(v - ss[S_ANC_V]) / max(st[TIME] - ss[S_ANC_T], 1e-12)
+            ss[S_ANC_T] = st[TIME]
+            ss[S_ANC_V] = v
+            dvdt_ready = True
+        # end conditions: earliest crossing
+        fired = -1
+        best = h
+        for e in range(n_ends):
+            code = e_code[e]
+            if code == Q_DVDT and not dvdt_ready:
+                continue
+            x1 = _quantity(code, ss, st, v, iext)
+            holds = (e_op[e] > 0 and x1 >= e_val[e]) or (e_op[e] < 0 and x1 <= e_val[e])
+            if not holds:
+                continue
+            if code == Q_STEP_TIME or code == Q_DVDT:
+                he = h
+            else:
+                # locate the crossing inside the step by regula falsi (Illinois) on the step length
+                if code == Q_VOLTAGE:
+                    x0 = v_prev
+                elif code == Q_CURRENT:
+                    x0 = i_prev
+                elif code == Q_ABS_CURRENT:
+                    x0 = abs(i_prev)
+                elif code == Q_ABS_CHARGE:
+                    x0 = abs(ss0[S_CHARGE])
+                else:
+                    x0 = st0[T_CELL]
+                f0 = x0 - e_val[e]
+                f1 = x1 - e_val[e]
+                lo, hi = 0.0, h
+                if f0 * f1 > 0.0:
+                    he = h  # it held already at the start of this step (noise-free: first step)
+                else:
+                    side = 0
+                    he = h
+                    for _it in range(80):
+                        hm = (lo * f1 - hi * f0) / (f1 - f0) if f1 != f0 else 0.5 * (lo + hi)
+                        if not (lo < hm < hi):
+                            hm = 0.5 * (lo + hi)
+                        a[:, :] = a0
+                        st[:] = st0
+                        mst[:, :] = mst0
+                        ss[:] = ss0
+                        vm, im, _p = _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, hm, mode,
+                                              target, rate, ilimit, ss, ex, fx, cache, w)
+                        fm = _quantity(code, ss, st, vm, im) - e_val[e]
+                        he = hm
+                        if abs(fm) < 1e-7 * max(1.0, abs(e_val[e])) or hi - lo < 1e-9:
+                            break
+                        if fm * f1 > 0.0:
+                            hi, f1 = hm, fm
+                            if side == 1:
+                                f0 *= 0.5
+                            side = 1
+                        else:
+                            lo, f0 = hm, fm
+                            if side == -1:
+                                f1 *= 0.5
+                            side = -1
+            if fired < 0 or he < best:
+                fired = e
+                best = he
+        if fired >= 0:
+            if best != h or (e_code[fired] != Q_STEP_TIME and e_code[fired] != Q_DVDT):
+                a[:, :] = a0
+                st[:] = st0
+                mst[:, :] = mst0
+                ss[:] = ss0
+                v, iext, phi = _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, best, mode, target,
+                                        rate, ilimit, ss, ex, fx, cache, w)
+            _write(out, n_out, a, st, mst, mp, cp, w, v, iext, phi, st[TIME] - ss[S_T0])
+            return n_out + 1, fired, R_END
+        rec = False
+        if rec_every > 0.0 and st[TIME] >= ss[S_REC_T] + rec_every - 1e-9:
+            rec = True
+        if rec_dv > 0.0 and abs(v - ss[S_REC_V]) >= rec_dv:
+            rec = True
+        if rec_di > 0.0 and abs(iext - ss[S_REC_I]) >= rec_di:
+            rec = True
+        done = False
+        if ss[S_TEMP_MODE] != 0.0:
+            if abs(st[T_CELL] - st[T_SET]) <= ss[S_TEMP_TOL]:
+                if ss[S_STABLE] < 0.0:
+                    ss[S_STABLE] = st[TIME]
+                elif st[TIME] - ss[S_STABLE] >= ss[S_TEMP_FOR] - 1e-9:
+                    done = True
+            else:
+                ss[S_STABLE] = -1.0
+        if rec or done:
+            _write(out, n_out, a, st, mst, mp, cp, w, v, iext, phi, st[TIME] - ss[S_T0])
+            n_out += 1
+            ss[S_REC_T] = st[TIME]
+            ss[S_REC_V] = v
+            ss[S_REC_I] = iext
+        if done:
+            return n_out, -1, R_DONE
+        v_prev = v
+        i_prev = iext
+
+
+@njit(cache=True)
+def e_win_max(e_win):
+    x = 0.0
+    for i in range(e_win.shape[0]):
+        if e_win[i] > x:
+            x = e_win[i]
+    return x
