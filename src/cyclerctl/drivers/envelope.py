@@ -51,3 +51,15 @@ def load_envelope(name: str) -> Capabilities:
 def simulated(caps: Capabilities) -> Capabilities:
     """The same envelope for a simulated instrument (the engine then accepts --speed N)."""
     return replace(caps, real_hardware=False, model=caps.model + " (simulated)")
+
+
+def check_speed(name: str, instrument_speed: float | None, clock_speed: float) -> None:
+    """A simulated instrument must run at the host's --speed; real hardware only at speed 1."""
+    import math
+
+    if instrument_speed is None:
+        if clock_speed != 1:
+            raise ConfigError(f"{name} is real hardware: it runs only at --speed 1")
+    elif not (instrument_speed == clock_speed or math.isclose(instrument_speed, clock_speed, rel_tol=1e-9)):
+        raise ConfigError(f"the simulated instrument {name} runs at --speed {instrument_speed:g} but this run "
+                          f"at {clock_speed:g}; start both with the same --speed")

@@ -24,7 +24,7 @@ from ..channel import Block, Capabilities, StepStart
 from ..clock import Clock
 from ..errors import ConfigError, InstrumentError
 from ..program import Cell, ConstantCurrent, ConstantVoltage, Impedance, Rest, SetTemperature, Step, Sweep
-from .envelope import load_envelope, simulated
+from .envelope import check_speed, load_envelope, simulated
 from .retry import retrying
 from .scpi import Control, ScpiInstrument, _bool_reply, in_range
 from .stepping import BlockBuilder, EndWatch, Recorder, block_span
@@ -142,20 +142,18 @@ class Keithley2450Channel:
 
     async def open(self) -> None:
         await self._call(self._open)
-        if self.instrument_speed is not None:
-            if not math.isclose(self.instrument_speed, self.clock.speed, rel_tol=1e-9):
-                await self.close()
-                raise ConfigError(
-                    f"the simulated instrument at {self.inst.resource_name} runs at --speed "
-                    f"{self.instrument_speed:g} but this run at {self.clock.speed:g}; use the same --speed on both")
-            self.capabilities = simulated(self.capabilities)
-        elif self.clock.speed != 1:
+        try:
+            check_speed(self.name, self.instrument_speed, self.clock.speed)
+        except ConfigError:
             await self.close()
-            raise ConfigError(f"{self.name} is real hardware: it runs only at --speed 1")
+            raise
+        if self.instrument_speed is not None:
+            self.capabilities = simulated(self.capabilities)
 
     def _open(self) -> None:
         inst = self.inst
         inst.connect()
+        inst.go_safe()  # first of all: the power-on output-off state (NORMAL, 0 V) would load the cell
         ident = inst.identity
         fields = ident.split(",")
         if len(fields) < 2 or not re.search(r"24[5-7]\d", fields[1]):
@@ -167,7 +165,6 @@ class Keithley2450Channel:
         m = _SIM_SPEED.search(ident)
         self.instrument_speed = (math.inf if m.group(1) == "max" else float(m.group(1))) if m else None
         inst.clear_status()
-        inst.go_safe()
         inst.check_errors()
         self._mode = None
 

@@ -118,9 +118,9 @@ class SimKeithley2450:
             if not self.output:
                 if self.smod[self.func] == "HIMP" or not self.attached:
                     self.v, self.i = plant.advance_open(dt), 0.0
-                else:  # NORMAL/ZERO: a 0 V source with a limit of 10 % of range across the cell
-                    self.i = plant.advance_voltage(0.0, dt)
-                    self.v = 0.0
+                else:  # NORMAL/ZERO: a 0 V source limited to 10 % of its 100 uA range pulls the cell down
+                    self.i = -math.copysign(1e-5, self.v) if abs(self.v) > 1e-4 else 0.0
+                    self.v = plant.advance_current(self.i, dt)
                 self.clamped = False
                 continue
             if self.func == "CURR":
