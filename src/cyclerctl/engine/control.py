@@ -1,8 +1,8 @@
 """Operator actions on running channels: pause, resume, skip, stop, abort.
 
-Each action is validated against the channel's state machine, written to the append-only audit
-table (accepted or refused, with who asked and from where), committed, and only then carried out by
-the channel's runner. Used by the CLI, the MQTT command handler and tests.
+Each action is validated against the channel's state machine and written to the append-only audit
+table (accepted or refused, with who asked and from where) ahead of anything the channel's runner
+writes when it carries the action out; the call returns once the audit row is committed. Used by the CLI, the MQTT command handler and tests.
 """
 
 from __future__ import annotations
@@ -68,10 +68,10 @@ class RunControl:
                                  ("ok: " if ok else "refused: ") + msg)
         if runner is not None:
             self.journal.touch(ch)
-        await self.journal.commit()
-        if ok:
+        if ok:  # staged audit rows precede anything the runner writes for this action
             if action == "skip":
                 runner.request_skip()
             else:
                 runner.poke()
+        await self.journal.commit()
         return ok, msg

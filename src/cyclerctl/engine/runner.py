@@ -139,6 +139,7 @@ class ChannelRunner:
         self._wake = asyncio.Event()
         self._skip = False
         self._after_pause = False
+        self._paused = self.es.state == State.PAUSED.value
         self._timeout: asyncio.Timeout | None = None
         self._time_offset = self.es.test_time - clock.now()  # test time = clock.now() + offset
         self._Event = event_type()
@@ -173,11 +174,12 @@ class ChannelRunner:
     def _emit(self, kind: str, data: dict[str, Any] | None = None) -> None:
         es = self.es
         data = data or {}
-        unix = es.unix_origin + es.test_time
-        row = (es.event_seq, kind, es.test_time, unix, es.cycle_count, es.step_count, es.seq,
+        now = self.test_time_now()
+        unix = es.unix_origin + now
+        row = (es.event_seq, kind, now, unix, es.cycle_count, es.step_count, es.seq,
                json.dumps(_clean(data), allow_nan=False))
         self.journal.stage_event(self.name, row)
-        ev = self._Event(kind=kind, test_time_second=es.test_time, cycle_count=es.cycle_count,
+        ev = self._Event(kind=kind, test_time_second=now, cycle_count=es.cycle_count,
                          step_count=es.step_count, sample_seq=es.seq, data=json.loads(row[-1]), ch=self.name,
                          seq=es.event_seq, unix_time_second=unix)
         es.event_seq += 1
@@ -194,6 +196,10 @@ class ChannelRunner:
             if r.kind == "cycle" and data.get("cycle_count") is not None:
                 self.cycle_history[int(data["cycle_count"])] = data
             self._notify("metric", r)
+
+    def test_time_now(self) -> float:
+        """Test time now: the clock's (wall-clock runs go on during pauses), never before the last sample."""
+        return max(self.es.test_time, self.clock.now() + self._time_offset)
 
     def _notify(self, kind: str, payload: Any) -> None:
         for cb in self.listeners:
@@ -227,7 +233,12 @@ class ChannelRunner:
                 self._emit("run_start", {"run": self.program.name, "protocol": self.program.source,
                                          "cell": self.program.cell.name})
                 await self.journal.commit()
-            while self.sm.state not in TERMINAL:
+            while True:
+                st = self.sm.state
+                if st == State.ABORTED and not self.es.status:
+                    await self._end_run("aborted", None)
+                if st in TERMINAL:
+                    break
                 await self._tick()
         except JournalError as exc:
             await self._fault(str(exc), "journal", commit=False)
@@ -254,24 +265,24 @@ class ChannelRunner:
             return
         if st == State.PAUSED:
             self._wake.clear()
-            await self._wake.wait()
-            if self.sm.state == State.RUNNING:
-                self._time_offset = self.es.test_time - self.clock.now()
-                self._after_pause = True
-                self._emit("resume", {})
-                await self.journal.commit()
+            if self.sm.state == State.PAUSED and not self._skip:
+                await self._wake.wait()
             return
         if st == State.PAUSING:
             await self._safe()
+            self._paused = True
             self._emit("pause", {})
             self.sm.apply("paused")
             await self.journal.commit()
             return
+        if self._paused and st == State.RUNNING:
+            self._paused = False
+            self._after_pause = True
+            self._emit("resume", {})
+            await self.journal.commit()
+            return
         if st == State.STOPPING:
             await self._end_run("stopped", "finish")
-            return
-        if st == State.ABORTED:
-            await self._end_run("aborted", None)
             return
         pcs = self.program.instructions
         if self.es.pc >= len(pcs):
@@ -357,7 +368,7 @@ class ChannelRunner:
         self.current_step = step
         if not es.in_step:
             self._begin_step(step)
-        start = StepStart(test_time=max(es.test_time, self.clock.now() + self._time_offset),
+        start = StepStart(test_time=self.test_time_now(),
                           step_time=es.step_time, step_charge=es.step_charge,
                           max_block_span=self.max_block_span)
         if self._after_pause:  # no charge integration across a pause (the output was off)

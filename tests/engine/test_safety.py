@@ -1,0 +1,56 @@
+"""Debounced safety limits: a lone noisy sample does not trip, two in a row do (also across
+blocks), a large excursion trips at once."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cyclerctl.engine.safety import SafetyMonitor
+from cyclerctl.program import Limits
+
+LIM = Limits(voltage_min=0.0, voltage_max=2.5, current_max=5e-3, temperature_min=263.15,
+             temperature_max=333.15, step_duration_max=100.0)
+
+
+def cols(v, i=None, temp=None):
+    v = np.asarray(v, float)
+    c = {"voltage_volt": v, "current_ampere": np.zeros_like(v) if i is None else np.asarray(i, float)}
+    if temp is not None:
+        c["temperature_t1_celsius"] = np.asarray(temp, float)
+    return c
+
+
+def test_single_noisy_sample_does_not_trip():
+    m = SafetyMonitor()
+    assert m.check(LIM, cols([1.0, -0.01, 0.5, 0.2]), None) is None
+
+
+def test_two_consecutive_samples_trip_at_the_second():
+    trip = SafetyMonitor().check(LIM, cols([1.0, -0.01, -0.02, 0.5]), None)
+    assert trip.limit == "voltage_min" and trip.index == 2 and trip.value == -0.02
+
+
+def test_debounce_carries_across_blocks():
+    m = SafetyMonitor()
+    assert m.check(LIM, cols([1.0, 2.0, 2.51]), None) is None
+    trip = m.check(LIM, cols([2.52, 2.0]), None)
+    assert trip.limit == "voltage_max" and trip.index == 0
+
+
+def test_large_excursion_trips_at_once():
+    trip = SafetyMonitor().check(LIM, cols([1.0, -0.2, 0.5]), None)
+    assert trip.limit == "voltage_min" and trip.index == 1
+
+
+def test_current_temperature_and_duration():
+    m = SafetyMonitor()
+    assert m.check(LIM, cols([1, 1], i=[-6e-3, -4e-3]), None).limit == "current_max"
+    assert SafetyMonitor().check(LIM, cols([1, 1], temp=[70.0, 20.0]), None).limit == "temperature_max"
+    trip = SafetyMonitor().check(LIM, cols([1, 1]), np.array([99.0, 101.0]))
+    assert trip.limit == "step_duration_max" and trip.index == 1
+    assert "crossed" in trip.message and "101" in trip.message
+
+
+def test_first_trip_by_sample_order():
+    trip = SafetyMonitor().check(LIM, cols([1.0, 1.0, -0.3], i=[0, 9e-3, 0]), None)
+    assert trip.limit == "current_max" and trip.index == 1
