@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import tokenize
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -109,7 +110,7 @@ def _quantity(text: str, kind_desc: str) -> pint.Quantity:
     try:
         return Q_(num, unit) if unit else Q_(num, "")
     except (pint.errors.UndefinedUnitError, pint.errors.DefinitionSyntaxError, AttributeError,
-            TypeError, ValueError, AssertionError, SyntaxError, KeyError) as exc:
+            TypeError, ValueError, AssertionError, SyntaxError, KeyError, tokenize.TokenError) as exc:
         raise UnitError(f"unknown unit {m.group('unit')!r} in {text!r} (expected {kind_desc})") from exc
 
 
