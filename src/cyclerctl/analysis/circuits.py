@@ -1,0 +1,236 @@
+"""Equivalent circuits from strings and complex nonlinear least squares (CNLS).
+
+Grammar (impedance.py conventions): elements in series are joined by "-", a parallel group is
+"p(a,b,...)". Elements (name = type + number, e.g. R0, CPE1, W1):
+  R  resistor            Z = R
+  C  capacitor           Z = 1/(jωC)
+  L  inductor            Z = jωL
+  CPE constant phase     Z = 1/(Q (jω)^α)
+  W  semi-infinite Warburg      Z = σ(1 − j)/√ω                       (σ in Ω s^-½)
+  Wo finite, reflective (open)  Z = Z₀ coth√(jωτ)/√(jωτ)              (planar film, τ = L²/D)
+  Ws finite, transmissive       Z = Z₀ tanh√(jωτ)/√(jωτ)
+  Sph finite spherical diffusion Z = A tanh√s/(√s − tanh√s), s = jωτ  (τ = R_p²/D; low-f R = A/5,
+                                 Warburg limit σ = A/√(2τ))
+Impedance convention: Z = Z' + jZ'' (Z'' < 0 for capacitive behaviour).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from ..errors import ConfigError
+
+ELEMENTS: dict[str, tuple[str, ...]] = {
+    "R": ("",), "C": ("",), "L": ("",), "CPE": ("Q", "alpha"), "W": ("sigma",),
+    "Wo": ("Z0", "tau"), "Ws": ("Z0", "tau"), "Sph": ("A", "tau"),
+}
+_TOKEN = re.compile(r"\s*(p\(|\(|\)|,|-|[A-Za-z]+\d*)")
+
+
+def _element_z(kind: str, p: np.ndarray, w: np.ndarray) -> np.ndarray:
+    jw = 1j * w
+    if kind == "R":
+        return np.full(w.shape, p[0], dtype=complex)
+    if kind == "C":
+        return 1.0 / (jw * p[0])
+    if kind == "L":
+        return jw * p[0]
+    if kind == "CPE":
+        return 1.0 / (p[0] * jw ** p[1])
+    if kind == "W":
+        return p[0] * (1 - 1j) / np.sqrt(w)
+    s = np.sqrt(jw * p[1])
+    if kind == "Wo":
+        return p[0] / (s * np.tanh(s))
+    if kind == "Ws":
+        return p[0] * np.tanh(s) / s
+    if kind == "Sph":
+        th = np.tanh(s)
+        return p[0] * th / (s - th)
+    raise AssertionError(kind)
+
+
+@dataclass
+class Circuit:
+    """A parsed circuit: `names` of its parameters in order, `impedance(params, f)`."""
+
+    text: str
+    names: list[str]
+    kinds: list[str]  # element kind per parameter
+    _eval: Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+    def impedance(self, params: np.ndarray | list[float], freq: np.ndarray) -> np.ndarray:
+        return self._eval(np.asarray(params, dtype=np.float64), 2 * np.pi * np.asarray(freq, dtype=np.float64))
+
+
+def parse_circuit(text: str) -> Circuit:
+    """Parse "R0-p(R1-W1,C1)" into a Circuit. Bad strings raise ConfigError saying where."""
+    tokens, pos = [], 0
+    src = text.replace(" ", "")
+    while pos < len(src):
+        m = _TOKEN.match(src, pos)
+        if not m:
+            raise ConfigError(f"circuit {text!r}: unexpected text at {src[pos:]!r} (use e.g. 'R0-p(R1-W1,C1)')")
+        tokens.append(m.group(1))
+        pos = m.end()
+    names: list[str] = []
+    kinds: list[str] = []
+    k = 0
+
+    def element(tok: str):
+        m = re.fullmatch(r"([A-Za-z]+?)(\d*)", tok)
+        kind = next((e for e in sorted(ELEMENTS, key=len, reverse=True) if tok.startswith(e)
+                     and tok[len(e):].isdigit() | (tok[len(e):] == "")), None)
+        if kind is None or m is None:
+            raise ConfigError(f"circuit {text!r}: unknown element {tok!r} (known: {', '.join(ELEMENTS)})")
+        start = len(names)
+        for sub in ELEMENTS[kind]:
+            pname = f"{tok}_{sub}" if sub else tok
+            if pname in names:
+                raise ConfigError(f"circuit {text!r}: element {tok!r} appears twice")
+            names.append(pname)
+            kinds.append(kind)
+        n = len(ELEMENTS[kind])
+        return lambda p, w: _element_z(kind, p[start:start + n], w)
+
+    def series():
+        nonlocal k
+        parts = [term()]
+        while k < len(tokens) and tokens[k] == "-":
+            k += 1
+            parts.append(term())
+        return parts[0] if len(parts) == 1 else (lambda p, w: sum(f(p, w) for f in parts))
+
+    def term():
+        nonlocal k
+        if k >= len(tokens):
+            raise ConfigError(f"circuit {text!r} ends too early")
+        tok = tokens[k]
+        k += 1
+        if tok == "p(":
+            branches = [series()]
+            while k < len(tokens) and tokens[k] == ",":
+                k += 1
+                branches.append(series())
+            if k >= len(tokens) or tokens[k] != ")":
+                raise ConfigError(f"circuit {text!r}: missing ')'")
+            k += 1
+            return lambda p, w: 1.0 / sum(1.0 / f(p, w) for f in branches)
+        if tok in ("(", ")", ",", "-"):
+            raise ConfigError(f"circuit {text!r}: unexpected {tok!r}")
+        return element(tok)
+
+    f = series()
+    if k != len(tokens):
+        raise ConfigError(f"circuit {text!r}: unexpected {tokens[k]!r}")
+    return Circuit(text, names, kinds, f)
+
+
+@dataclass
+class FitResult:
+    circuit: str
+    names: list[str]
+    values: np.ndarray
+    stderr: np.ndarray
+    chi2: float  # Σ of squared modulus-weighted residuals / (2N − p)
+    success: bool
+
+    def as_dict(self) -> dict:
+        return {"circuit": self.circuit, "parameters": dict(zip(self.names, self.values.tolist(), strict=True)),
+                "stderr": dict(zip(self.names, self.stderr.tolist(), strict=True)), "chi2": self.chi2,
+                "success": self.success}
+
+
+def initial_guess(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> list[np.ndarray]:
+    """Starting points from the spectrum's shape: R_s at high f, the arc diameter and apex, the
+    low-frequency tail. Several starts for the diffusion time constants."""
+    order = np.argsort(freq)[::-1]
+    f, zz = freq[order], z[order]
+    r_s = max(float(zz.real[0]), 1e-6)
+    mim = -zz.imag
+    apex = int(np.argmax(mim[: max(3, len(mim) // 2)]))  # arc apex in the high-frequency half
+    arc = max(2 * (float(zz.real[apex]) - r_s), 1e-3 * r_s + 1e-6)
+    f_apex = float(f[apex])
+    w_low = 2 * np.pi * float(f[-1])
+    sigma = max(float(mim[-1]) * np.sqrt(w_low), 1e-6)
+    n_r = sum(1 for kd, nm in zip(circuit.kinds, circuit.names, strict=True) if kd == "R")
+    base = []
+    r_seen = 0
+    for kd, nm in zip(circuit.kinds, circuit.names, strict=True):
+        if kd == "R":
+            base.append(r_s if r_seen == 0 else arc / max(n_r - 1, 1))
+            r_seen += 1
+        elif kd == "C":
+            base.append(1.0 / (2 * np.pi * f_apex * arc))
+        elif kd == "L":
+            base.append(1e-7)
+        elif nm.endswith("_Q"):
+            base.append(1.0 / (2 * np.pi * f_apex * arc))
+        elif nm.endswith("_alpha"):
+            base.append(0.9)
+        elif kd == "W":
+            base.append(sigma)
+        elif nm.endswith("_tau"):
+            base.append(1.0 / w_low)
+        else:  # Z0 / A amplitudes
+            base.append(sigma * np.sqrt(2.0 / w_low))
+    starts = [np.array(base)]
+    if any(nm.endswith("_tau") for nm in circuit.names):
+        for scale in (1e-2, 1e2, 1e4):
+            b = np.array(base)
+            for i, nm in enumerate(circuit.names):
+                if nm.endswith("_tau"):
+                    b[i] *= scale
+                    b[i - 1] *= np.sqrt(scale)
+            starts.append(b)
+    return starts
+
+
+def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
+                guess: list[float] | None = None) -> FitResult:
+    """CNLS with modulus weighting: minimise Σ |Z_model − Z|²/|Z|² over log-parameters (CPE α in
+    (0, 1]). Standard errors from the Jacobian at the optimum, scaled by the residual variance."""
+    c = parse_circuit(circuit) if isinstance(circuit, str) else circuit
+    freq = np.asarray(freq, dtype=np.float64)
+    z = np.asarray(z, dtype=complex)
+    wmod = np.abs(z)
+    is_alpha = np.array([n.endswith("_alpha") for n in c.names])
+
+    def to_params(x: np.ndarray) -> np.ndarray:
+        return np.where(is_alpha, x, np.exp(x))
+
+    def resid(x: np.ndarray) -> np.ndarray:
+        d = (c.impedance(to_params(x), freq) - z) / wmod
+        return np.r_[d.real, d.imag]
+
+    lo = np.where(is_alpha, 0.3, -np.inf)
+    hi = np.where(is_alpha, 1.0, np.inf)
+    best = None
+    starts = [np.asarray(guess, float)] if guess is not None else initial_guess(c, freq, z)
+    for p0 in starts:
+        x0 = np.where(is_alpha, np.clip(p0, 0.31, 0.99), np.log(np.maximum(p0, 1e-300)))
+        try:
+            res = least_squares(resid, x0, bounds=(lo, hi), method="trf", x_scale="jac",
+                                xtol=1e-13, ftol=1e-13, gtol=1e-13, max_nfev=100 * len(c.names))
+        except (ValueError, FloatingPointError):
+            continue
+        if best is None or res.cost < best.cost:
+            best = res
+    if best is None:
+        n = len(c.names)
+        return FitResult(c.text, c.names, np.full(n, np.nan), np.full(n, np.nan), np.nan, False)
+    values = to_params(best.x)
+    dof = max(2 * freq.size - len(values), 1)
+    s2 = 2 * best.cost / dof
+    try:
+        cov = np.linalg.pinv(best.jac.T @ best.jac) * s2
+        se_x = np.sqrt(np.clip(np.diag(cov), 0, None))
+    except np.linalg.LinAlgError:
+        se_x = np.full(len(values), np.nan)
+    stderr = np.where(is_alpha, se_x, values * se_x)
+    return FitResult(c.text, c.names, values, stderr, float(s2), bool(best.success))

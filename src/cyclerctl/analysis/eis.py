@@ -1,0 +1,204 @@
+"""EIS: Lin-KK validity check, Warburg coefficient, equivalent-circuit fits, D from σ.
+
+- Lin-KK (Schönleber et al., Electrochim. Acta 131 (2014) 20): Ẑ = R₀ + jωL + 1/(jωC) +
+  Σ_k R_k/(1 + jωτ_k), τ_k log-spaced over 1/ω_max..1/ω_min, fitted by linear least squares weighted
+  by 1/|Z|, with 6 elements per decade (μ = 1 − Σ_{R_k<0}|R_k| / Σ_{R_k≥0}|R_k| reported). Residuals Δ = (Z − Ẑ)/|Z|;
+  a spectrum with max |Δ| above `kk_limit` (1 %) is flagged "kk_invalid" (drift, nonlinearity, noise).
+- Warburg σ: slope of Z' against ω^-½ over the 45° region below the charge-transfer arc
+  (consecutive points whose Nyquist slope is 45° ± `window_deg`, at f < f_apex/5).
+- D from σ (Ho, Raistrick, Huggins, with capacity): D = ((−dU/dQ)·R_p / (3√2·σ))², dU/dQ the OCV
+  slope per coulomb (= (dU/dx)/Q_th). Use the same dU/dQ as GITT, or the two disagree by construction.
+- Circuit fits (circuits.py): Randles with spherical diffusion R0-p(R1-Sph1,C1) (D = R_p²/τ),
+  Randles with a Warburg R0-p(R1-W1,C1), and the papers' R_s + R_SEI + R_ct + Warburg
+  R0-p(R1,C1)-p(R2-W1,C2). The headline R_s, R_ct, C_dl come from the best-fitting circuit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .base import KELVIN_OFFSET, Event, MetricRow, column
+from .circuits import fit_circuit
+
+M2_TO_CM2 = 1e4
+
+# (circuit, roles of its parameters)
+DEFAULT_CIRCUITS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("R0-p(R1-Sph1,C1)", {"series_resistance_ohm": "R0", "charge_transfer_resistance_ohm": "R1",
+                          "double_layer_capacitance_farad": "C1", "diffusion_time_second": "Sph1_tau"}),
+    ("R0-p(R1-W1,C1)", {"series_resistance_ohm": "R0", "charge_transfer_resistance_ohm": "R1",
+                        "double_layer_capacitance_farad": "C1", "warburg_coefficient_ohm_s_half": "W1_sigma"}),
+    ("R0-p(R1,C1)-p(R2-W1,C2)", {"series_resistance_ohm": "R0", "sei_resistance_ohm": "R1",
+                                 "charge_transfer_resistance_ohm": "R2", "double_layer_capacitance_farad": "C2",
+                                 "warburg_coefficient_ohm_s_half": "W1_sigma"}),
+)
+
+
+def lin_kk(freq: np.ndarray, z: np.ndarray, per_decade: float = 6.0, m_fixed: int | None = None) -> dict:
+    """Lin-KK test with `per_decade` RC elements per decade of τ (at most N/2). Returns M, μ (reported,
+    not used to pick M: on diffusion-dominated spectra it drops below 0.85 long before the fit
+    converges), residuals (real, imaginary; fractions of |Z|) and the max |residual|."""
+    freq = np.asarray(freq, float)
+    z = np.asarray(z, complex)
+    w = 2 * np.pi * freq
+    wmod = np.abs(z)
+    decades = np.log10(w.max() / w.min())
+    if m_fixed is None:
+        m_fixed = int(np.clip(round(per_decade * decades), 3, max(3, len(freq) // 2)))
+    tau = np.logspace(np.log10(1 / w.max()), np.log10(1 / w.min()), m_fixed)
+    basis = 1.0 / (1.0 + 1j * w[:, None] * tau[None, :])
+    cols = np.column_stack([np.ones_like(w, dtype=complex), basis, 1j * w, 1.0 / (1j * w)])
+    a = np.vstack([cols.real / wmod[:, None], cols.imag / wmod[:, None]])
+    b = np.r_[z.real / wmod, z.imag / wmod]
+    scale = np.linalg.norm(a, axis=0)
+    scale[scale == 0] = 1
+    x, *_ = np.linalg.lstsq(a / scale, b, rcond=None)
+    x = x / scale
+    rk = x[1:m_fixed + 1]
+    pos = np.abs(rk[rk >= 0]).sum()
+    mu = 1 - np.abs(rk[rk < 0]).sum() / pos if pos > 0 else 0.0
+    best = (m_fixed, mu, cols @ x)
+    m, mu, zfit = best
+    res_re = (z.real - zfit.real) / wmod
+    res_im = (z.imag - zfit.imag) / wmod
+    return {"m": m, "mu": float(mu), "residual_real": res_re, "residual_imag": res_im,
+            "max_residual": float(max(np.abs(res_re).max(), np.abs(res_im).max()))}
+
+
+def warburg_sigma(freq: np.ndarray, z: np.ndarray, window_deg: float = 7.0, min_points: int = 3) -> dict | None:
+    """σ (Ω s^-½) from Z' vs ω^-½ over the longest run of points in the 45° region below the arc."""
+    order = np.argsort(freq)[::-1]
+    f, zz = np.asarray(freq)[order], np.asarray(z)[order]
+    mim = -zz.imag
+    apex = int(np.argmax(mim[: max(3, len(mim) // 2)]))
+    f_apex = f[apex]
+    dre, dim = np.diff(zz.real), np.diff(mim)
+    ang = np.degrees(np.arctan2(dim, dre))
+    good = (np.abs(ang - 45.0) <= window_deg) & (f[1:] < f_apex / 5)
+    best, cur = (0, 0), None
+    for k, g in enumerate(good):
+        if g:
+            cur = (cur[0], k + 1) if cur else (k, k + 1)
+            if cur[1] - cur[0] > best[1] - best[0]:
+                best = cur
+        else:
+            cur = None
+    lo, hi = best[0], best[1] + 1  # points lo..hi-1 (hi-1 = last segment end)
+    if hi - lo < min_points:
+        return None
+    x = 1 / np.sqrt(2 * np.pi * f[lo:hi])
+    sigma_re, _ = np.polyfit(x, zz.real[lo:hi], 1)
+    sigma_im, _ = np.polyfit(x, mim[lo:hi], 1)
+    return {"sigma_ohm_s_half": float(sigma_re), "sigma_imag_ohm_s_half": float(sigma_im),
+            "f_min_hertz": float(f[hi - 1]), "f_max_hertz": float(f[lo]), "n_points": int(hi - lo)}
+
+
+def diffusion_from_sigma(sigma: float, ocv_slope_per_coulomb: float, radius: float) -> float:
+    """D (m²/s) = ((−dU/dQ)·R_p/(3√2 σ))² (sphere, with capacity)."""
+    return (abs(ocv_slope_per_coulomb) * radius / (3 * math.sqrt(2) * sigma)) ** 2
+
+
+@dataclass
+class EisSettings:
+    particle_radius: float | None = None  # m
+    ocv_slope_per_coulomb: float | None = None  # V/C; else asked of `ocv_slope` (e.g. from GITT)
+    circuits: tuple[tuple[str, dict[str, str]], ...] = DEFAULT_CIRCUITS
+    kk_limit: float = 0.01
+    ocv_slope: Callable[[], float | None] | None = field(default=None, repr=False)
+
+
+def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings) -> dict:
+    """Lin-KK, σ window, circuit fits and diffusion coefficients of one spectrum."""
+    kk = lin_kk(freq, z)
+    flags = ["kk_invalid"] if kk["max_residual"] > settings.kk_limit else []
+    out: dict = {"frequency_hertz": freq, "real_impedance_ohm": z.real, "imaginary_impedance_ohm": z.imag,
+                 "linkk_m": kk["m"], "linkk_mu": kk["mu"], "linkk_max_residual": kk["max_residual"],
+                 "linkk_residual_real": kk["residual_real"], "linkk_residual_imag": kk["residual_imag"]}
+    sig = warburg_sigma(freq, z)
+    out["warburg_window"] = sig
+    out["warburg_coefficient_ohm_s_half"] = sig["sigma_ohm_s_half"] if sig else None
+    slope = settings.ocv_slope_per_coulomb
+    if slope is None and settings.ocv_slope is not None:
+        slope = settings.ocv_slope()
+    out["ocv_slope_volt_per_coulomb"] = slope
+    r = settings.particle_radius
+    out["diffusion_coefficient_cm2_s"] = (diffusion_from_sigma(sig["sigma_ohm_s_half"], slope, r) * M2_TO_CM2
+                                          if sig and slope and r else None)
+    if not sig:
+        flags.append("no_warburg_region")
+    fits, best = [], None
+    for text, roles in settings.circuits:
+        fr = fit_circuit(text, freq, z)
+        d = fr.as_dict()
+        d["roles"] = {k: d["parameters"].get(v) for k, v in roles.items()}
+        d["role_stderr"] = {k: d["stderr"].get(v) for k, v in roles.items()}
+        fits.append(d)
+        if fr.success and np.isfinite(fr.chi2) and (best is None or fr.chi2 < best["chi2"]):
+            best = d
+    out["fits"] = fits
+    if best is not None:
+        out["best_circuit"] = best["circuit"]
+        for key in ("series_resistance_ohm", "charge_transfer_resistance_ohm", "double_layer_capacitance_farad"):
+            out[key] = best["roles"].get(key)
+            out[key.replace("_ohm", "_stderr_ohm").replace("_farad", "_stderr_farad")] = best["role_stderr"].get(key)
+        tau = best["roles"].get("diffusion_time_second")
+        out["diffusion_time_second"] = tau
+        out["diffusion_coefficient_fit_cm2_s"] = r * r / tau * M2_TO_CM2 if (tau and r) else None
+    out["flags"] = flags
+    out["valid"] = not flags
+    return out
+
+
+class EisOperator:
+    """One "eis" row per impedance step (technique "eis"), emitted when the sweep ends."""
+
+    kind = "eis"
+
+    def __init__(self, settings: EisSettings | None = None) -> None:
+        self.s = settings or EisSettings()
+        self._open = False
+        self._buf: list[tuple[np.ndarray, ...]] = []
+        self._meta: dict = {}
+        self.results: list[dict] = []  # rows so far (the Arrhenius operator reads them)
+
+    def feed_event(self, event: Event) -> list[MetricRow]:
+        out = []
+        if event.kind == "step_start":
+            if self._open:
+                out = self._finish()
+            if event.data.get("technique") == "eis" or event.data.get("step_type") == "EIS":
+                self._open, self._buf = True, []
+                self._meta = {"cycle_count": event.cycle_count, "step_count": event.step_count,
+                              "start_time_second": event.test_time_second}
+        elif event.kind in ("step_end", "run_end", "stop", "abort", "fault") and self._open:
+            out = self._finish()
+        return out
+
+    def feed_samples(self, rows: Mapping[str, np.ndarray]) -> list[MetricRow]:
+        if not self._open or len(rows["test_time_second"]) == 0:
+            return []
+        cols = [column(rows, c) for c in ("frequency_hertz", "real_impedance_ohm", "imaginary_impedance_ohm",
+                                          "temperature_t1_celsius", "test_time_second", "voltage_volt")]
+        ok = np.isfinite(cols[0]) & np.isfinite(cols[1]) & np.isfinite(cols[2]) & (cols[0] > 0)
+        self._buf.append(tuple(c[ok] for c in cols))
+        return []
+
+    def _finish(self) -> list[MetricRow]:
+        self._open = False
+        if not self._buf:
+            return []
+        f, re_, im, temp, t, v = (np.concatenate([b[k] for b in self._buf]) for k in range(6))
+        self._buf = []
+        if f.size < 5:
+            return []
+        data = analyze_spectrum(f, re_ + 1j * im, self.s)
+        tk = float(np.nanmean(temp)) + KELVIN_OFFSET if np.isfinite(temp).any() else None
+        data.update(self._meta)
+        data.update({"test_time_second": float(t[-1]), "temperature_kelvin": tk,
+                     "potential_volt": float(np.nanmean(v)) if np.isfinite(v).any() else None})
+        self.results.append(data)
+        return [MetricRow("eis", data)]

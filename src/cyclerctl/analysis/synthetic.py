@@ -1,0 +1,94 @@
+"""Analytic responses with known truth, for tests, benchmarks and teaching.
+
+Each generator returns journal-like columns (BDF names, SI) plus the events an engine would write,
+so the same data can go through the operators, a journal file or a BDF file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import FARADAY, GAS_CONSTANT, Event
+from .diffusion import sphere_h
+
+
+def gitt_pulse_train(*, d: float, radius: float, q_th: float, ocv_slope: float, current: float,
+                     pulse: float, rest: float, n_pulses: int, u0: float = 1.0, r_ohm: float = 0.0,
+                     dt_pulse: float = 0.5, dt_rest: float = 30.0, noise: float = 0.0, seed: int = 0,
+                     ) -> tuple[dict[str, np.ndarray], list[Event]]:
+    """GITT on one sphere with constant D and a linear OCV U = u0 + ocv_slope·x (exact Crank series).
+
+    Each pulse: `pulse` s at `current` A sampled every `dt_pulse` s, then `rest` s at zero current.
+    Returns (columns, events) with step_start events (technique "gitt", role pulse/rest)."""
+    tau_d = radius**2 / d
+    rng = np.random.default_rng(seed)
+    t_all, v_all, i_all, st_all, sc_all = [], [], [], [], []
+    events: list[Event] = []
+    t0, x_bulk, step = 0.0, 0.0, 0
+    events.append(Event("step_start", 0.0, 1, step, 0, {"technique": "rest", "step_type": "REST"}))
+    t_all.append(np.array([0.0]))
+    v_all.append(np.array([u0]))
+    i_all.append(np.array([0.0]))
+    st_all.append(np.array([0.0]))
+    sc_all.append(np.array([step]))
+    n = 1
+    for _ in range(n_pulses):
+        tp = np.arange(0.0, pulse + 1e-9, dt_pulse)
+        tr = np.r_[np.arange(dt_pulse, min(60.0, rest), dt_pulse), np.arange(60.0, rest + 1e-9, dt_rest)]
+        k = current * tau_d / (3 * q_th)
+        xs_p = x_bulk + k * sphere_h(tp / tau_d)
+        xs_r = x_bulk + k * (sphere_h((pulse + tr) / tau_d) - sphere_h(tr / tau_d))
+        for role, tt, xs, cur in (("pulse", tp, xs_p, current), ("rest", tr, xs_r, 0.0)):
+            step += 1
+            t_start = t0 if role == "pulse" else t0 + pulse
+            events.append(Event("step_start", t_start, 1, step, n,
+                                {"technique": "gitt", "tags": {"role": role},
+                                 "step_type": "CC_DCHG" if cur < 0 else ("CC_CHG" if cur > 0 else "REST"),
+                                 "current_ampere": cur}))
+            v = u0 + ocv_slope * xs + cur * r_ohm
+            if role == "pulse":
+                v = v.copy()
+                v[0] = u0 + ocv_slope * x_bulk + cur * r_ohm  # first record just after the jump
+            t_all.append(t_start + tt)
+            v_all.append(v + noise * rng.standard_normal(v.size))
+            i_all.append(np.full(tt.size, cur))
+            st_all.append(tt)
+            sc_all.append(np.full(tt.size, step))
+            n += tt.size
+        x_bulk += current * pulse / q_th
+        t0 += pulse + rest
+    cols = {
+        "test_time_second": np.concatenate(t_all), "voltage_volt": np.concatenate(v_all),
+        "current_ampere": np.concatenate(i_all), "step_time_second": np.concatenate(st_all),
+        "step_count": np.concatenate(sc_all).astype(np.float64),
+    }
+    nn = cols["test_time_second"].size
+    cols["cycle_count"] = np.ones(nn)
+    cols["step_id"] = cols["step_count"].copy()
+    events.append(Event("run_end", float(cols["test_time_second"][-1]), 1, step, nn, {"status": "completed"}))
+    return cols, events
+
+
+def randles_sphere_impedance(freq: np.ndarray, *, r_s: float, r_ct: float, c_dl: float, ocv_slope: float,
+                             tau_d: float, q_th: float) -> np.ndarray:
+    """Z(ω) = R_s + [jωC_dl + 1/(R_ct + Z_d)]⁻¹ with the finite spherical diffusion impedance
+    Z_d = (−dU/dx)·τ_d/(3Q_th)·tanh√s/(√s − tanh√s), s = jωτ_d (reflective centre)."""
+    w = 2 * np.pi * np.asarray(freq)
+    s = np.sqrt(1j * w * tau_d)
+    th = np.tanh(s)
+    z_d = (-ocv_slope) * tau_d / (3 * q_th) * th / (s - th)
+    return r_s + 1.0 / (1j * w * c_dl + 1.0 / (r_ct + z_d))
+
+
+def cv_dunn(potential: np.ndarray, scan_rates: list[float], k1: np.ndarray, k2: np.ndarray) -> dict[float, np.ndarray]:
+    """i(V) = k1(V)·v + k2(V)·√v for every scan rate v (the Dunn model, exact)."""
+    return {v: k1 * v + k2 * np.sqrt(v) for v in scan_rates}
+
+
+def arrhenius_rct(temperatures: np.ndarray, *, ea: float, r_ct_ref: float, t_ref: float = 298.15) -> np.ndarray:
+    """R_ct(T) = R T/(F i₀(T) A) with i₀ Arrhenius in E_a: R_ct = R_ref·(T/T_ref)·exp(E_a/R (1/T − 1/T_ref))."""
+    t = np.asarray(temperatures, dtype=np.float64)
+    return r_ct_ref * (t / t_ref) * np.exp(ea / GAS_CONSTANT * (1 / t - 1 / t_ref))
+
+
+__all__ = ["gitt_pulse_train", "randles_sphere_impedance", "cv_dunn", "arrhenius_rct", "FARADAY"]
