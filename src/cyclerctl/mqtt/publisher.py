@@ -81,6 +81,7 @@ class Publisher:
         self._tokens = 0.0
         self._wake = asyncio.Event()
         self._rebirth = False
+        self._more = False
         self._tasks: set[asyncio.Task] = set()
         self._free_ev = asyncio.Event()
         self._errors: list[BaseException] = []
@@ -136,7 +137,7 @@ class Publisher:
             self._check()
             version = self.source.data_version()
             now = time.monotonic()
-            if version != last_version or now - last_full > 1.0:
+            if version != last_version or self._more or now - last_full > 1.0:
                 last_version, last_full = version, now
                 if self._load_channels():
                     await self._announce(only_new=True)
@@ -228,8 +229,10 @@ class Publisher:
                 out.live_next[stream] = missing[0][0] if missing else head + 1
 
     async def _pump_live(self) -> None:
+        self._more = False  # set when a read hit read_limit: more is waiting, poll again at once
         for out in list(self.channels.values()):
             rows = self.source.samples(out.ch, out.live_next["samples"], limit=self.opt.read_limit)
+            self._more = self._more or len(rows) == self.opt.read_limit
             if rows:
                 await self._send_samples(out, rows, replay=False)
                 out.live_next["samples"] = rows[-1][1] + 1
@@ -237,6 +240,7 @@ class Publisher:
                 out.state_due = True
             for stream in ("events", "metrics"):
                 rows = self.source.rows(stream, out.ch, out.live_next[stream], limit=self.opt.read_limit)
+                self._more = self._more or len(rows) == self.opt.read_limit
                 for row in rows:
                     await self._send_row(out, stream, row, replay=False)
                 if rows:
