@@ -190,8 +190,12 @@ class ChannelRunner:
     def _metrics(self, rows) -> None:
         for r in rows or ():
             data = dict(r.data)
+            try:
+                text = json.dumps(data, allow_nan=False)
+            except (TypeError, ValueError):
+                text = json.dumps(_clean(data), allow_nan=False)
             self.journal.stage_metric(self.name, (self.es.metric_seq, r.kind, data.get("test_time_second"),
-                                                  data.get("cycle_count"), json.dumps(_clean(data), allow_nan=False)))
+                                                  data.get("cycle_count"), text))
             self.es.metric_seq += 1
             if r.kind == "cycle" and data.get("cycle_count") is not None:
                 self.cycle_history[int(data["cycle_count"])] = data
@@ -322,9 +326,12 @@ class ChannelRunner:
         cur: dict[str, Any] = {}
         for op in self.operators:
             if getattr(op, "kind", "") == "cycle" and hasattr(op, "current"):
-                cur = dict(op.current() or {})
+                try:
+                    cur = dict(op.current(cond.reference_cycle) or {})
+                except TypeError:
+                    cur = dict(op.current() or {})
                 break
-        if cond.metric == "capacity_retention" and cond.reference_cycle is not None:
+        if cur.get(cond.metric) is None and cond.metric == "capacity_retention" and cond.reference_cycle:
             ref = self.cycle_history.get(cond.reference_cycle)
             last = max(self.cycle_history) if self.cycle_history else None
             if ref is None or last is None:
@@ -379,6 +386,8 @@ class ChannelRunner:
         outcome: tuple[str, Any] | None = None
         try:
             while outcome is None:
+                if self.journal.failed is not None:  # a commit in flight failed: stop at once
+                    raise self.journal.failed
                 if self.sm.state != State.RUNNING or self._skip:
                     outcome = ("interrupt", None)
                     break
@@ -392,7 +401,7 @@ class ChannelRunner:
                 elif block.final:
                     outcome = ("end", block.end)
                 elif self.journal.due():
-                    await self.journal.commit()
+                    await self.journal.commit(wait=False)
                 else:
                     await asyncio.sleep(0)  # cooperative yield, not a wait: other channels, control
         finally:
@@ -414,7 +423,7 @@ class ChannelRunner:
             self._end_step("end" if end_index is not None else "complete", label)
             es.pc = goto if goto is not None else es.pc + 1
             if self.commit_on_step_end or self.journal.due():
-                await self.journal.commit()
+                await self.journal.commit(wait=False)
         else:
             await self._interrupted()
 

@@ -78,6 +78,7 @@ class Journal:
         self._audit: list[tuple] = []
         self._insert_sql: dict[str, str] = {}
         self._lock = asyncio.Lock()
+        self._inflight: asyncio.Future | None = None
         self._db_lock = threading.Lock()
         self._last_commit = time.monotonic()
         self.commits = 0
@@ -141,15 +142,30 @@ class Journal:
 
     # ---- commit ----------------------------------------------------------------------------------
 
-    async def commit(self) -> None:
-        """Write everything staged (all channels) in one transaction, off the event loop."""
+    async def commit(self, wait: bool = True) -> None:
+        """Write everything staged (all channels) in one transaction, in a worker thread.
+
+        wait=False starts the commit and returns at once, so the control loop keeps going while the
+        disk syncs; at most one commit is in flight (a second call waits for the first: backpressure).
+        A failed commit raises JournalError from the next call (and from every one after it)."""
         async with self._lock:
+            prev = self._inflight
+            if prev is not None:
+                self._inflight = None
+                await prev
             batch, audit, states = self._take()
-            if batch or audit:
-                await asyncio.to_thread(self._commit_batch, batch, audit, states)
+            if not (batch or audit):
+                return
+            fut = asyncio.ensure_future(asyncio.to_thread(self._commit_batch, batch, audit, states))
+            if wait:
+                await fut
+            else:
+                self._inflight = fut
 
     def commit_sync(self) -> None:
         """commit() for callers outside the event loop (shutdown paths)."""
+        if self._inflight is not None and not self._inflight.done():
+            raise RuntimeError("commit_sync while a commit is in flight")
         batch, audit, states = self._take()
         if batch or audit:
             self._commit_batch(batch, audit, states)
