@@ -50,8 +50,10 @@ def _element_z(kind: str, p: np.ndarray, w: np.ndarray) -> np.ndarray:
     if kind == "Ws":
         return p[0] * np.tanh(s) / s
     if kind == "Sph":
-        th = np.tanh(s)
-        return p[0] * th / (s - th)
+        small = np.abs(s) < 1e-2  # tanh s ≈ s − s³/3: use the series 3/s² + 1/5 (no cancellation)
+        ss = np.where(small, 1.0, s)
+        th = np.tanh(ss)
+        return p[0] * np.where(small, 3.0 / np.where(small, s, 1.0) ** 2 + 0.2, th / (ss - th))
     raise AssertionError(kind)
 
 
@@ -161,12 +163,15 @@ def initial_guess(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> list[np.
     n_r = sum(1 for kd, nm in zip(circuit.kinds, circuit.names, strict=True) if kd == "R")
     base = []
     r_seen = 0
+    n_c = sum(1 for kd in circuit.kinds if kd == "C")
+    c_seen = 0
     for kd, nm in zip(circuit.kinds, circuit.names, strict=True):
         if kd == "R":
             base.append(r_s if r_seen == 0 else arc / max(n_r - 1, 1))
             r_seen += 1
-        elif kd == "C":
-            base.append(1.0 / (2 * np.pi * f_apex * arc))
+        elif kd == "C":  # several arcs: the earlier ones faster (smaller C) than the last
+            base.append(1.0 / (2 * np.pi * f_apex * arc) * 10.0 ** (c_seen - n_c + 1))
+            c_seen += 1
         elif kd == "L":
             base.append(1e-7)
         elif nm.endswith("_Q"):
@@ -205,8 +210,10 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
         return np.where(is_alpha, x, np.exp(x))
 
     def resid(x: np.ndarray) -> np.ndarray:
-        d = (c.impedance(to_params(x), freq) - z) / wmod
-        return np.r_[d.real, d.imag]
+        with np.errstate(all="ignore"):
+            d = (c.impedance(to_params(x), freq) - z) / wmod
+        r = np.r_[d.real, d.imag]
+        return np.where(np.isfinite(r), r, 1e6)
 
     lo = np.where(is_alpha, 0.3, -np.inf)
     hi = np.where(is_alpha, 1.0, np.inf)
@@ -216,7 +223,7 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
         x0 = np.where(is_alpha, np.clip(p0, 0.31, 0.99), np.log(np.maximum(p0, 1e-300)))
         try:
             res = least_squares(resid, x0, bounds=(lo, hi), method="trf", x_scale="jac",
-                                xtol=1e-13, ftol=1e-13, gtol=1e-13, max_nfev=100 * len(c.names))
+                                xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=60 * len(c.names))
         except (ValueError, FloatingPointError):
             continue
         if best is None or res.cost < best.cost:

@@ -1,0 +1,112 @@
+"""Coulomb counting, coulombic efficiency (anode and cathode conventions), retention, rate table."""
+
+import numpy as np
+import pytest
+
+from cyclerctl.analysis.base import Event
+from cyclerctl.analysis.capacity import CycleOperator
+
+
+def gcd_cycles(currents, durations, rng, v_dis=(1.0, 0.0), v_chg=(0.0, 1.0), rest=60.0):
+    """Cycles of (discharge at -|I|, rest, charge at +|I|) with irregular sample times.
+    Each item of `currents` is (I_dis, I_chg) for one cycle, `durations` (t_dis, t_chg)."""
+    cols = {k: [] for k in ("test_time_second", "voltage_volt", "current_ampere", "cycle_count", "step_count")}
+    events, t0, step, seq = [], 0.0, 0, 0
+    for cyc, ((i_d, i_c), (t_d, t_c)) in enumerate(zip(currents, durations, strict=True), start=1):
+        for cur, dur, (va, vb) in ((i_d, t_d, v_dis), (0.0, rest, (0.0, 0.0)), (i_c, t_c, v_chg)):
+            step += 1
+            tt = np.sort(np.r_[0.0, rng.uniform(0, dur, 200), dur])
+            events.append(Event("step_start", t0, cyc, step, seq, {"technique": "gcd" if cur else "rest",
+                                                                   "current_ampere": cur}))
+            cols["test_time_second"].append(t0 + tt)
+            cols["voltage_volt"].append(va + (vb - va) * tt / dur)
+            cols["current_ampere"].append(np.full(tt.size, cur))
+            cols["cycle_count"].append(np.full(tt.size, float(cyc)))
+            cols["step_count"].append(np.full(tt.size, float(step)))
+            seq += tt.size
+            t0 += dur
+    events.append(Event("run_end", t0, len(currents), step, seq, {}))
+    return {k: np.concatenate(v) for k, v in cols.items()}, events
+
+
+def run(op, cols, events):
+    rows, pos = [], 0
+    for e in events:
+        rows += op.feed_samples({k: v[pos:e.sample_seq] for k, v in cols.items()})
+        pos = e.sample_seq
+        rows += op.feed_event(e)
+    rows += op.feed_samples({k: v[pos:] for k, v in cols.items()})
+    return rows
+
+
+def test_coulomb_counting_is_exact_and_lossless_ce_is_one():
+    rng = np.random.default_rng(3)
+    i = 1.234567e-4
+    cols, events = gcd_cycles([(-i, i)] * 3, [(3600.0 * 7.3, 3600.0 * 7.3)] * 3, rng)
+    op = CycleOperator(active_mass=3.4e-6)
+    rows = [r for r in run(op, cols, events) if r.kind == "cycle"]
+    assert [r.data["cycle_count"] for r in rows] == [1, 2, 3]
+    q = i * 3600.0 * 7.3
+    for r in rows:
+        assert r.data["discharge_capacity_c"] == pytest.approx(q, rel=1e-9)
+        assert r.data["charge_capacity_ah"] == pytest.approx(q / 3600, rel=1e-9)
+        assert abs(r.data["coulombic_efficiency"] - 1.0) < 1e-9
+        assert r.data["specific_charge_capacity_mah_g"] == pytest.approx(q / 3.6 / 3.4e-3, rel=1e-9)
+        assert r.data["mean_discharge_voltage_volt"] == pytest.approx(0.5, rel=1e-9)
+        assert r.data["voltage_hysteresis_volt"] == pytest.approx(0.0, abs=1e-9)
+        assert r.data["cumulative_irreversible_capacity_ah"] == pytest.approx(0.0, abs=1e-15)
+
+
+def test_anode_convention_ce_is_desodiation_over_sodiation():
+    """Anode half cell: sodiation (discharge) first; CE = charge/discharge. A cathode cell (cycles start
+    on the charge) uses discharge/charge: the same data give the inverse."""
+    rng = np.random.default_rng(4)
+    cols, events = gcd_cycles([(-1e-4, 1e-4)] * 2, [(1000.0, 850.0), (1000.0, 990.0)], rng)
+    anode = [r for r in run(CycleOperator(), cols, events) if r.kind == "cycle"]
+    assert anode[0].data["coulombic_efficiency"] == pytest.approx(0.85, rel=1e-12)
+    assert anode[0].data["initial_coulombic_efficiency"] == pytest.approx(0.85, rel=1e-12)
+    assert anode[1].data["coulombic_efficiency"] == pytest.approx(0.99, rel=1e-12)
+    irr = (1000 - 850 + 1000 - 990) * 1e-4 / 3600
+    assert anode[1].data["cumulative_irreversible_capacity_ah"] == pytest.approx(irr, rel=1e-12)
+    cathode = [r for r in run(CycleOperator(cycle_starts_on="charge"), cols, events) if r.kind == "cycle"]
+    assert cathode[0].data["coulombic_efficiency"] == pytest.approx(1 / 0.85, rel=1e-12)
+
+
+def test_retention_against_a_reference_cycle_and_current_for_loop_conditions():
+    rng = np.random.default_rng(5)
+    t_chg = [1000.0, 950.0, 900.0, 855.0]
+    cols, events = gcd_cycles([(-1e-4, 1e-4)] * 4, [(1000.0, t) for t in t_chg], rng)
+    op = CycleOperator(active_mass=2e-6, reference_cycle=2)
+    rows = [r for r in run(op, cols, events) if r.kind == "cycle"]
+    assert rows[-1].data["capacity_retention"] == pytest.approx(855 / 950, rel=1e-12)
+    cur = op.current()
+    assert cur["cycle_count"] == 4
+    assert cur["capacity_retention"] == pytest.approx(855 / 950, rel=1e-12)
+    assert op.current(reference_cycle=1)["capacity_retention"] == pytest.approx(0.855, rel=1e-12)
+    assert cur["coulombic_efficiency"] == pytest.approx(0.855, rel=1e-12)
+    assert cur["charge_capacity"] == pytest.approx(1e-4 * 855, rel=1e-9)  # coulombs
+    assert cur["specific_charge_capacity"] == pytest.approx(1e-4 * 855 / 2e-6, rel=1e-9)  # C/kg
+    assert CycleOperator().current()["coulombic_efficiency"] is None
+
+
+def test_rate_table_groups_cycles_by_discharge_current():
+    rng = np.random.default_rng(6)
+    currents = [(-1e-4, 1e-4)] * 2 + [(-2e-4, 1e-4)] * 3 + [(-1e-4, 1e-4)]
+    durations = [(1000.0, 1000.0)] * 2 + [(450.0, 900.0)] * 3 + [(1000.0, 1000.0)]
+    cols, events = gcd_cycles(currents, durations, rng)
+    rates = [r.data for r in run(CycleOperator(active_mass=1e-6), cols, events) if r.kind == "rate"]
+    assert [(r["first_cycle"], r["last_cycle"]) for r in rates] == [(1, 2), (3, 5), (6, 6)]
+    assert rates[1]["discharge_current_ampere"] == pytest.approx(-2e-4, rel=1e-9)
+    assert rates[1]["specific_current_ma_g"] == pytest.approx(200.0, rel=1e-9)
+    assert rates[1]["mean_discharge_capacity_ah"] == pytest.approx(2e-4 * 450 / 3600, rel=1e-9)
+    assert rates[1]["mean_coulombic_efficiency"] == pytest.approx(1e-4 * 900 / (2e-4 * 450), rel=1e-9)
+
+
+def test_cv_and_eis_steps_are_not_counted():
+    op = CycleOperator()
+    op.feed_event(Event("step_start", 0.0, 1, 1, 0, {"technique": "cv"}))
+    t = np.linspace(0, 100, 11)
+    rows = op.feed_samples({"test_time_second": t, "voltage_volt": np.zeros(11), "current_ampere": np.full(11, 1e-3),
+                            "cycle_count": np.ones(11), "step_count": np.ones(11)})
+    rows += op.feed_event(Event("run_end", 100.0, 1, 1, 11, {}))
+    assert rows == []

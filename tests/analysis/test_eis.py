@@ -1,0 +1,114 @@
+"""EIS: circuit strings, CNLS fits, Lin-KK, Warburg σ -> D, and Arrhenius from R_ct(T)."""
+
+import numpy as np
+import pytest
+
+from cyclerctl.analysis.arrhenius import activation_energy
+from cyclerctl.analysis.base import GAS_CONSTANT, Event
+from cyclerctl.analysis.circuits import fit_circuit, parse_circuit
+from cyclerctl.analysis.eis import EisOperator, EisSettings, analyze_spectrum, lin_kk
+from cyclerctl.analysis.live import operators_for
+from cyclerctl.analysis.synthetic import arrhenius_rct, randles_sphere_impedance
+from cyclerctl.errors import ConfigError
+from cyclerctl.program import Cell
+
+# the hard-carbon-like half cell of the reference anchors: τ_d = 12 250 s, σ = 6.04 Ω s^-½
+RP, D = 3.5e-6, 1e-15
+TAU = RP * RP / D
+Q_TH = 0.6 * 3.6
+SLOPE = -0.5  # dU/dx, V
+FREQ = np.logspace(5, -2, 71)
+
+
+def spectrum(noise=0.0, seed=0, r_ct=60.0, freq=FREQ):
+    z = randles_sphere_impedance(freq, r_s=5.0, r_ct=r_ct, c_dl=20e-6, ocv_slope=SLOPE, tau_d=TAU, q_th=Q_TH)
+    rng = np.random.default_rng(seed)
+    return z * (1 + noise * (rng.standard_normal(z.size) + 1j * rng.standard_normal(z.size)) / np.sqrt(2))
+
+
+def test_circuit_strings_evaluate_series_and_parallel():
+    c = parse_circuit("R0-p(R1,C1)")
+    z = c.impedance([5.0, 60.0, 20e-6], np.array([1e-6, 1e9]))
+    assert z[0].real == pytest.approx(65.0, rel=1e-6)
+    assert z[1].real == pytest.approx(5.0, rel=1e-6)
+    assert parse_circuit("R0-p(R1-W1,CPE1)").names == ["R0", "R1", "W1_sigma", "CPE1_Q", "CPE1_alpha"]
+    for bad in ("R0-p(R1,C1", "R0--C1", "R0-X1", "R0-R0"):
+        with pytest.raises(ConfigError):
+            parse_circuit(bad)
+
+
+def test_spherical_randles_fit_recovers_every_parameter():
+    fit = fit_circuit("R0-p(R1-Sph1,C1)", FREQ, spectrum())
+    p = dict(zip(fit.names, fit.values, strict=True))
+    assert p["R0"] == pytest.approx(5.0, rel=1e-6)
+    assert p["R1"] == pytest.approx(60.0, rel=1e-6)
+    assert p["C1"] == pytest.approx(20e-6, rel=1e-6)
+    assert p["Sph1_tau"] == pytest.approx(TAU, rel=1e-4)
+
+
+def test_noisy_spectrum_gives_rct_cdl_within_2_percent_and_d_from_sigma_within_5():
+    for seed in range(3):
+        out = analyze_spectrum(FREQ, spectrum(noise=0.002, seed=seed),
+                               EisSettings(particle_radius=RP, ocv_slope_per_coulomb=SLOPE / Q_TH))
+        assert out["charge_transfer_resistance_ohm"] == pytest.approx(60.0, rel=0.02)
+        assert out["double_layer_capacitance_farad"] == pytest.approx(20e-6, rel=0.02)
+        assert out["series_resistance_ohm"] == pytest.approx(5.0, rel=0.02)
+        assert out["diffusion_coefficient_cm2_s"] == pytest.approx(D * 1e4, rel=0.05)
+        assert out["charge_transfer_resistance_stderr_ohm"] > 0
+
+
+def test_lin_kk_passes_clean_data_and_flags_drift():
+    assert lin_kk(FREQ, spectrum())["max_residual"] < 0.005
+    drifted = spectrum()
+    half = FREQ.size // 2
+    drifted[half:] *= np.linspace(1.0, 1.1, FREQ.size - half)  # the cell drifted during the low-f half
+    out = analyze_spectrum(FREQ, drifted, EisSettings())
+    assert "kk_invalid" in out["flags"] and not out["valid"]
+
+
+def test_activation_energy_with_and_without_the_rt_correction():
+    t = np.array([273.15, 283.15, 298.15, 313.15, 328.15])
+    r = arrhenius_rct(t, ea=55e3, r_ct_ref=60.0)
+    ea, se = activation_energy(t, r / t)
+    assert ea == pytest.approx(55e3, abs=1.0)
+    naive, _ = activation_energy(t, r)
+    assert naive == pytest.approx(55e3 - GAS_CONSTANT / np.mean(1 / t), abs=20.0)  # E_a − R·T̄, ~2.5 kJ/mol low
+    assert se < 1.0
+
+
+def test_temperature_series_through_the_operators_gives_ea_within_1_kj_mol():
+    """EIS steps at five chamber temperatures, streamed through the default operators."""
+    ops = operators_for(Cell(particle_radius=RP))
+    temps = np.array([10.0, 17.5, 25.0, 32.5, 40.0])
+    r_ct = arrhenius_rct(temps + 273.15, ea=48e3, r_ct_ref=60.0)
+    rows, t0, seq = [], 0.0, 0
+    for k, (tc, rc) in enumerate(zip(temps, r_ct, strict=True)):
+        f = np.logspace(5, -1, 49)
+        z = spectrum(noise=0.001, seed=k, r_ct=rc, freq=f)
+        cols = {"test_time_second": t0 + np.arange(f.size), "voltage_volt": np.full(f.size, 0.5),
+                "current_ampere": np.zeros(f.size), "frequency_hertz": f, "real_impedance_ohm": z.real,
+                "imaginary_impedance_ohm": z.imag, "temperature_t1_celsius": np.full(f.size, tc),
+                "cycle_count": np.ones(f.size), "step_count": np.full(f.size, k + 1.0)}
+        for ev in (Event("step_start", t0, 1, k + 1, seq, {"technique": "eis", "step_type": "EIS"}),):
+            for op in ops:
+                rows += op.feed_event(ev)
+        for op in ops:
+            rows += op.feed_samples(cols)
+        seq += f.size
+        t0 += f.size
+        for op in ops:
+            rows += op.feed_event(Event("step_end", t0, 1, k + 1, seq, {"reason": "complete"}))
+    eis = [r for r in rows if r.kind == "eis"]
+    arr = [r for r in rows if r.kind == "arrhenius"]
+    assert len(eis) == 5 and len(arr) == 4
+    assert eis[0].data["temperature_kelvin"] == pytest.approx(283.15)
+    assert arr[-1].data["activation_energy_kj_mol"] == pytest.approx(48.0, abs=1.0)
+    assert arr[-1].data["activation_energy_stderr_kj_mol"] < 1.0
+
+
+def test_eis_operator_ignores_other_steps():
+    op = EisOperator()
+    assert op.feed_event(Event("step_start", 0.0, 1, 1, 0, {"technique": "gcd"})) == []
+    assert op.feed_samples({"test_time_second": np.arange(3.0), "voltage_volt": np.ones(3),
+                            "current_ampere": np.ones(3)}) == []
+    assert op.feed_event(Event("run_end", 3.0, 1, 1, 3, {})) == []
