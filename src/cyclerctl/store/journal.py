@@ -2,7 +2,7 @@
 
 The engine stages rows per channel (samples, events, metrics) on the event-loop thread; `commit()`
 takes a snapshot of every staged channel's engine state (and the channel's own saved state, e.g. the
-simulator's model) and writes all of it in ONE transaction in a worker thread, so what is on disk is
+simulator's model) and writes all of it in ONE transaction (the disk sync in a worker thread), so what is on disk is
 always a consistent point of every channel: the samples up to seq N together with the state that
 produced them. A crash loses at most what was staged since the last commit; `cyclerctl resume`
 continues from the committed state.
@@ -143,11 +143,13 @@ class Journal:
     # ---- commit ----------------------------------------------------------------------------------
 
     async def commit(self, wait: bool = True) -> None:
-        """Write everything staged (all channels) in one transaction, in a worker thread.
+        """Write everything staged (all channels) in one transaction.
 
-        wait=False starts the commit and returns at once, so the control loop keeps going while the
-        disk syncs; at most one commit is in flight (a second call waits for the first: backpressure).
-        A failed commit raises JournalError from the next call (and from every one after it)."""
+        The rows are inserted on the calling (event-loop) thread, which is fast; only COMMIT, where
+        SQLite syncs the WAL to disk, runs in a worker thread. wait=False returns once the COMMIT has
+        started, so the control loop keeps going while the disk syncs; at most one commit is in
+        flight (the next call waits for it: backpressure). A failed commit raises JournalError from
+        the next call (and from every one after it)."""
         async with self._lock:
             prev = self._inflight
             if prev is not None:
@@ -156,7 +158,8 @@ class Journal:
             batch, audit, states = self._take()
             if not (batch or audit):
                 return
-            fut = asyncio.ensure_future(asyncio.to_thread(self._commit_batch, batch, audit, states))
+            counts = self._insert(batch, audit, states)
+            fut = asyncio.ensure_future(asyncio.to_thread(self._sync, counts))
             if wait:
                 await fut
             else:
@@ -168,7 +171,7 @@ class Journal:
             raise RuntimeError("commit_sync while a commit is in flight")
         batch, audit, states = self._take()
         if batch or audit:
-            self._commit_batch(batch, audit, states)
+            self._sync(self._insert(batch, audit, states))
 
     def _take(self):
         if self.failed is not None:
@@ -185,26 +188,37 @@ class Journal:
         self._last_commit = time.monotonic()
         return batch, audit, states
 
-    def _commit_batch(self, batch: dict[str, _Pending], audit: list[tuple], states: dict) -> None:
-        counts = {}
-
-        def write(c: sqlite3.Connection) -> None:
-            for ch, p in batch.items():
-                if p.samples:
-                    rows = p.samples[0] if len(p.samples) == 1 else np.concatenate(p.samples)
-                    c.executemany(self._insert_sql[ch], rows.tolist())
-                    counts[ch] = len(rows)
-                if p.events:
-                    c.executemany(schema.INSERT_EVENT, [(ch, *e) for e in p.events])
-                if p.metrics:
-                    c.executemany(schema.INSERT_METRIC, [(ch, *m) for m in p.metrics])
-            if states:
-                c.executemany(schema.UPSERT_STATE, list(states.values()))
-            if audit:
-                c.executemany(schema.INSERT_AUDIT, audit)
-
+    def _insert(self, batch: dict[str, _Pending], audit: list[tuple], states: dict) -> dict[str, int]:
+        """BEGIN and every INSERT of one commit; returns samples per channel."""
+        counts: dict[str, int] = {}
+        c = self._conn
         with self._db_lock:
-            self._write(write)
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                for ch, p in batch.items():
+                    if p.samples:
+                        rows = p.samples[0] if len(p.samples) == 1 else np.concatenate(p.samples)
+                        c.executemany(self._insert_sql[ch], rows.tolist())
+                        counts[ch] = len(rows)
+                    if p.events:
+                        c.executemany(schema.INSERT_EVENT, [(ch, *e) for e in p.events])
+                    if p.metrics:
+                        c.executemany(schema.INSERT_METRIC, [(ch, *m) for m in p.metrics])
+                if states:
+                    c.executemany(schema.UPSERT_STATE, list(states.values()))
+                if audit:
+                    c.executemany(schema.INSERT_AUDIT, audit)
+            except sqlite3.Error as exc:
+                self._fail(exc)
+        return counts
+
+    def _sync(self, counts: dict[str, int]) -> None:
+        """COMMIT (the WAL is synced to disk here: synchronous=FULL)."""
+        with self._db_lock:
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._fail(exc)
         self.commits += 1
         self.rows_committed += sum(counts.values())
         for cb in self.on_commit:
@@ -217,15 +231,18 @@ class Journal:
             fn(c)
             c.execute("COMMIT")
         except sqlite3.Error as exc:
-            try:
-                c.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            self.failed = JournalError(
-                f"cannot write the run journal {self.path}: {exc} — the channels were put in their safe "
-                f"state; fix the disk (free space, permissions) and continue with `cyclerctl resume "
-                f"{self.path.parent}`")
-            raise self.failed from exc
+            self._fail(exc)
+
+    def _fail(self, exc: sqlite3.Error) -> None:
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self.failed = JournalError(
+            f"cannot write the run journal {self.path}: {exc} — the channels were put in their safe "
+            f"state; fix the disk (free space, permissions) and continue with `cyclerctl resume "
+            f"{self.path.parent}`")
+        raise self.failed from exc
 
     def close(self) -> None:
         try:
