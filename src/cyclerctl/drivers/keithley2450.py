@@ -231,11 +231,11 @@ class Keithley2450Channel:
             inst.voltage_remote_sense = self.remote_sense
             inst.current_output_off_mode = "high_impedance"
         inst.voltage_limit = vlim
-        inst.source_current = current
+        inst.check_errors()
+        inst.source_current = current  # the step starts here: the level last, then read at once
         if self._mode != "current":
             inst.output = True
         self._mode = "current"
-        inst.check_errors()
 
     def _source_voltage(self, voltage: float, ilim: float) -> None:
         inst = self.inst
@@ -249,11 +249,11 @@ class Keithley2450Channel:
             inst.current_remote_sense = self.remote_sense
             inst.voltage_output_off_mode = "high_impedance"
         inst.current_limit = ilim
-        inst.source_voltage = voltage
+        inst.check_errors()
+        inst.source_voltage = voltage  # the step starts here: the level last, then read at once
         if self._mode != "voltage":
             inst.output = True
         self._mode = "voltage"
-        inst.check_errors()
 
     def _configure(self, step: Step) -> None:
         if isinstance(step, ConstantCurrent):
@@ -300,6 +300,7 @@ class Keithley2450Channel:
                                       f"for {same + 1} readings)", self.inst.resource_name, self.inst.READ)
             if rel0 is None:
                 rel0 = raw[2]
+                await self._call(self.inst.check_errors)  # what the level/output commands left
             step_time = start.step_time + max(0.0, raw[2] - rel0)
             test_time = start.test_time + step_time - start.step_time
             voltage, current = self._reading(step, raw)
@@ -311,6 +312,9 @@ class Keithley2450Channel:
                 watch.recorded(step_time, voltage)
                 builder.add((test_time, step_time, voltage, current))
             if end is not None:
+                if self._mode == "current" and set_current != 0:
+                    # a cutoff means stop now: 0 A (no current, high impedance) until the next step
+                    await self._call(lambda: setattr(self.inst, "source_current", 0.0))
                 yield builder.take(end=end, final=True)
                 return
             if builder.due(test_time):

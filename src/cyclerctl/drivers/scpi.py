@@ -128,6 +128,7 @@ class ScpiInstrument:
                 res = self._rm.open_resource(self.resource_name, read_termination=self.read_termination,
                                              write_termination=self.write_termination)
                 res.timeout = int(self.timeout * 1000)
+                _no_delay(res)
             except (pyvisa.Error, OSError, ValueError) as exc:
                 raise InstrumentError(f"cannot connect ({_first_line(exc)}); check the address and that "
                                       "the instrument is on", self.resource_name, transient=True) from exc
@@ -201,6 +202,19 @@ class ScpiInstrument:
         if errors:
             text = "; ".join(f"{c} {m}" for c, m in errors)
             raise InstrumentError(f"instrument reported error {text}", self.resource_name, self.last_setting)
+
+
+def _no_delay(res: Any) -> None:
+    """Send each command at once on a raw TCP socket (no Nagle wait for the previous command's ACK):
+    a host-stepped loop lives on round-trip latency."""
+    import socket
+
+    try:
+        sock = getattr(res.visalib.sessions[res.session], "interface", None)
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except Exception:  # noqa: BLE001 - an optimisation only; other backends have no socket
+        pass
 
 
 def _first_line(exc: BaseException) -> str:

@@ -195,6 +195,9 @@ class _Runner:
             self.link.write(text.encode("ascii"))
 
     def run(self) -> None:
+        # the script starts now; within it, time moves only where the script waits (its logical
+        # time), so a thread that runs late still applies each setting for the right duration
+        self._advance(self.dev.clock.now())
         try:
             self.exec(self.body)
         except _Abort:
@@ -208,7 +211,6 @@ class _Runner:
                 self.exec(self.finished, abortable=False)
             except ScriptError:
                 pass
-            self._advance()
             self.write("\n")
 
     # ---- values ----------------------------------------------------------------------------------
@@ -310,7 +312,6 @@ class _Runner:
         self._arith(args, lambda a, b: a / b if b else math.nan)
 
     def do_set_pgstat_mode(self, args, *_):
-        self._advance()
         self.mode = int(self.value(args[0]))
         if self.mode == 6 and not self.dev.device.startswith("es4") and not self.dev.device.startswith("nexus"):
             raise ScriptError(ERR_NO_GALVANOSTAT, "galvanostat not available on this device")
@@ -327,26 +328,23 @@ class _Runner:
         self.output = bool(self.value(args[0]))
 
     def do_set_e(self, args, *_):
-        self._advance()
         self.e_set = self.value(args[0])
 
     def do_set_i(self, args, *_):
-        self._advance()
         self.i_set = self.value(args[0])
 
     def do_cell_on(self, args, *_):
-        self._advance()
         self.cell_on = True
 
     def do_cell_off(self, args, *_):
-        self._advance()
         self.cell_on = False
 
     def do_timer_start(self, args, *_):
-        self.timer0 = self.dev.clock.now()
+        self.timer0 = self.dev.cell.t
 
     def do_timer_get(self, args, *_):
-        self.set(args[0], self.dev.clock.now() - self.timer0, "eb")
+        # the time of the cell state just measured (a late thread reports when it measured, not now)
+        self.set(args[0], self.dev.cell.t - self.timer0, "eb")
 
     def do_pck_start(self, args, *_):
         self.packet = []
@@ -363,7 +361,7 @@ class _Runner:
         self.packet = None
         dev = self.dev
         dev.packets += 1
-        t = dev.clock.now() - dev.t0
+        t = dev.cell.t - dev.t0
         if dev.faults.active("stuck", t):
             self.last_packet = self.last_packet or line
             line = self.last_packet
@@ -405,7 +403,7 @@ class _Runner:
 
     def _timed(self, children, interval: float, run: float, sample) -> None:
         self.write("M0000\n")
-        t_start = self.dev.clock.now()
+        t_start = self.dev.cell.t
         n = int(math.floor(run / interval + 1e-9))
         for k in range(1, n + 1):
             self.wait(t_start + k * interval)
@@ -419,7 +417,6 @@ class _Runner:
 
     def do_meas_loop_ca(self, args, children, _):
         e_var, i_var = args[0], args[1]
-        self._advance()
         self.e_set = self.value(args[2])
 
         def sample():
@@ -431,7 +428,6 @@ class _Runner:
         if self.mode != 6:
             raise ScriptError(ERR_NO_GALVANOSTAT, "meas_loop_cp needs set_pgstat_mode 6")
         e_var, i_var = args[0], args[1]
-        self._advance()
         self.i_set = self.value(args[2])
 
         def sample():
@@ -444,7 +440,6 @@ class _Runner:
 
         def sample():
             self.set(e_var, self._noisy(self.v), "ab")
-        self._advance()
         was_on, self.cell_on = self.cell_on, False
         try:
             self._timed(children, self.value(args[1]), self.value(args[2]), sample)
@@ -453,10 +448,8 @@ class _Runner:
 
     def _staircase(self, children, e_var, i_var, points: list[tuple[float, float]], step_time: float) -> None:
         self.write("M0000\n")
-        self._advance()
-        t_start = self.dev.clock.now()
+        t_start = self.dev.cell.t
         for k, (e, _) in enumerate(points):
-            self._advance()
             self.e_set = e
             self.wait(t_start + (k + 1) * step_time)
             self.set(e_var, e, "da")
@@ -492,14 +485,13 @@ class _Runner:
         f_start, f_end = self.value(args[4]), self.value(args[5])
         n = int(self.value(args[6]))
         bias = self.value(args[7]) if len(args) > 7 else 0.0
-        self._advance()
         if galvanostatic:
             self.i_set = bias
         else:
             self.e_set = bias
         freqs = np.logspace(math.log10(f_start), math.log10(f_end), n) if n > 1 else np.array([f_start])
         self.write("M0000\n")
-        t = self.dev.clock.now()
+        t = self.dev.cell.t
         for f in freqs:
             t += max(0.1, 3.0 / f)  # a few periods per frequency
             self.wait(t)

@@ -191,7 +191,7 @@ class SimKeithley2450:
             raise ScpiError(-5074, "Output must be on to make a measurement")
         block_until(self.clock, self.clock.now() + self.nplc[self.sense] / 50.0, self.stop)
         self._advance()
-        rel = self.clock.now() - self.t0
+        rel = self.cell.t - self.t0  # the instant the cell state was measured
         if self.faults.active("stuck", rel):
             if self._frozen is None:
                 self._frozen = self._values(rel)
