@@ -70,7 +70,7 @@ class CvOperator:
         self._buf: list[tuple[np.ndarray, ...]] = []
         self._rate: float | None = None
         self._meta: dict = {}
-        self.curves: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] = {}  # (rate, dir) -> (E, i)
+        self.curves: dict[tuple[float, int], tuple[np.ndarray, ...]] = {}  # (rate, dir) -> (bin, E, i)
         self.peaks: dict[float, list[dict]] = {}
 
     def feed_event(self, event: Event) -> list[MetricRow]:
@@ -118,14 +118,15 @@ class CvOperator:
             cnt = np.bincount(k - k0)
             s = np.bincount(k - k0, weights=ib)
             have = cnt > 0
-            grid = (np.arange(cnt.size)[have] + k0 + 0.5) * w
+            keys = np.arange(cnt.size)[have] + k0
+            grid = np.bincount(k - k0, weights=vb)[have] / cnt[have]  # mean potential in each bin
             mean_i = s[have] / cnt[have]
             sig = d * mean_i  # anodic peaks are maxima of i, cathodic peaks minima
             pk, props = find_peaks(sig, prominence=self.s.prominence * max(float(np.abs(mean_i).max()), 1e-30))
             peaks = [{"potential_volt": float(grid[p]), "current_ampere": float(mean_i[p]),
                       "prominence_ampere": float(pr)} for p, pr in zip(pk, props["prominences"], strict=True)]
             direction = "anodic" if d > 0 else "cathodic"
-            self.curves[(rate, d)] = (grid, mean_i)
+            self.curves[(rate, d)] = (keys, grid, mean_i)
             branch_peaks.append((direction, peaks))
             charge = float(np.sum(0.5 * (ib[1:] + ib[:-1]) * np.diff(tb)))
             out.append(MetricRow("cv", {**self._meta, "record": "branch", "test_time_second": float(tb[-1]),
@@ -184,14 +185,15 @@ class CvOperator:
             rates = sorted(r for (r, dd) in self.curves if dd == d)
             if len(rates) < 2:
                 continue
-            w = self.s.bin_width
-            keys = [np.round(self.curves[(r, d)][0] / w).astype(np.int64) for r in rates]
+            keys = [self.curves[(r, d)][0] for r in rates]
             common = keys[0]
             for k in keys[1:]:
                 common = np.intersect1d(common, k)
             if common.size < 3:
                 continue
-            cur = np.array([self.curves[(r, d)][1][np.searchsorted(k, common)] for r, k in zip(rates, keys, strict=True)])
+            idx = [np.searchsorted(k, common) for k in keys]
+            cur = np.array([self.curves[(r, d)][2][j] for r, j in zip(rates, idx, strict=True)])
+            pot = np.mean([self.curves[(r, d)][1][j] for r, j in zip(rates, idx, strict=True)], axis=0)
             sv = np.sqrt(np.array(rates))[:, None]
             y = cur / sv  # i/√v = k1 √v + k2
             a = np.column_stack([np.sqrt(rates), np.ones(len(rates))])
@@ -201,6 +203,6 @@ class CvOperator:
             for n, r in enumerate(rates):
                 tot = float(np.abs(cur[n]).sum())
                 frac.append(float(np.abs(k1 * r).sum()) / tot if tot > 0 else math.nan)
-            out.append({"direction": name, "potential_volt": common * w, "k1_farad": k1, "k2_ampere_s_half_v_half": k2,
+            out.append({"direction": name, "potential_volt": pot, "k1_farad": k1, "k2_ampere_s_half_v_half": k2,
                         "scan_rates_volt_per_second": rates, "capacitive_fraction": frac})
         return out

@@ -2,8 +2,8 @@
 
 Each sample interval carries charge ΔQ = ½(I_k + I_{k-1})Δt while the voltage moves from V_{k-1} to
 V_k; the charge is spread uniformly over that voltage span (exact for a linear V(t) inside the
-interval), so sparse records (e.g. every 5 mV) give no comb artefacts. The spread is kept exact with
-two histograms of ramp kinks (O(1) per sample, bounded memory): R(e) = e·ΣA − ΣB at bin edges e.
+interval), so sparse records (e.g. every 5 mV) give no comb artefacts: each interval adds to every
+bin it crosses its share of the overlap (O(bins crossed) per sample, bounded memory).
 At the end of a half cycle the bin charges are divided by the bin width and smoothed with a Gaussian
 (FWHM 10 mV by default, as cellpy); peaks are located with scipy's find_peaks and tracked across
 cycles (a peak keeps its id while it moves less than `track_window` from one cycle to the next).
@@ -46,9 +46,7 @@ class DqdvOperator:
     def _reset(self, direction: str | None, cycle: int | None) -> None:
         self._dir = direction
         self._cycle = cycle
-        self._a = np.zeros(self.n + 1)  # Σ c_j of ramp kinks in each cell
-        self._b = np.zeros(self.n + 1)  # Σ c_j p_j
-        self._point = np.zeros(self.n)  # charge at (nearly) constant voltage
+        self._bins = np.zeros(self.n)  # charge (C) in each voltage bin
         self._q = 0.0
         self._t_end = None
         self._lo, self._hi = np.inf, -np.inf
@@ -102,36 +100,39 @@ class DqdvOperator:
         lo, hi = np.minimum(va, vb), np.maximum(va, vb)
         self._q += float(q.sum())
         self._lo, self._hi = min(self._lo, float(lo.min())), max(self._hi, float(hi.max()))
-        w = hi - lo
-        flat = w < 1e-9
-        if flat.any():
-            k = np.clip(((vb[flat] - self.v_min) / self.width).astype(np.int64), 0, self.n - 1)
-            self._point += np.bincount(k, weights=q[flat], minlength=self.n)
-        s = ~flat
-        if s.any():
-            c = q[s] / w[s]
-            for p, sign in ((lo[s], 1.0), (hi[s], -1.0)):
-                k = np.clip(np.ceil((p - self.v_min) / self.width).astype(np.int64), 0, self.n)
-                self._a += np.bincount(k, weights=sign * c, minlength=self.n + 1)
-                self._b += np.bincount(k, weights=sign * c * p, minlength=self.n + 1)
+        x0, x1 = (lo - self.v_min) / self.width, (hi - self.v_min) / self.width  # in bin units
+        k0 = np.clip(np.floor(x0).astype(np.int64), 0, self.n - 1)
+        k1 = np.clip(np.floor(x1).astype(np.int64), 0, self.n - 1)
+        span = k1 - k0 + 1
+        one = span == 1
+        if one.any():
+            self._bins += np.bincount(k0[one], weights=q[one], minlength=self.n)
+        many = ~one
+        if many.any():  # spread over every bin the interval crosses, in proportion to the overlap
+            j = np.repeat(np.flatnonzero(many), span[many])
+            offs = np.arange(j.size) - np.repeat(np.cumsum(span[many]) - span[many], span[many])
+            k = k0[j] + offs
+            overlap = np.minimum(x1[j], k + 1.0) - np.maximum(x0[j], k.astype(np.float64))
+            w = q[j] * overlap / (x1[j] - x0[j])
+            self._bins += np.bincount(k, weights=w, minlength=self.n)
 
     # ---- read-out ----------------------------------------------------------------------------------
 
     def bin_charge(self) -> np.ndarray:
         """Charge (C) in each voltage bin of the open half cycle."""
-        ramp = self.edges * np.cumsum(self._a) - np.cumsum(self._b)  # R(e) at every edge
-        return np.diff(ramp) + self._point
+        return self._bins.copy()
 
     def _close(self) -> list[MetricRow]:
         if self._dir is None or self._q <= 0 or not np.isfinite(self._lo):
             self._reset(None, None)
             return []
         q_bins = self.bin_charge()
-        k0 = max(0, int((self._lo - self.v_min) / self.width) - 1)
-        k1 = min(self.n, int((self._hi - self.v_min) / self.width) + 2)
         scale = 1 / 3.6 / (self.active_mass * 1e3) if self.active_mass else 1 / 3.6  # C -> mAh(/g)
         dqdv = q_bins / self.width * scale
         sigma = self.fwhm / (2 * np.sqrt(2 * np.log(2))) / self.width
+        margin = int(4 * sigma) + 2  # keep the smoothed tails: the area stays the half cycle's capacity
+        k0 = max(0, int((self._lo - self.v_min) / self.width) - margin)
+        k1 = min(self.n, int((self._hi - self.v_min) / self.width) + margin)
         smooth = gaussian_filter1d(dqdv, sigma, mode="constant")[k0:k1]
         volts = 0.5 * (self.edges[k0:k1] + self.edges[k0 + 1:k1 + 1])
         peaks = self._peaks(volts, smooth)
