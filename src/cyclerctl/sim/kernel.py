@@ -58,6 +58,7 @@ R_END, R_STOP, R_FULL, R_DONE = 0, 1, 2, 3
 
 @njit(cache=True)
 def _interp(tab, x):
+    """Linear interpolation on the uniform grid [0, 1] (linear extrapolation outside): value, slope."""
     g = tab.shape[0] - 1
     y = x * g
     i = int(math.floor(y))
@@ -66,20 +67,22 @@ def _interp(tab, x):
     elif i > g - 1:
         i = g - 1
     fr = y - i
-    return tab[i] + fr * (tab[i + 1] - tab[i])
+    d = tab[i + 1] - tab[i]
+    return tab[i] + fr * d, d * g
 
 
 @njit(cache=True)
 def _ocv(utab, stab, j, x, hyst, has_hyst):
-    """U_j(x) and dU/dx of material j, blending sodiation (0) and desodiation (1) branches."""
-    u0 = _interp(utab[j, 0], x)
-    s0 = _interp(stab[j, 0], x)
+    """U_j(x), the slope of the interpolant (for Newton) and the analytic dU/dx (for truth and EIS),
+    blending the sodiation (0) and desodiation (1) branches by the hysteresis state."""
+    u0, k0 = _interp(utab[j, 0], x)
+    s0, _d = _interp(stab[j, 0], x)
     if has_hyst == 0.0:
-        return u0, s0
+        return u0, k0, s0
     w = 0.5 * (1.0 + hyst)
-    u1 = _interp(utab[j, 1], x)
-    s1 = _interp(stab[j, 1], x)
-    return w * u1 + (1.0 - w) * u0, w * s1 + (1.0 - w) * s0
+    u1, k1 = _interp(utab[j, 1], x)
+    s1, _d = _interp(stab[j, 1], x)
+    return w * u1 + (1.0 - w) * u0, w * k1 + (1.0 - w) * k0, w * s1 + (1.0 - w) * s0
 
 
 @njit(cache=True)
@@ -153,6 +156,122 @@ def _short_current(st, cp):
     return 0.0
 
 
+
+@njit(cache=True)
+def _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, i):
+    """Residual U_j(x_s(I)) + eta_j(I) - phi and its slope (> 0) for material j at current I."""
+    xs = p - g * i
+    u, ku, _du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
+    e, de = _eta(i, i0a, f)
+    return u + e - phi, -g * ku + de
+
+
+@njit(cache=True)
+def _mat_current(utab, stab, mp, mst, j, p, g, i0a, f, phi, guess, scale):
+    """The faradaic current of material j at electrode potential phi: bracketed Newton (monotone)."""
+    r, d = _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, guess)
+    if r == 0.0:
+        return guess, d
+    step = scale
+    if r > 0.0:
+        hi, lo = guess, guess - step
+        rl, _d = _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, lo)
+        while rl > 0.0:
+            hi = lo
+            step *= 2.0
+            lo = lo - step
+            rl, _d = _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, lo)
+    else:
+        lo, hi = guess, guess + step
+        rh, _d = _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, hi)
+        while rh < 0.0:
+            lo = hi
+            step *= 2.0
+            hi = hi + step
+            rh, _d = _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, hi)
+    i = 0.5 * (lo + hi)
+    for _k in range(200):
+        r, d = _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, i)
+        if r > 0.0:
+            hi = i
+        else:
+            lo = i
+        nxt = i - r / d
+        if not (lo < nxt < hi):
+            nxt = 0.5 * (lo + hi)
+        if abs(nxt - i) <= 1e-15 * (abs(i) + scale) or hi - lo <= 1e-15 * (abs(i) + scale):
+            i = nxt
+            break
+        i = nxt
+    r, d = _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, i)
+    return i, d
+
+
+@njit(cache=True)
+def _total(utab, stab, mp, mst, pj, gj, i0as, f, phi, ij, scale, cdh, phi_old):
+    """Sum of faradaic currents and double-layer current at phi, and its slope."""
+    s = cdh * (phi - phi_old)
+    ds = cdh
+    for j in range(pj.shape[0]):
+        i, d = _mat_current(utab, stab, mp, mst, j, pj[j], gj[j], i0as[j], f, phi, ij[j], scale)
+        ij[j] = i
+        s += i
+        ds += 1.0 / d
+    return s, ds
+
+
+@njit(cache=True)
+def _solve_bracketed(utab, stab, mp, mst, pj, gj, i0as, f, phi_old, ij, scale, cdh, mode, target,
+                     eps, ish, rs, i0na):
+    """Robust fallback: outer safeguarded Newton on phi (the residual is monotone in phi), inner
+    bracketed solves per material. mode 0: sum = target current; mode 1: terminal voltage = target."""
+
+    def outer(phi):
+        s, ds = _total(utab, stab, mp, mst, pj, gj, i0as, f, phi, ij, scale, cdh, phi_old)
+        if mode == 0:
+            iint = target - ish
+            s_t = iint * (1.0 - eps) if iint < 0.0 else iint
+            return s - s_t, ds
+        e_s = eps if s < 0.0 else 0.0
+        iext = s / (1.0 - e_s) + ish
+        en, den = _eta(iext, i0na, f)
+        return phi + en + iext * rs - target, 1.0 + (den + rs) / (1.0 - e_s) * ds
+
+    r, d = outer(phi_old)
+    lo, hi = phi_old, phi_old
+    step = 0.01
+    if r > 0.0:
+        while r > 0.0:
+            hi = lo
+            lo = lo - step
+            step *= 2.0
+            r, d = outer(lo)
+    elif r < 0.0:
+        while r < 0.0:
+            lo = hi
+            hi = hi + step
+            step *= 2.0
+            r, d = outer(hi)
+    else:
+        return phi_old
+    phi = 0.5 * (lo + hi)
+    for _k in range(200):
+        r, d = outer(phi)
+        if r > 0.0:
+            hi = phi
+        else:
+            lo = phi
+        nxt = phi - r / d
+        if not (lo < nxt < hi):
+            nxt = 0.5 * (lo + hi)
+        if abs(nxt - phi) < 1e-14 or hi - lo < 1e-14:
+            phi = nxt
+            break
+        phi = nxt
+    outer(phi)
+    return phi
+
+
 @njit(cache=True)
 def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx, cache, w):
     """Solve one step (not committed). mode 0: current target (A); mode 1: voltage target (V).
@@ -187,7 +306,7 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
             w[0, j] = mst[j, IJ]
             xs = pj[j] - gj[j] * mst[j, IJ]
             w[1, j] = xs
-            u, du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
+            u, _k, du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
             w[5, j] = u
             w[6, j] = du
         return phi_old + en + iext * rs, iext, phi_old
@@ -197,7 +316,7 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
         ij[j] = mst[j, IJ]
     phi = phi_old
     iext = st[I_LAST]
-    for _it in range(100):
+    for _it in range(30):
         s_sum = cdh * (phi - phi_old)
         inv_d = 0.0
         rd = 0.0
@@ -205,10 +324,10 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
         for j in range(m):
             i0a = mp[j, I0] * mp[j, AS] * mst[j, PSI] * _arr(mp[j, EA_CT], t, tref)
             xs = pj[j] - gj[j] * ij[j]
-            u, du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
+            u, ku, du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
             e, de = _eta(ij[j], i0a, f)
             r = u + e - phi
-            d = -gj[j] * du + de
+            d = -gj[j] * ku + de
             w[1, j] = xs
             w[5, j] = u
             w[6, j] = du
@@ -244,11 +363,24 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
             ij[j] += (dphi - w[8, j]) / w[9, j]
         if conv and rmax < 1e-12 and abs(dphi) < 1e-13:
             break
+    w[10, 0] = _it
+    w[10, 1] = rmax
+    if not (conv and rmax < 1e-10):
+        i0as = w[11]
+        for j in range(m):
+            i0as[j] = mp[j, I0] * mp[j, AS] * mst[j, PSI] * _arr(mp[j, EA_CT], t, tref)
+            ij[j] = mst[j, IJ]
+        scale = abs(target) if mode == 0 else abs(st[I_LAST])
+        for j in range(m):
+            scale += i0as[j]
+        phi = _solve_bracketed(utab, stab, mp, mst, pj, gj, i0as, f, phi_old, ij, scale * 1e-3, cdh, mode,
+                               target, eps, ish, rs, i0na)
+        w[10, 0] = -1.0
     # final consistent values
     s_sum = cdh * (phi - phi_old)
     for j in range(m):
         xs = pj[j] - gj[j] * ij[j]
-        u, du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
+        u, _k, du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
         w[1, j] = xs
         w[5, j] = u
         w[6, j] = du

@@ -157,7 +157,7 @@ class CellModel:
         self.ex = np.zeros((nm, n))
         self.fx = np.zeros((nm, n))
         self.cache = np.full((nm, 2), np.nan)
-        self.w = np.zeros((10, nm))
+        self.w = np.zeros((12, max(nm, 2)))  # solver workspace
 
     @property
     def n_columns(self) -> int:

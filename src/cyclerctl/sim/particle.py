@@ -30,13 +30,15 @@ class Modes:
     centres: np.ndarray
 
 
-def shell_edges(n: int = 40, ratio: float = 1.2) -> np.ndarray:
-    """Edges 0 = r_0 < ... < r_n = 1, widths shrinking by `ratio` towards the surface."""
-    w = ratio ** -np.arange(n, dtype=float)
+def shell_edges(n: int = 48, ratio: float = 1.2, spread: float = 300.0) -> np.ndarray:
+    """Edges 0 = r_0 < ... < r_n = 1: widths grow by `ratio` from the surface inwards, capped at
+    `spread` times the outermost width (so the core is resolved too). 48 shells: outermost ~1.5e-4 R,
+    innermost ~0.05 R."""
+    w = np.minimum(ratio ** np.arange(n, dtype=float), spread)[::-1]
     return np.concatenate([[0.0], np.cumsum(w) / w.sum()])
 
 
-def modes(n: int = 40, ratio: float = 1.2) -> Modes:
+def modes(n: int = 48, ratio: float = 1.2) -> Modes:
     """Generalised eigen-decomposition of the shell conductance matrix (unit sphere, unit D)."""
     e = shell_edges(n, ratio)
     vol = e[1:] ** 3 - e[:-1] ** 3  # fraction of the particle volume (sums to 1)

@@ -87,7 +87,7 @@ class Preset:
     current_resolution: float = 1e-9  # A
     noise_temperature: float = 0.05  # K rms
     noise_impedance_relative: float = 1e-3
-    shells: int = 40
+    shells: int = 48
     shell_ratio: float = 1.2
     window: tuple[float, float] = (0.0, 2.5)  # V, the calibration window
     description: str = ""
@@ -359,7 +359,7 @@ def parse_preset(text: str, file: str = "<preset>") -> Preset:
         nz.check_unknown()
     num = r.sub("numerics", None)
     if num is not None:
-        n = num.raw("shells", 40)
+        n = num.raw("shells", 48)
         if not isinstance(n, int) or n < 4:
             raise num.error("shells", "expected a whole number >= 4")
         kw["shells"] = n

@@ -1,0 +1,127 @@
+"""SimChannel: the simulated cycler channel (a cyclerctl.channel.Channel) on the cell model.
+
+It runs every primitive step of a Program on the model, whole blocks at a time, with instrument
+noise and ADC resolution (switchable off), and paces itself on the clock: with a VirtualClock a
+step is computed as fast as the CPU allows; with a WallClock at speed N blocks come out in (scaled)
+real time. SetTemperature drives the built-in chamber (ramp + the cell's thermal lag), so a
+variable-temperature EIS series runs on a SimChannel alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+
+from ..channel import Block, Capabilities, StepStart
+from ..clock import Clock, VirtualClock
+from ..program import Cell, Step
+from .model import CellModel
+from .preset import Preset
+from .steps import KELVIN, run_step
+
+
+class SimChannel:
+    """A simulated cell on a simulated cycler channel.
+
+    noise: add measurement noise and ADC quantisation (preset `noise:`) to V, I, T and Z.
+    truth: attach the model's ground truth to every Block (Block.truth).
+    options: max_block_samples (default 100 000) bounds the samples of one block."""
+
+    def __init__(self, preset: Preset | str = "hard_carbon", clock: Clock | None = None, cell: Cell | None = None,
+                 noise: bool = True, seed: int = 0, name: str = "sim", truth: bool = False,
+                 temperature: float = 298.15, **options: Any) -> None:
+        self.model = CellModel(preset, cell, temperature)
+        self.preset = self.model.preset
+        self.cell = self.model.cell
+        self.clock = clock if clock is not None else VirtualClock()
+        self.noise = bool(noise)
+        self.truth = bool(truth)
+        self.name = name
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.max_block_samples = int(options.pop("max_block_samples", 100_000))
+        self.options = options
+        self.capabilities = Capabilities(
+            model=f"sim:{self.preset.name}",
+            techniques=frozenset({"rest", "current", "voltage", "sweep", "impedance", "temperature"}),
+            voltage_range=(-2.0, 6.0), current_max=1.0, current_resolution=self.preset.current_resolution,
+            voltage_resolution=self.preset.voltage_resolution, scan_rate_range=(1e-7, 10.0),
+            frequency_range=(1e-5, 1e6), min_sample_period=0.0, temperature_range=(213.15, 373.15),
+            real_hardware=False,
+        )
+
+    async def open(self) -> None:
+        """Nothing to connect; the cell is at open circuit."""
+
+    async def safe_state(self) -> None:
+        """Open circuit. The cell rests from now on until the next step starts."""
+
+    async def close(self) -> None:
+        await self.safe_state()
+
+    # ---- steps ----------------------------------------------------------------------------------
+
+    def _span(self, start: StepStart) -> float:
+        span = start.max_block_span if start.max_block_span > 0 else math.inf
+        speed = getattr(self.clock, "speed", math.inf)
+        if math.isfinite(speed):
+            span = min(span, max(0.5 * speed, 1e-3))  # a block about every half second of wall time
+        return span
+
+    def _noisy(self, cols: dict[str, np.ndarray]) -> None:
+        p = self.preset
+        n = len(cols["test_time_second"])
+        if not self.noise or n == 0:
+            return
+        v = cols["voltage_volt"] + self.rng.normal(0.0, p.noise_voltage, n)
+        i = cols["current_ampere"]
+        i = i + self.rng.normal(0.0, 1.0, n) * (p.noise_current + p.noise_current_relative * np.abs(i))
+        if p.voltage_resolution > 0:
+            v = np.round(v / p.voltage_resolution) * p.voltage_resolution
+        if p.current_resolution > 0:
+            i = np.round(i / p.current_resolution) * p.current_resolution
+        cols["voltage_volt"], cols["current_ampere"] = v, i
+        if "temperature_t1_celsius" in cols:
+            cols["temperature_t1_celsius"] = cols["temperature_t1_celsius"] + self.rng.normal(0.0, p.noise_temperature, n)
+        if "real_impedance_ohm" in cols:
+            re, im = cols["real_impedance_ohm"], cols["imaginary_impedance_ohm"]
+            mag = np.hypot(re, im) * p.noise_impedance_relative
+            cols["real_impedance_ohm"] = re + self.rng.normal(0.0, 1.0, n) * mag
+            cols["imaginary_impedance_ohm"] = im + self.rng.normal(0.0, 1.0, n) * mag
+
+    async def run_step(self, step: Step, start: StepStart) -> AsyncIterator[Block]:
+        """Run `step` from `start`; yields Blocks (the last one final=True, with `end` set)."""
+        offset = self.clock.now() - start.test_time
+        sweep_pos = start.extra.get("sweep_position") if start.extra else None
+        for chunk in run_step(self.model, step, start.test_time, start.step_time, start.step_charge,
+                              span=self._span(start), max_samples=self.max_block_samples,
+                              sweep_position=sweep_pos):
+            cols = chunk.columns
+            self._noisy(cols)
+            truth = None
+            if self.truth:
+                if chunk.rows is not None:
+                    truth = self.model.truth(chunk.rows)
+                else:
+                    truth = {"temperature_kelvin": cols["temperature_t1_celsius"] + KELVIN}
+            block = Block(cols, end=chunk.end if chunk.final else None, final=chunk.final, truth=truth)
+            if len(block):
+                await self.clock.sleep_until(float(cols["test_time_second"][-1]) + offset)
+            yield block
+
+    # ---- state ----------------------------------------------------------------------------------
+
+    def save_state(self) -> bytes:
+        """The full model state, the noise generator and the clock time (for crash-safe resume)."""
+        return self.model.save_state({"rng": self.rng.bit_generator.state, "clock": self.clock.now()})
+
+    def load_state(self, state: bytes) -> None:
+        extra = self.model.load_state(state)
+        if "rng" in extra:
+            self.rng.bit_generator.state = extra["rng"]
+        clock_t = extra.get("clock")
+        if clock_t is not None and hasattr(self.clock, "advance_to"):
+            self.clock.advance_to(float(clock_t))

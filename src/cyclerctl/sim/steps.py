@@ -1,0 +1,180 @@
+"""Running one primitive program step on the cell model, as chunks of samples (synchronous).
+
+Shared by SimChannel (which adds noise, the clock and Blocks) and by the estimator behind
+`cyclerctl plan`. Each chunk is a dict of BDF columns (noise-free), the kernel rows (for truth),
+the index of the end that fired, and whether the step is over.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InstrumentError
+from ..program import (
+    ConstantCurrent,
+    ConstantVoltage,
+    Impedance,
+    Rest,
+    SetTemperature,
+    Step,
+    Sweep,
+)
+from . import kernel as K
+from .model import CellModel
+
+KELVIN = 273.15
+
+
+@dataclass
+class Chunk:
+    """Samples of a step (noise-free, SI/BDF units)."""
+
+    columns: dict[str, np.ndarray]
+    rows: np.ndarray | None  # kernel rows (truth); None for impedance rows
+    end: int | None
+    final: bool
+
+
+def _columns(out: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        "test_time_second": out[:, K.C_T].copy(),
+        "voltage_volt": out[:, K.C_V].copy(),
+        "current_ampere": out[:, K.C_I].copy(),
+        "step_time_second": out[:, K.C_STEP_T].copy(),
+        "temperature_t1_celsius": out[:, K.C_TEMP] - KELVIN,
+    }
+
+
+def _row_now(model: CellModel, ss: np.ndarray) -> np.ndarray:
+    """One kernel row at the present state (the last sample of a step that completed by itself)."""
+    out = np.empty((1, model.n_columns))
+    v, i, phi = model.solve_now()
+    v = float(model.st[K.V_LAST])
+    K._write(out, 0, model.a, model.st, model.mst, model.mp, model.cp, model.w, v, i, phi,
+             model.time - ss[K.S_T0])
+    return out
+
+
+def eis_point_duration(frequency: float) -> float:
+    """Time an impedance point takes: two periods plus settling (s)."""
+    return 2.0 / frequency + 0.2
+
+
+def run_step(model: CellModel, step: Step, test_time: float, step_time: float = 0.0,
+             step_charge: float = 0.0, span: float = math.inf, max_samples: int = 100_000,
+             sweep_position: float | None = None) -> Iterator[Chunk]:
+    """Run `step` from `test_time` (the model rests through any gap before it). Yields Chunks, each
+    spanning at most `span` seconds, until one with final=True."""
+    if test_time > model.time + 1e-9:
+        gap = model.new_step(record_first=False)
+        model.run(gap, 0, 0.0, test_time, max_samples=2)
+    model.time = test_time
+    rec = step.record
+    common = dict(every=rec.every, voltage_change=rec.voltage_change, current_change=rec.current_change,
+                  ends=step.ends, max_samples=max_samples)
+    if isinstance(step, Impedance):
+        yield from _impedance(model, step, step_time, span)
+        return
+    if isinstance(step, Sweep):
+        yield from _sweep(model, step, step_time if sweep_position is None else sweep_position,
+                          step_charge, span, common)
+        return
+    temp = None
+    timeout = math.inf
+    if isinstance(step, Rest):
+        mode, target, limit = 0, 0.0, math.inf
+    elif isinstance(step, ConstantCurrent):
+        mode, target, limit = 0, float(step.current), math.inf
+    elif isinstance(step, ConstantVoltage):
+        mode, target, limit = 1, float(step.voltage), float(step.current_limit)
+    elif isinstance(step, SetTemperature):
+        mode, target, limit = 0, 0.0, math.inf
+        model.set_chamber(step.temperature)
+        temp = (step.tolerance, step.stable_for)
+        timeout = step.timeout
+    else:
+        raise InstrumentError(f"the simulator cannot run a {type(step).__name__} step", "sim")
+    ss = model.new_step(step_time, step_charge, temperature_step=temp)
+    t_timeout = model.time - step_time + timeout
+    while True:
+        t_stop = min(model.time + span, t_timeout)
+        r = model.run(ss, mode, target, t_stop, current_limit=limit, **common)
+        if r.reason == K.R_STOP and model.time >= t_timeout - 1e-9:
+            raise InstrumentError(f"chamber did not settle at {step.temperature - KELVIN:.1f} degC "
+                                  f"(+-{step.tolerance:g} K) within {timeout:g} s", "sim")
+        final = r.reason in (K.R_END, K.R_DONE)
+        yield Chunk(_columns(r.out), r.out, r.end, final)
+        if final:
+            return
+
+
+def _sweep(model: CellModel, step: Sweep, position: float, step_charge: float, span: float,
+           common: dict) -> Iterator[Chunk]:
+    """Linear potential segments in order; samples carry the 0-based segment index."""
+    segs = step.segments()
+    bounds = np.cumsum([0.0] + [abs(b - a) / step.scan_rate for a, b in segs])
+    t_begin = model.time - position
+    ss = model.new_step(position, step_charge)
+    k0 = int(np.searchsorted(bounds, position, side="right") - 1)
+    for k in range(max(k0, 0), len(segs)):
+        a, b = segs[k]
+        rate = math.copysign(step.scan_rate, b - a) if b != a else 0.0
+        ss[K.S_SEG_V0] = a
+        ss[K.S_SEG_T0] = t_begin + bounds[k]
+        seg_end = t_begin + bounds[k + 1]
+        last = k == len(segs) - 1
+        while True:
+            t_stop = min(model.time + span, seg_end)
+            r = model.run(ss, 1, a, t_stop, rate=rate, **common)
+            out = r.out
+            seg_done = model.time >= seg_end - 1e-9
+            if last and seg_done and r.reason == K.R_STOP and (len(out) == 0 or out[-1, K.C_T] < model.time - 1e-9):
+                out = np.concatenate([out, _row_now(model, ss)])
+            cols = _columns(out)
+            cols["sweep_segment"] = np.full(len(out), float(k))
+            final = r.reason == K.R_END or (last and seg_done)
+            yield Chunk(cols, out, r.end, final)
+            if r.reason == K.R_END:
+                return
+            if seg_done:
+                break
+        if last:
+            return
+
+
+def _impedance(model: CellModel, step: Impedance, step_time: float, span: float) -> Iterator[Chunk]:
+    """One row per frequency; the cell is held at the bias (or rests) while each point is measured,
+    and the impedance is that of the linearised model at the state of that moment."""
+    freqs = step.frequencies()
+    durations = np.array([eis_point_duration(f) for f in freqs])
+    done = np.cumsum(durations)
+    k0 = int(np.searchsorted(done, step_time + 1e-9))
+    if step.bias is None:
+        mode, target = 0, 0.0
+    elif step.mode == "potentiostatic":
+        mode, target = 1, float(step.bias)
+    else:
+        mode, target = 0, float(step.bias)
+    ss = model.new_step(step_time, 0.0, record_first=False)
+    rows: list[tuple[float, ...]] = []
+    t_chunk = model.time
+    for k in range(k0, len(freqs)):
+        model.run(ss, mode, target, model.time + durations[k], max_samples=2)
+        z = complex(model.impedance([freqs[k]])[0])
+        v = float(model.st[K.V_LAST])
+        rows.append((model.time, v, model.current, model.time - ss[K.S_T0], model.temperature - KELVIN,
+                     freqs[k], z.real, z.imag))
+        last = k == len(freqs) - 1
+        if last or model.time - t_chunk >= span:
+            arr = np.array(rows, dtype=float).reshape(-1, 8)
+            names = ("test_time_second", "voltage_volt", "current_ampere", "step_time_second",
+                     "temperature_t1_celsius", "frequency_hertz", "real_impedance_ohm", "imaginary_impedance_ohm")
+            yield Chunk({n: arr[:, i].copy() for i, n in enumerate(names)}, None, None, last)
+            rows = []
+            t_chunk = model.time
+    if k0 >= len(freqs):
+        yield Chunk({n: np.empty(0) for n in ("test_time_second", "voltage_volt", "current_ampere")}, None, None, True)
