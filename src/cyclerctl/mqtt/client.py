@@ -150,7 +150,7 @@ def new_client(addr: BrokerAddress, *, identifier: str | None = None,
             kwargs["properties"] = props
     else:
         kwargs["clean_session"] = not persistent
-    return aiomqtt.Client(
+    client = aiomqtt.Client(
         addr.host, addr.port, username=addr.username, password=addr.password,
         identifier=identifier or f"cyclerctl-{uuid.uuid4().hex[:12]}",
         protocol=_PROTOCOLS[addr.protocol],
@@ -158,3 +158,5 @@ def new_client(addr: BrokerAddress, *, identifier: str | None = None,
         timeout=timeout, keepalive=keepalive, tls_context=_tls_context(addr),
         max_inflight_messages=max_inflight, max_queued_incoming_messages=max_queued_incoming,
         **kwargs)
+    client.pending_calls_threshold = max_inflight + 1  # we bound concurrency ourselves
+    return client

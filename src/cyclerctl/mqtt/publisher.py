@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .. import __version__
 from . import payloads
-from .client import BrokerAddress, publish_properties
+from .client import BrokerAddress, MqttError
 from .outbox import STREAMS, JournalSource, Watermark
 from .topics import Topics
 
@@ -36,6 +37,7 @@ class PublisherOptions:
     """Tuning of the publisher (defaults suit 1–256 channels at 1–10 Hz)."""
 
     poll_interval: float = 0.02     # s between cheap "anything committed?" checks
+    rows_interval: float = 0.2      # s, minimum period of event and metric reads (low-rate streams)
     max_batch: int = payloads.MAX_BATCH_SAMPLES
     max_inflight: int = 64          # outstanding QoS 1 publishes (memory bound)
     read_limit: int = 2000          # rows read per channel and stream per poll
@@ -43,6 +45,7 @@ class PublisherOptions:
     state_interval: float = 1.0     # s, minimum period of a channel's retained state
     outbox_interval: float = 0.5    # s between outbox watermark writes
     drain_timeout: float = 5.0      # s to publish what is committed when asked to stop
+    ack_timeout: float = 10.0       # s without any PUBACK while publishes are outstanding: reconnect
     max_replay_requests: int = 16   # pending replay requests per channel
 
 
@@ -82,6 +85,7 @@ class Publisher:
         self._wake = asyncio.Event()
         self._rebirth = False
         self._more = False
+        self._last_ack = self._last_send = 0.0
         self._tasks: set[asyncio.Task] = set()
         self._free_ev = asyncio.Event()
         self._errors: list[BaseException] = []
@@ -123,7 +127,7 @@ class Publisher:
     async def serve(self, publish: Publish, addr: BrokerAddress, sess: int, stop: asyncio.Event) -> None:
         """Publish until `stop` is set (then drain and return) or a publish fails (then raise)."""
         self.sess = sess
-        self._props = publish_properties(addr)
+        self._props = None  # payloads say what they are (v, enc); no per-message properties to pack
         self._publish = publish
         self._errors = []
         self._tokens = self.opt.replay_rate
@@ -131,17 +135,27 @@ class Publisher:
         await self._announce()
         for out in self.channels.values():
             self._plan_backlog(out)
-        last_version, last_full = -1, 0.0
+        last_version, last_full, last_rows = -1, 0.0, 0.0
         last_save = time.monotonic()
+        self._last_ack = time.monotonic()
         while not stop.is_set():
             self._check()
             version = self.source.data_version()
             now = time.monotonic()
+            if self._inflight and now - max(self._last_ack, self._last_send) > self.opt.ack_timeout:
+                raise MqttError(f"no acknowledgement from the broker for {self.opt.ack_timeout:g} s")
             if version != last_version or self._more or now - last_full > 1.0:
                 last_version, last_full = version, now
                 if self._load_channels():
                     await self._announce(only_new=True)
-                await self._pump_live()
+                rows_due = now - last_rows >= self.opt.rows_interval
+                before = self.published
+                await self._pump_live(all_streams=rows_due)
+                if rows_due:
+                    last_rows = now
+                took = time.monotonic() - now
+                if took > 0.1:
+                    log.debug("mqtt: publishing %d messages took %.0f ms", self.published - before, took * 1e3)
             await self._pump_backlog(now)
             await self._pump_states(now)
             if now - last_save >= self.opt.outbox_interval:
@@ -228,7 +242,7 @@ class Publisher:
             else:  # low volume: resend in order on the stream's own topic
                 out.live_next[stream] = missing[0][0] if missing else head + 1
 
-    async def _pump_live(self) -> None:
+    async def _pump_live(self, all_streams: bool = True) -> None:
         self._more = False  # set when a read hit read_limit: more is waiting, poll again at once
         for out in list(self.channels.values()):
             rows = self.source.samples(out.ch, out.live_next["samples"], limit=self.opt.read_limit)
@@ -238,7 +252,7 @@ class Publisher:
                 out.live_next["samples"] = rows[-1][1] + 1
                 out.last_sample = rows[-1]
                 out.state_due = True
-            for stream in ("events", "metrics"):
+            for stream in ("events", "metrics") if all_streams else ():
                 rows = self.source.rows(stream, out.ch, out.live_next[stream], limit=self.opt.read_limit)
                 self._more = self._more or len(rows) == self.opt.read_limit
                 for row in rows:
@@ -310,17 +324,21 @@ class Publisher:
         while self._inflight >= self.opt.max_inflight:
             await self._slot_freed()
         self._check()
+        if not self._inflight:
+            self._last_send = time.monotonic()
         self._inflight += 1
         self.max_inflight_seen = max(self.max_inflight_seen, self._inflight)
         self.published += 1
         task = asyncio.get_running_loop().create_task(self._deliver(topic, body, retain, ack))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        await asyncio.sleep(0)  # let paho write it now
 
     async def _deliver(self, topic: str, body: bytes, retain: bool, ack) -> None:
         try:
-            await self._publish(topic, body, qos=1, retain=retain, properties=self._props)
+            # no per-call timeout (it costs a task and a timer per message); the watchdog in `serve`
+            # notices a connection that stopped acknowledging
+            await self._publish(topic, body, qos=1, retain=retain, properties=self._props, timeout=math.inf)
+            self._last_ack = time.monotonic()
             if ack is not None:
                 ack[0].ack(ack[1], ack[2])
         except Exception as exc:  # the connection is gone: unacked rows stay in the journal
