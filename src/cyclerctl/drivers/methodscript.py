@@ -55,7 +55,7 @@ def decode_variable(text: str) -> Variable:
     if len(base) != 10:
         raise PacketError(f"variable {text!r} is not type(2) + value(7) + prefix(1)")
     vtype, digits, prefix = base[:2], base[2:9], base[9]
-    if digits.strip().lower() == "nan":
+    if base[2:].strip().lower() == "nan":  # value and prefix fields hold "     nan"
         value = math.nan
     else:
         if prefix not in PREFIXES:
