@@ -8,10 +8,16 @@ import typer
 from rich.console import Console
 
 from .. import units
-from ..errors import ConfigError, ProtocolError
+from ..errors import ConfigError, CyclerError, ProtocolError
 from ..paths import resolve_data_file
 from . import compile_protocol, describe, load, resolve_cell, summary
 from .loader import all_errors
+
+
+class InvalidProtocols(CyclerError):
+    """validate found errors (already printed, one line each)."""
+
+    exit_code = 2
 
 
 def _overrides(mass: str | None, area: str | None, nominal_capacity: str | None) -> dict[str, str]:
@@ -49,8 +55,7 @@ def validate(
             continue
         typer.echo(f"{path}: ok ({len(program.steps())} steps)")
     if bad:
-        typer.echo(f"{bad} of {len(files)} file{'s' if len(files) > 1 else ''} invalid", err=True)
-        raise typer.Exit(2)
+        raise InvalidProtocols(f"{bad} of {len(files)} file{'s' if len(files) > 1 else ''} invalid")
 
 
 def _estimate_lines(program, preset: str | None) -> list[str]:

@@ -43,7 +43,7 @@ from ..program import (
 )
 from . import schema
 from .cell import context, resolve_cell
-from .conditions import ConditionError, StepContext, parse_end, parse_loop_condition
+from .conditions import ConditionError, StepContext, parse_end, parse_loop_condition, parse_quantity
 from .loader import dotted, raise_all
 from .yamlsafe import locate
 
@@ -129,7 +129,7 @@ class Compiler:
         """A quantity in SI, with $variables replaced; errors carry the field's location."""
         text = self.subst(value, path)
         try:
-            return units.parse(text, kind, self.ctx)
+            return parse_quantity(text, kind, self.ctx)
         except UnitError as exc:
             raise self.fail(path, str(exc)) from None
 
@@ -588,6 +588,7 @@ def _sweep(c: Compiler, item: schema.SweepStep, path: tuple) -> None:
         if len(vertices) < 2:
             raise c.fail((*sp, "vertices"), "give two vertices, or a start and one vertex")
         start, vertices = vertices[-1], vertices[:-1]
+        c.check_voltage(start, limits, (*sp, "vertices", len(s.vertices) - 1), "the sweep vertex ")
     for i, v in enumerate(vertices):
         c.check_voltage(v, limits, (*sp, "vertices", i), "the sweep vertex ")
     rate = c.positive(s.rate, "scan_rate", (*sp, "rate"), "the scan rate")

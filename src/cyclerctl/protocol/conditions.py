@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .. import units
 from ..errors import UnitError
@@ -44,15 +45,20 @@ _IMPLICIT_KINDS = ("voltage", "time", "capacity", "voltage_slope", "current", "t
 _PROBE = units.Context(active_mass=1.0, area=1.0, nominal_capacity=1.0)
 
 
+parse_quantity = lru_cache(maxsize=8192)(units.parse)
+"""units.parse, memoised: protocols repeat the same few quantities many times."""
+
+
 class ConditionError(ValueError):
     """A condition that cannot be read; the compiler adds the file location."""
 
 
+@lru_cache(maxsize=4096)
 def quantity_kind(text: str | float) -> str | None:
     """The kind of a quantity ("0.1 V" -> "voltage", "C/10" -> "current"), ignoring the cell."""
     for kind in _IMPLICIT_KINDS:
         try:
-            units.parse(text, kind, _PROBE)
+            parse_quantity(text, kind, _PROBE)
             return kind
         except UnitError:
             continue
@@ -81,17 +87,19 @@ def parse_end(text: str | float, step: StepContext, goto_label: str = "") -> End
                     f"unknown quantity {m['name'].strip()!r} in {text!r} "
                     f"(known: voltage, current, |I|, capacity, time, dV/dt, temperature)")
             kind, quantity = _NAMES[name]
-            value = units.parse(m["value"], kind, step.ctx)
+            value = parse_quantity(m["value"], kind, step.ctx)
             if quantity in ("abs_current", "abs_step_charge", "abs_dv_dt"):
                 value = abs(value)
             window = step.dv_dt_window if quantity == "abs_dv_dt" else 0.0
             return End(quantity, _OPS[m["op"]], value, label=label, window=window)  # type: ignore[arg-type]
+    if isinstance(text, (int, float)) or re.fullmatch(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", text):
+        raise ConditionError(f"the end condition {text!r} has no unit: write e.g. '{text} V' or '{text} h'")
     kind = quantity_kind(text)
     if kind is None:
         raise ConditionError(
             f"cannot read the end condition {text!r}: expected a voltage ('0.001 V'), time ('2 h'), "
             f"capacity ('150 mAh/g'), dV/dt ('1 mV/h') or a comparison ('voltage >= 1 V')")
-    value = units.parse(text, kind, step.ctx)
+    value = parse_quantity(text, kind, step.ctx)
     if kind == "voltage":
         if step.kind == "hold":
             raise ConditionError(f"a hold keeps the voltage fixed, so it never ends at {text!r}; "
@@ -152,7 +160,7 @@ def parse_loop_condition(text: str, ctx: units.Context, retention_reference: int
     if metric in ("discharge_capacity", "charge_capacity") and (ref is not None or "%" in value_text):
         metric = "capacity_retention"
     if metric in ("coulombic_efficiency", "capacity_retention"):
-        value = units.parse(value_text, "fraction")
+        value = parse_quantity(value_text, "fraction")
         if metric == "capacity_retention":
             ref = ref if ref is not None else retention_reference
             if ref is None:
@@ -166,8 +174,8 @@ def parse_loop_condition(text: str, ctx: units.Context, retention_reference: int
         if kind != "capacity":
             raise UnitError(f"expected a capacity, got {value_text!r}")
         if re.search(r"/\s*(g|mg|kg)\b", value_text):
-            spec = units.parse(value_text, "specific_capacity")
+            spec = parse_quantity(value_text, "specific_capacity")
             return Condition(f"specific_{metric}", op, spec, text=text)  # type: ignore[arg-type]
-        return Condition(metric, op, units.parse(value_text, "capacity", ctx), text=text)  # type: ignore[arg-type]
+        return Condition(metric, op, parse_quantity(value_text, "capacity", ctx), text=text)  # type: ignore[arg-type]
     # specific_*_capacity
-    return Condition(metric, op, units.parse(value_text, "specific_capacity"), text=text)  # type: ignore[arg-type]
+    return Condition(metric, op, parse_quantity(value_text, "specific_capacity"), text=text)  # type: ignore[arg-type]

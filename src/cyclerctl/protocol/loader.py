@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ProtocolError
 from . import schema
-from .yamlsafe import Locations, load_yaml, locate
+from .yamlsafe import Locations, file_path, load_yaml, locate
 
 
 class ProtocolErrors(ProtocolError):
@@ -69,20 +69,14 @@ def dotted(path: tuple) -> str:
     return out
 
 
-def _file_path(locations: Locations, loc: tuple) -> tuple:
-    path: tuple = ()
-    for part in loc:
-        if (*path, part) in locations:
-            path = (*path, part)
-    return path
-
-
 def _message(err: dict[str, Any], path: tuple) -> str:
     kind = err["type"]
     msg = err["msg"]
     field = err["loc"][-1] if err["loc"] else ""
     if kind == "extra_forbidden":
         hint = difflib.get_close_matches(str(field), sorted(_KNOWN_KEYS), n=1)
+        if hint and hint[0] == field:
+            return f"the key {field!r} does not belong here"
         return f"unknown key {field!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
     if kind == "missing":
         return f"missing {field!r}"
@@ -96,6 +90,10 @@ def _message(err: dict[str, Any], path: tuple) -> str:
         return f"expected true or false, got {schema._describe(err.get('input'))}"
     if kind == "too_short" and path and path[-1] == "steps":
         return "needs at least one step"
+    if kind == "too_short":
+        return f"needs at least {err.get('ctx', {}).get('min_length', 1)} values"
+    if kind == "too_long":
+        return f"takes at most {err.get('ctx', {}).get('max_length', 1)} values"
     msg = msg.replace("Input should be", "expected").replace("Value error, ", "")
     if kind == "literal_error":
         msg += f", got {schema._describe(err.get('input'))}"
@@ -105,9 +103,19 @@ def _message(err: dict[str, Any], path: tuple) -> str:
 def _from_validation(exc: ValidationError, locations: Locations, filename: str) -> list[ProtocolError]:
     out: list[ProtocolError] = []
     seen_paths: set[tuple] = set()
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    # "unknown key 'curent'" next to "missing 'current'": one mistake, reported once (as the typo)
+    typos = set()
+    for err in errors:
+        if err["type"] == "extra_forbidden" and err["loc"]:
+            hint = difflib.get_close_matches(str(err["loc"][-1]), sorted(_KNOWN_KEYS), n=1)
+            if hint and hint[0] != err["loc"][-1]:
+                typos.add((tuple(err["loc"][:-1]), hint[0]))
+    for err in errors:
+        if err["type"] == "missing" and err["loc"] and (tuple(err["loc"][:-1]), err["loc"][-1]) in typos:
+            continue
         loc = tuple(err["loc"])
-        path = _file_path(locations, loc)
+        path = file_path(locations, loc)
         key = (*path, loc[-1]) if err["type"] == "missing" and loc else path
         if key in seen_paths:
             continue  # one message per place (unions report once per member)

@@ -27,38 +27,91 @@ Path = tuple[str | int, ...]
 Locations = dict[Path, tuple[int, int]]
 
 
-class BoundedSafeLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that counts nodes, nesting depth and aliases while composing."""
+try:  # libyaml's event parser when available (fast); the composer below is ours either way
+    _Loader = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - PyYAML without libyaml
+    _Loader = yaml.SafeLoader
 
-    def __init__(self, stream: str, filename: str) -> None:
-        super().__init__(stream)
+
+class BoundedComposer:
+    """Builds the node graph from parser events, counting nodes, nesting depth and aliases
+    (PyYAML's own composer has no limits)."""
+
+    def __init__(self, text: str, filename: str) -> None:
+        self.loader = _Loader(text)
         self.filename = filename
-        self._nodes = 0
-        self._depth = 0
-        self._aliases = 0
+        self.nodes = 0
+        self.aliases = 0
+        self.anchors: dict[str, Node] = {}
 
-    def _refuse(self, message: str, mark) -> None:
+    def _refuse(self, message: str, mark) -> ProtocolError:
         line = mark.line + 1 if mark is not None else 1
         col = mark.column + 1 if mark is not None else 1
-        raise ProtocolError(message, self.filename, line, col)
+        return ProtocolError(message, self.filename, line, col)
 
-    def compose_node(self, parent, index):  # noqa: D401 - yaml API
-        if self.check_event(yaml.AliasEvent):
-            self._aliases += 1
-            if self._aliases > MAX_ALIASES:
-                self._refuse(f"too many YAML aliases (more than {MAX_ALIASES}); write the values out",
-                             self.peek_event().start_mark)
-        else:
-            self._nodes += 1
-            if self._nodes > MAX_NODES:
-                self._refuse(f"document too large (more than {MAX_NODES} YAML nodes)", self.peek_event().start_mark)
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                self._refuse(f"nesting too deep (more than {MAX_DEPTH} levels)", self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+    def single_node(self) -> Node | None:
+        ld = self.loader
+        ld.get_event()  # StreamStart
+        if ld.check_event(yaml.StreamEndEvent):
+            return None
+        ld.get_event()  # DocumentStart
+        node = self.compose(0)
+        ld.get_event()  # DocumentEnd
+        if not ld.check_event(yaml.StreamEndEvent):
+            raise self._refuse("expected one YAML document, found more (remove the '---')",
+                               ld.peek_event().start_mark)
+        return node
+
+    def compose(self, depth: int) -> Node:
+        ld = self.loader
+        event = ld.get_event()
+        if isinstance(event, yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise self._refuse(f"too many YAML aliases (more than {MAX_ALIASES}); write the values out",
+                                   event.start_mark)
+            if event.anchor not in self.anchors:
+                raise self._refuse(f"unknown YAML alias *{event.anchor}", event.start_mark)
+            return self.anchors[event.anchor]
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise self._refuse(f"document too large (more than {MAX_NODES} YAML nodes)", event.start_mark)
+        if depth >= MAX_DEPTH:
+            raise self._refuse(f"nesting too deep (more than {MAX_DEPTH} levels)", event.start_mark)
+        node: Node
+        if isinstance(event, yaml.ScalarEvent):
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = ld.resolve(ScalarNode, event.value, event.implicit)
+            node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+            if event.anchor is not None:
+                self.anchors[event.anchor] = node
+            return node
+        if isinstance(event, yaml.SequenceStartEvent):
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = ld.resolve(SequenceNode, None, event.implicit)
+            node = SequenceNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
+            if event.anchor is not None:
+                self.anchors[event.anchor] = node
+            while not ld.check_event(yaml.SequenceEndEvent):
+                node.value.append(self.compose(depth + 1))
+            node.end_mark = ld.get_event().end_mark
+            return node
+        if isinstance(event, yaml.MappingStartEvent):
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = ld.resolve(MappingNode, None, event.implicit)
+            node = MappingNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
+            if event.anchor is not None:
+                self.anchors[event.anchor] = node
+            while not ld.check_event(yaml.MappingEndEvent):
+                key = self.compose(depth + 1)
+                value = self.compose(depth + 1)
+                node.value.append((key, value))
+            node.end_mark = ld.get_event().end_mark
+            return node
+        raise self._refuse("unexpected YAML content", event.start_mark)
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -72,7 +125,7 @@ _ALLOWED_SCALAR_TAGS = {
 class _Builder:
     """Turns a composed node graph into plain Python data plus a location map (bounded expansion)."""
 
-    def __init__(self, loader: BoundedSafeLoader, filename: str) -> None:
+    def __init__(self, loader: yaml.SafeLoader, filename: str) -> None:
         self.loader = loader
         self.filename = filename
         self.locations: Locations = {}
@@ -98,11 +151,11 @@ class _Builder:
                 return self.scalar(node)
             if isinstance(node, SequenceNode):
                 if node.tag != "tag:yaml.org,2002:seq":
-                    raise self.error(f"unsupported YAML tag {node.tag!r}", node)
+                    raise self.error(f"unsupported YAML tag {node.tag!r} (protocol files hold plain values only)", node)
                 return [self.build(child, (*path, i)) for i, child in enumerate(node.value)]
             if isinstance(node, MappingNode):
                 if node.tag != "tag:yaml.org,2002:map":
-                    raise self.error(f"unsupported YAML tag {node.tag!r}", node)
+                    raise self.error(f"unsupported YAML tag {node.tag!r} (protocol files hold plain values only)", node)
                 return self.mapping(node, path)
             raise self.error("unsupported YAML node", node)
         finally:
@@ -155,13 +208,16 @@ def load_yaml(text: str, filename: str = "<string>") -> tuple[Any, Locations]:
     if len(text.encode("utf-8", errors="replace")) > MAX_BYTES:
         raise ProtocolError(f"file too large (more than {MAX_BYTES // 1000} kB); protocol files are small",
                             filename, 1, 1)
-    loader = BoundedSafeLoader(text, filename)
+    composer = BoundedComposer(text, filename)
     try:
         try:
-            node = loader.get_single_node()
+            node = composer.single_node()
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             problem = exc.problem or exc.context or "malformed YAML"
+            if exc.context and exc.context_mark is not None and exc.problem_mark is not None \
+                    and exc.context_mark.line != exc.problem_mark.line:
+                problem += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
             line = mark.line + 1 if mark is not None else 1
             col = mark.column + 1 if mark is not None else 1
             raise ProtocolError(f"malformed YAML: {problem}", filename, line, col) from None
@@ -171,26 +227,29 @@ def load_yaml(text: str, filename: str = "<string>") -> tuple[Any, Locations]:
             raise ProtocolError(f"nesting too deep (more than {MAX_DEPTH} levels)", filename, 1, 1) from None
         if node is None:
             raise ProtocolError("empty file: a protocol starts with 'cyclerctl: 1'", filename, 1, 1)
-        builder = _Builder(loader, filename)
+        builder = _Builder(composer.loader, filename)
         try:
             data = builder.build(node, ())
         except RecursionError:
             raise ProtocolError(f"nesting too deep (more than {MAX_DEPTH} levels)", filename, 1, 1) from None
         return data, builder.locations
     finally:
-        loader.dispose()
+        composer.loader.dispose()
+
+
+def file_path(locations: Locations, loc: tuple[Any, ...]) -> Path:
+    """The longest path in the file along `loc`, skipping entries that are not in the file (pydantic's
+    union tags, which may even equal a key name, as in ("steps", 0, "for_each", "steps"))."""
+    paths: dict[Path, int] = {(): -1}  # path -> index in loc of its last part
+    for i, part in enumerate(loc):
+        paths.update({(*p, part): i for p in list(paths) if (*p, part) in locations})
+    return max(paths, key=lambda p: (len(p), paths[p]))
 
 
 def locate(locations: Locations, loc: tuple[Any, ...], key: bool = False) -> tuple[int, int]:
-    """The (line, column) of the deepest known path along `loc` (entries not in the file, such as
-    pydantic union tags, are skipped). With key=True, prefer the position of the last key itself."""
-    path: Path = ()
-    best = locations.get((), (1, 1))
-    for part in loc:
-        cand = (*path, part)
-        if cand in locations:
-            path = cand
-            best = locations[cand]
+    """The (line, column) of the deepest known path along `loc`. With key=True, prefer the position of
+    the last key itself (for "unknown key" messages)."""
+    path = file_path(locations, loc)
     if key and (*path, "__key__") in locations:
         return locations[(*path, "__key__")]
-    return best
+    return locations.get(path, locations.get((), (1, 1)))
