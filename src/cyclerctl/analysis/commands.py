@@ -15,8 +15,9 @@ def _summary(results: dict[str, list[MetricRow]]) -> list[str]:
     lines = []
     cyc = results.get("cycle", [])
     if cyc:
-        last = cyc[-1].data
-        first = cyc[0].data
+        complete = [r.data for r in cyc if r.data.get("coulombic_efficiency") is not None]
+        last = complete[-1] if complete else cyc[-1].data
+        first = complete[0] if complete else cyc[0].data
         ice = first.get("coulombic_efficiency")
         ce = last.get("coulombic_efficiency")
         q = last.get("specific_charge_capacity_mah_g")
@@ -24,7 +25,7 @@ def _summary(results: dict[str, list[MetricRow]]) -> list[str]:
         if ice is not None:
             parts.append(f"ICE {ice * 100:.2f} %")
         if ce is not None:
-            parts.append(f"last CE {ce * 100:.3f} %")
+            parts.append(f"CE of cycle {last['cycle_count']} {ce * 100:.3f} %")
         if q is not None:
             parts.append(f"last reversible {q:.1f} mAh/g")
         elif last.get("charge_capacity_ah") is not None:
