@@ -73,20 +73,27 @@ def metric_line(ch: str, kind: str, d: dict[str, Any]) -> str | None:
         if d.get("coulombic_efficiency") is not None:
             parts.append(f"CE {d['coulombic_efficiency'] * 100:.2f} %")
         return f"{ch}  " + ", ".join(parts)
-    if kind == "gitt" or kind == "ici":
+    if kind in ("gitt", "ici"):
         dd = d.get("diffusion_coefficient_cm2_s")
-        if dd is None:
-            return None
-        where = d.get("potential_volt") or d.get("ocv_volt") or d.get("voltage_volt")
-        at = f" at {where:.3f} V" if isinstance(where, (int, float)) else ""
-        flag = "" if d.get("valid", True) else " (flagged)"
-        return f"{ch}  {kind.upper()} pulse {d.get('pulse', d.get('record', ''))}: D = {dd:.3g} cm²/s{at}{flag}"
+        e0 = d.get("e0_volt") or d.get("potential_volt") or d.get("potential_before_volt")
+        at = f" at {e0:.3f} V" if isinstance(e0, (int, float)) else ""
+        dtext = f"D = {dd:.3g} cm²/s" if dd is not None else "D not estimated"
+        flags = d.get("flags") or []
+        note = f" [{', '.join(flags)}]" if flags else ""
+        return f"{ch}  {kind.upper()} pulse {d.get('pulse_index', '')}{at}: {dtext}{note}"
     if kind == "eis":
         parts = [f"{label} = {d[k]:.4g} {u}" for k, label, u in (
             ("series_resistance_ohm", "R0", "Ω"), ("charge_transfer_resistance_ohm", "Rct", "Ω"),
             ("diffusion_coefficient_cm2_s", "D", "cm²/s")) if d.get(k) is not None]
-        model = d.get("model") or ""
+        model = d.get("best_circuit") or d.get("model") or ""
         return f"{ch}  EIS fit {model}: " + (", ".join(parts) or "no fit")
+    if kind == "rate":
+        cap = d.get("mean_specific_charge_capacity_mah_g")
+        ce = d.get("mean_coulombic_efficiency")
+        if cap is None or d.get("specific_current_ma_g") is None:
+            return None
+        return (f"{ch}  rate {d['specific_current_ma_g']:.4g} mA/g (cycles {d.get('first_cycle')}-"
+                f"{d.get('last_cycle')}): {cap:.1f} mAh/g" + (f", CE {ce * 100:.2f} %" if ce is not None else ""))
     if kind == "cv":
         return None
     if kind == "arrhenius":
@@ -99,7 +106,7 @@ class Progress:
     """Live table (TTY) or plain lines; metric lines above it; throttled."""
 
     def __init__(self, session: Session, console: Console | None = None, *, metric_lines: bool = True,
-                 interval: float = 0.25, plain_interval: float = 5.0, max_cycle_lines_per_s: float = 2.0) -> None:
+                 interval: float = 0.25, plain_interval: float = 5.0, max_cycle_lines_per_s: float = 4.0) -> None:
         self.s = session
         self.console = console or Console()
         self.tty = self.console.is_terminal
@@ -110,8 +117,8 @@ class Progress:
         self.totals = {ch: expected_steps(r.program) for ch, r in session.runners.items()}
         self.start_steps = {ch: r.es.step_count for ch, r in session.runners.items()}
         self.metrics_seen: dict[str, int] = {}
-        self._last_cycle_line = 0.0
-        self._skipped_cycles = 0
+        self._last_line: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
         self._last_states: dict[str, str] = {}
         self.max_cycle_lines = max_cycle_lines_per_s
         session.listeners.append(self._on)
@@ -124,17 +131,17 @@ class Progress:
         self.metrics_seen[payload.kind] = self.metrics_seen.get(payload.kind, 0) + 1
         if not self.metric_lines:
             return
-        if payload.kind == "cycle":
+        if payload.kind in ("cycle", "gitt", "ici", "dqdv"):
             now = time.monotonic()
-            if now - self._last_cycle_line < 1.0 / self.max_cycle_lines:
-                self._skipped_cycles += 1
+            if now - self._last_line.get(payload.kind, -1e9) < 1.0 / self.max_cycle_lines:
+                self._skipped[payload.kind] = self._skipped.get(payload.kind, 0) + 1
                 return
-            self._last_cycle_line = now
+            self._last_line[payload.kind] = now
         line = metric_line(ch, payload.kind, payload.data)
         if line:
-            if payload.kind == "cycle" and self._skipped_cycles:
-                line += f"   (+{self._skipped_cycles} cycles not shown)"
-                self._skipped_cycles = 0
+            skipped = self._skipped.pop(payload.kind, 0)
+            if skipped:
+                line += f"   (+{skipped} not shown)"
             self.console.print(line, highlight=False, markup=False)
 
     # ---- progress ----------------------------------------------------------------------------
