@@ -39,9 +39,7 @@ def load_cell(path: str | Path) -> dict[str, Any]:
         raise
     out = spec.model_dump(exclude_none=True)
     # remember where each value came from, for messages when it is parsed
-    for key in out:
-        line, col = locations.get((key,), (1, 1))
-        out.setdefault("_where", {})[key] = (name, line, col)
+    out["_where"] = {key: (name, *locations.get((key,), (1, 1))) for key in list(out)}
     return out
 
 

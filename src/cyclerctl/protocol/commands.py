@@ -58,10 +58,18 @@ def validate(
         raise InvalidProtocols(f"{bad} of {len(files)} file{'s' if len(files) > 1 else ''} invalid")
 
 
-def _estimate_lines(program, preset: str | None) -> list[str]:
+def _load_estimator():
+    """cyclerctl.sim.estimate(program, preset) -> {duration_s, samples, bytes}, or None without it."""
     try:
         from ..sim import estimate  # the simulator owns the model that knows how long things take
     except ImportError:
+        return None
+    return estimate
+
+
+def _estimate_lines(program, preset: str | None) -> list[str]:
+    estimate = _load_estimator()
+    if estimate is None:
         return ["estimate: simulator not available"]
     try:
         result = estimate(program, preset or "hard_carbon")
