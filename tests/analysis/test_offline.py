@@ -1,68 +1,14 @@
 """A journal on disk written as the engine writes it (live operators feeding the metrics table), then
 `analyze_journal` and `cyclerctl analyze RUN_DIR` replay it: the same rows, and the metric tables."""
 
-import dataclasses
-import json
 import math
-import pickle
 
-import numpy as np
 import pytest
 
-from cyclerctl.analysis.live import default_operators
 from cyclerctl.analysis.offline import analyze_journal, read_metric_table
-from cyclerctl.analysis.synthetic import mixed_stream
 from cyclerctl.cli import main
-from cyclerctl.program import Cell, Limits, Program
-from cyclerctl.store import read, schema
-from cyclerctl.store.journal import Journal, connect
-
-CELL = Cell(active_mass=3.4e-6, nominal_specific_capacity=300 * 3600.0, particle_radius=3.5e-6)
-PROGRAM = Program(name="analysis check", instructions=(), cell=CELL, safety=Limits(), retention_reference_cycle=2)
-
-
-def write_journal(run_dir):
-    """Journal the mixed stream like the engine: samples, events and the live operators' metrics,
-    committed every few items. Returns the live metric rows."""
-    run_dir.mkdir()
-    j = Journal(run_dir / "journal.sqlite")
-    j.add_channel("ch1", "run1", {"cell": dataclasses.asdict(CELL)}, pickle.dumps(PROGRAM),
-                  lambda: ("running", "{}", None))
-    ops = default_operators(PROGRAM)
-    live, seq, eseq = [], 0, 0
-    col = {c: k for k, c in enumerate(schema.SAMPLE_COLUMNS)}
-
-    def stage_metrics(rows):
-        for r in rows:
-            j.stage_metric("ch1", (len(live), r.kind, r.data.get("test_time_second"), r.data.get("cycle_count"),
-                                   json.dumps(r.data, allow_nan=False)))
-            live.append(r)
-
-    for n, (kind, item) in enumerate(mixed_stream()):
-        if kind == "samples":
-            m = item["voltage_volt"].size
-            rows = np.full((m, len(schema.SAMPLE_COLUMNS)), np.nan)
-            rows[:, col["seq"]] = np.arange(seq, seq + m)
-            for name, a in item.items():
-                rows[:, col[name]] = a
-            rows[:, col["step_id"]] = item["step_count"]
-            j.stage_samples("ch1", rows)
-            seq += m
-            view = {name: rows[:, k] for name, k in col.items()}
-            for op in ops:
-                stage_metrics(op.feed_samples(view))
-        else:
-            e = item
-            j.stage_event("ch1", (eseq, e.kind, e.test_time_second, None, e.cycle_count, e.step_count, e.sample_seq,
-                                  json.dumps(e.data)))
-            eseq += 1
-            for op in ops:
-                stage_metrics(op.feed_event(e))
-        if n % 5 == 0:
-            j.commit_sync()
-    j.commit_sync()
-    j.close()
-    return live
+from cyclerctl.store import read
+from cyclerctl.store.journal import connect
 
 
 def close(a, b):
@@ -75,15 +21,8 @@ def close(a, b):
     return a == b
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("runs") / "run1"
-    live = write_journal(d)
-    return d, live
-
-
-def test_replay_gives_the_live_rows(run_dir):
-    d, live = run_dir
+def test_replay_gives_the_live_rows(mixed_run):
+    d, live = mixed_run
     offline = analyze_journal(d)
     replayed = [r for kind in offline.values() for r in kind]
     assert sorted(r.kind for r in replayed) == sorted(r.kind for r in live)
@@ -104,8 +43,8 @@ def test_replay_gives_the_live_rows(run_dir):
     assert third["capacity_retention"] == pytest.approx(1.0, rel=1e-6)  # cycles 2 and 3 are alike
 
 
-def test_analyze_command_writes_metric_tables_and_a_summary(run_dir, capsys):
-    d, live = run_dir
+def test_analyze_command_writes_metric_tables_and_a_summary(mixed_run, capsys):
+    d, live = mixed_run
     assert main(["analyze", str(d)]) == 0
     out = capsys.readouterr().out
     assert "[ch1]" in out and "cycle: 4 cycles" in out and "CE of cycle 3 100.000 %" in out and "gitt: 3 pulses, 3 valid" in out

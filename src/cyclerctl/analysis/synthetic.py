@@ -16,7 +16,8 @@ def gitt_pulse_train(*, d: float, radius: float, q_th: float, ocv_slope: float, 
                      pulse: float, rest: float, n_pulses: int, u0: float = 1.0, r_ohm: float = 0.0,
                      dt_pulse: float = 0.5, dt_rest: float = 30.0, noise: float = 0.0, seed: int = 0,
                      ) -> tuple[dict[str, np.ndarray], list[Event]]:
-    """GITT on one sphere with constant D and a linear OCV U = u0 + ocv_slope·x (exact Crank series).
+    """GITT on one sphere with constant D and a linear OCV U = u0 + ocv_slope·x (exact Crank series);
+    x rises by −I·t/q_th (sodiation, I < 0, fills the sites).
 
     Each pulse: `pulse` s at `current` A sampled every `dt_pulse` s, then `rest` s at zero current.
     Returns (columns, events) with step_start events (technique "gitt", role pulse/rest)."""
@@ -35,7 +36,7 @@ def gitt_pulse_train(*, d: float, radius: float, q_th: float, ocv_slope: float, 
     for _ in range(n_pulses):
         tp = np.arange(0.0, pulse + 1e-9, dt_pulse)
         tr = np.r_[np.arange(dt_pulse, min(60.0, rest), dt_pulse), np.arange(60.0, rest + 1e-9, dt_rest)]
-        k = current * tau_d / (3 * q_th)
+        k = -current * tau_d / (3 * q_th)  # sodiation (I < 0) raises x, and U falls
         xs_p = x_bulk + k * sphere_h(tp / tau_d)
         xs_r = x_bulk + k * (sphere_h((pulse + tr) / tau_d) - sphere_h(tr / tau_d))
         for role, tt, xs, cur in (("pulse", tp, xs_p, current), ("rest", tr, xs_r, 0.0)):
@@ -55,7 +56,7 @@ def gitt_pulse_train(*, d: float, radius: float, q_th: float, ocv_slope: float, 
             st_all.append(tt)
             sc_all.append(np.full(tt.size, step))
             n += tt.size
-        x_bulk += current * pulse / q_th
+        x_bulk -= current * pulse / q_th
         t0 += pulse + rest
     cols = {
         "test_time_second": np.concatenate(t_all), "voltage_volt": np.concatenate(v_all),
