@@ -117,11 +117,13 @@ def _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, pj, gj, dj, qj)
     for j in range(m):
         q = mp[j, Q0] * mst[j, PSI]
         dd = diffusivity(dtab, j, a[j, 0]) * _arr(mp[j, EA_D], t, tref)
-        if cache[j, 0] != dd or cache[j, 1] != h:
+        fx[j, 0] = h  # the inventory mode is always integrated with the exact h
+        # the decaying modes reuse the last exponentials when D and h are unchanged (h to 1e-9 relative:
+        # record grids make h differ in the last bits from step to step)
+        if cache[j, 0] != dd or abs(cache[j, 1] - h) > 1e-9 * h:
             cache[j, 0] = dd
             cache[j, 1] = h
             ex[j, 0] = 1.0
-            fx[j, 0] = h
             for k in range(1, n):
                 lam = dd * mu[j, k]
                 e = math.exp(lam * h)
@@ -312,8 +314,10 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
         return phi_old + en + iext * rs, iext, phi_old
     cdh = cp[CDL] / h
     ij = w[0]
+    i0as = w[11]
     for j in range(m):
         ij[j] = mst[j, IJ]
+        i0as[j] = mp[j, I0] * mp[j, AS] * mst[j, PSI] * _arr(mp[j, EA_CT], t, tref)
     phi = phi_old
     iext = st[I_LAST]
     for _it in range(30):
@@ -322,10 +326,9 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
         rd = 0.0
         rmax = 0.0
         for j in range(m):
-            i0a = mp[j, I0] * mp[j, AS] * mst[j, PSI] * _arr(mp[j, EA_CT], t, tref)
             xs = pj[j] - gj[j] * ij[j]
             u, ku, du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
-            e, de = _eta(ij[j], i0a, f)
+            e, de = _eta(ij[j], i0as[j], f)
             r = u + e - phi
             d = -gj[j] * ku + de
             w[1, j] = xs
@@ -366,9 +369,7 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
     w[10, 0] = _it
     w[10, 1] = rmax
     if not (conv and rmax < 1e-10):
-        i0as = w[11]
         for j in range(m):
-            i0as[j] = mp[j, I0] * mp[j, AS] * mst[j, PSI] * _arr(mp[j, EA_CT], t, tref)
             ij[j] = mst[j, IJ]
         scale = abs(target) if mode == 0 else abs(st[I_LAST])
         for j in range(m):
@@ -416,7 +417,7 @@ def commit(a, st, mst, mp, vs, cp, h, v, iext, phi, ex, fx, w):
         if mp[j, HAS_HYST] != 0.0 and ij != 0.0:
             s = 1.0 if ij > 0.0 else -1.0
             mst[j, HYST] = s + (mst[j, HYST] - s) * math.exp(-mp[j, HRATE] * abs(ij) * h / q)
-        if ij < 0.0:
+        if ij < 0.0 and mp[j, FADE_LIN] + mp[j, F1] + mp[j, F2] + mp[j, F3] > 0.0:
             n_old = mst[j, NEQ]
             n_new = n_old - ij * h / mp[j, Q0]
             p_old = _fade(mp, j, n_old) if n_old > 0.0 else 1.0
@@ -446,7 +447,8 @@ def commit(a, st, mst, mp, vs, cp, h, v, iext, phi, ex, fx, w):
     elif dt_ch < -lim:
         dt_ch = -lim
     st[T_CH] += dt_ch
-    st[T_CELL] = st[T_CH] + (st[T_CELL] - st[T_CH]) * math.exp(-h / cp[TAU_TH])
+    if st[T_CELL] != st[T_CH]:
+        st[T_CELL] = st[T_CH] + (st[T_CELL] - st[T_CH]) * math.exp(-h / cp[TAU_TH])
 
 
 @njit(cache=True)
@@ -578,11 +580,12 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
             hr = ss[S_REC_T] + rec_every - t
             if hr > 1e-9:
                 h = min(h, hr)
-        ia = abs(st[I_LAST])
-        if mode == 0:
-            ia = max(ia, abs(target))
-        if ia > 0.0:
-            for j in range(m):
+        # each material's stoichiometry moves at most DX_MAX per step (by its own last current)
+        for j in range(m):
+            ia = abs(mst[j, IJ])
+            if mode == 0 and m == 1:
+                ia = max(ia, abs(target))
+            if ia > 0.0:
                 h = min(h, cp[DX_MAX] * mp[j, Q0] * mst[j, PSI] / ia)
         if rate != 0.0:
             h = min(h, cp[DV_MAX] / abs(rate))

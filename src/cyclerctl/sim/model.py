@@ -130,7 +130,7 @@ class CellModel:
         cp[K.RAMP] = p.chamber_ramp_rate
         cp[K.SHORT_AFTER] = float(p.soft_short_after_cycles or 0)
         cp[K.R_SHORT] = p.soft_short_resistance
-        cp[K.DX_MAX] = 0.01
+        cp[K.DX_MAX] = 0.05
         cp[K.DV_MAX] = 1e-3
         cp[K.H_MAX] = 60.0
         self.cp = cp
@@ -157,6 +157,7 @@ class CellModel:
         self.ex = np.zeros((nm, n))
         self.fx = np.zeros((nm, n))
         self.cache = np.full((nm, 2), np.nan)
+        self._out: np.ndarray | None = None  # kernel output buffer, reused
         self.w = np.zeros((12, max(nm, 2)))  # solver workspace
 
     @property
@@ -230,7 +231,10 @@ class CellModel:
         e_op = np.array([1 if e.op == ">=" else -1 for e in ends], dtype=np.int64)
         e_val = np.array([e.value for e in ends], dtype=np.float64)
         e_win = np.array([e.window for e in ends], dtype=np.float64)
-        out = np.empty((max(2, max_samples), self.n_columns))
+        rows = max(2, max_samples)
+        if self._out is None or self._out.shape[0] < rows:
+            self._out = np.empty((rows, self.n_columns))
+        out = self._out[:rows]
         n, end, reason = K.run(self.a, self.st, self.mst, self.mp, self.mu, self.vs, self.utab, self.stab,
                                self.dtab, self.cp, ss, int(mode), float(target), float(rate),
                                float(current_limit), float(t_stop), float(every or 0.0),

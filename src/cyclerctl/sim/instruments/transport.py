@@ -6,6 +6,7 @@ back; a device may write at any time (MethodSCRIPT streams packets while a scrip
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import socket
@@ -39,6 +40,15 @@ class Link:
 
 
 LineHandler = Callable[[str, Link], None]
+log = logging.getLogger(__name__)
+
+
+def _deliver(on_line: LineHandler, line: str, link: Link) -> None:
+    """Hand a line to the device; a device bug is logged, never kills the transport."""
+    try:
+        on_line(line, link)
+    except Exception:  # noqa: BLE001
+        log.exception("simulated instrument failed on %r", line)
 
 
 def _split_lines(buffer: bytearray, chunk: bytes) -> list[str]:
@@ -110,7 +120,7 @@ class TcpServer:
                 if not chunk:
                     break
                 for line in _split_lines(buffer, chunk):
-                    self.on_line(line, link)
+                    _deliver(self.on_line, line, link)
         except OSError:
             pass
         finally:
@@ -165,7 +175,7 @@ class PtyDevice:
             except OSError:
                 return
             for line in _split_lines(buffer, chunk):
-                self.on_line(line, self.link)
+                _deliver(self.on_line, line, self.link)
 
     def stop(self) -> None:
         self._stop.set()
