@@ -17,7 +17,7 @@ from cyclerctl.program import ConstantCurrent, ConstantVoltage, End, Impedance, 
 IDN = "KEITHLEY INSTRUMENTS,MODEL 2450,04096331,1.7.12b"
 READ = ':READ? "defbuffer1", READ, SOUR, REL'
 NO_ERROR = '0,"No error"'
-SAFE = [(":OUTP:CURR:SMOD HIMP", None), (":OUTP:VOLT:SMOD HIMP", None), (":OUTP OFF", None)]
+SAFE = [(":OUTP:CURR:SMOD HIMP", None), (":OUTP:VOLT:SMOD HIMP", None), (":OUTP OFF", None), (":OUTP?", "0")]
 OPEN = [*SAFE, ("*IDN?", IDN), ("*LANG?", "SCPI"), ("*CLS", None), (":SYST:ERR?", NO_ERROR)]
 CURRENT_MODE = [
     (":SOUR:FUNC CURR", None), (":SOUR:CURR:RANG:AUTO ON", None), (":SOUR:CURR:READ:BACK ON", None),

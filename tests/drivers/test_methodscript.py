@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 from cyclerctl.clock import WallClock
 from cyclerctl.drivers.emstat import EmStatChannel
 from cyclerctl.drivers.methodscript import (
-    PacketError, compile_step, decode_packet, decode_variable, encode_variable, is_error, literal,
+    PacketError,
+    compile_step,
+    decode_packet,
+    decode_variable,
+    encode_variable,
+    is_error,
+    literal,
 )
 from cyclerctl.program import ConstantCurrent, ConstantVoltage, End, Impedance, Record, Rest, Sweep
 from cyclerctl.sim.instruments.emstat import parse_literal, parse_script

@@ -92,16 +92,26 @@ class MethodScriptPort:
             if lines:
                 return lines
             try:
-                chunk = self._ser.read(max(1, self._ser.in_waiting))
+                chunk = self._read_available()
             except Exception as exc:
                 self.close()
                 raise InstrumentError(f"read failed ({exc})", self.url, self.last_command, transient=True) from exc
-            if chunk:
-                self._buffer.extend(chunk)
-            elif getattr(self._ser, "_socket", True) is None:
-                raise InstrumentError("connection closed by the instrument", self.url, self.last_command,
-                                      transient=True)
+            self._buffer.extend(chunk)
         return self._take() or None
+
+    def _read_available(self) -> bytes:
+        """Wait up to the port timeout for a byte, then take everything already received."""
+        ser = self._ser
+        first = ser.read(1)
+        if not first:
+            return b""
+        if hasattr(ser, "_socket"):  # socket://: in_waiting only says "readable"; read without blocking
+            ser.timeout = 0
+            try:
+                return first + ser.read(65536)
+            finally:
+                ser.timeout = 0.05
+        return first + ser.read(ser.in_waiting)
 
     def _take(self) -> list[str]:
         lines = []

@@ -113,6 +113,8 @@ class Keithley2450(ScpiInstrument):
         self.current_output_off_mode = "high_impedance"
         self.voltage_output_off_mode = "high_impedance"
         self.output = False
+        if self.output:  # read back: the safe state is confirmed, not assumed
+            raise InstrumentError("the output did not turn off", self.resource_name, ":OUTP OFF")
 
 
 class Keithley2450Channel:
@@ -269,8 +271,7 @@ class Keithley2450Channel:
         async def attempt():
             return await asyncio.to_thread(fn, *args)
 
-        async def recover():
-            self._mode = None
+        async def recover():  # the instrument keeps its source state across a new connection
             await asyncio.to_thread(self.inst.reconnect)
 
         return await retrying(attempt, self.clock, retries=self.retries, recover=recover)
