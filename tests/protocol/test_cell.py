@@ -57,3 +57,9 @@ def test_bad_flag_is_a_config_error() -> None:
         resolve_cell(load_text(TEXT), None, {"area": "-1 cm^2"})
     with pytest.raises(ConfigError, match="unknown cell setting"):
         resolve_cell(load_text(TEXT), None, {"colour": "blue"})
+
+
+def test_particle_radius_for_diffusion_analysis() -> None:
+    p = load_text(TEXT.replace("material: hard carbon}", "material: hard carbon, particle_radius: 5 um}"))
+    assert resolve_cell(p).particle_radius == pytest.approx(5e-6)
+    assert resolve_cell(load_text(TEXT)).particle_radius is None

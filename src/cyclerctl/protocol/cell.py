@@ -43,7 +43,8 @@ def load_cell(path: str | Path) -> dict[str, Any]:
     return out
 
 
-_FLAGS = {"active_mass": "--mass", "area": "--area", "nominal_specific_capacity": "--nominal-capacity"}
+_FLAGS = {"active_mass": "--mass", "area": "--area", "nominal_specific_capacity": "--nominal-capacity",
+          "particle_radius": "particle_radius"}
 
 
 def _parse(key: str, value: Any, kind: str, where: tuple | None, ctx: units.Context | None = None) -> float:
@@ -109,6 +110,9 @@ def resolve_cell(protocol: schema.Protocol | None, cell_file: str | Path | dict 
                 raise (ProtocolError(msg, *w) if w else ConfigError(msg)) from None
             nsc = cap / mass
     kwargs: dict[str, Any] = {}
+    if "particle_radius" in merged:
+        kwargs["particle_radius"] = _parse("particle_radius", merged["particle_radius"], "length",
+                                           where["particle_radius"])
     for key in ("name", "material", "counter_electrode", "kind"):
         if key in merged:
             kwargs[key] = merged[key]

@@ -108,6 +108,7 @@ class CellSpec(Base):
     material: StrictStr | None = None
     counter_electrode: StrictStr | None = None
     kind: Literal["anode_half_cell", "cathode_half_cell", "full_cell"] | None = None
+    particle_radius: Quantity | None = None  # mean active-particle radius, for diffusion coefficients
 
 
 class LimitsSpec(Base):
