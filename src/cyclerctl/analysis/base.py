@@ -29,6 +29,10 @@ KINDS = ("cycle", "rate", "dqdv", "gitt", "ici", "cv", "eis", "arrhenius")
 
 def json_safe(value: Any) -> Any:
     """A JSON-ready copy: numpy scalars -> Python, arrays -> lists, NaN/inf -> None."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            return [json_safe(v) for v in value.tolist()]
+        return value.tolist()
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, (int, np.integer)):

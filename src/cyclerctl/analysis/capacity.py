@@ -21,6 +21,14 @@ AH = 3600.0  # C per A·h
 EXCLUDED_TECHNIQUES = frozenset({"cv", "eis"})
 
 
+def _shift(a: np.ndarray, first: float) -> np.ndarray:
+    """a delayed by one sample, `first` in front (the previous block's last value)."""
+    out = np.empty_like(a)
+    out[0] = first
+    out[1:] = a[:-1]
+    return out
+
+
 class _CycleAccumulator:
     __slots__ = ("cycle", "q_dis", "q_chg", "e_dis", "e_chg", "t_dis", "t_chg", "t_start", "t_end")
 
@@ -48,8 +56,7 @@ class CycleOperator:
         self.rate_tolerance = rate_tolerance
         self._prev: tuple[float, float, float, float] | None = None  # t, V, I, step_count
         self._open: _CycleAccumulator | None = None
-        self._technique: dict[int, str] = {}
-        self._step_technique: str | None = None
+        self._excluded: set[float] = set()  # step counts of CV and EIS steps
         self.cycles: list[dict] = []
         self._irreversible = KahanSum()
         self._rate_group: list[dict] = []
@@ -58,7 +65,8 @@ class CycleOperator:
 
     def feed_event(self, event: Event) -> list[MetricRow]:
         if event.kind == "step_start" and event.step_count is not None:
-            self._technique[int(event.step_count)] = str(event.data.get("technique") or "")
+            if str(event.data.get("technique") or "") in EXCLUDED_TECHNIQUES:
+                self._excluded.add(float(event.step_count))
             return []
         if event.kind == "run_end":
             rows = self._close_cycle()
@@ -74,21 +82,16 @@ class CycleOperator:
         i = column(rows, "current_ampere")
         sc = column(rows, "step_count")
         cyc = column(rows, "cycle_count")
-        if self._prev is not None:
-            pt, pv, pi, ps = self._prev
-            t0, v0, i0, s0 = np.r_[pt, t[:-1]], np.r_[pv, v[:-1]], np.r_[pi, i[:-1]], np.r_[ps, sc[:-1]]
-        else:
-            t0, v0, i0, s0 = np.r_[np.nan, t[:-1]], np.r_[np.nan, v[:-1]], np.r_[np.nan, i[:-1]], np.r_[np.nan, sc[:-1]]
+        prev = self._prev if self._prev is not None else (np.nan, np.nan, np.nan, np.nan)
+        t0, v0, i0, s0 = (_shift(a, prev[k]) for k, a in enumerate((t, v, i, sc)))
         self._prev = (t[-1], v[-1], i[-1], sc[-1])
 
         dt = t - t0
         dq = 0.5 * (i + i0) * dt
         de = 0.5 * (v * np.abs(i) + v0 * np.abs(i0)) * dt
         ok = (s0 == sc) & np.isfinite(dq) & (dt >= 0)
-        if self._technique:
-            excluded = [s for s, tech in self._technique.items() if tech in EXCLUDED_TECHNIQUES]
-            if excluded:
-                ok &= ~np.isin(sc, excluded)
+        if self._excluded and (sc[0] in self._excluded or sc[-1] in self._excluded or sc[0] != sc[-1]):
+            ok &= ~np.isin(sc, list(self._excluded))
         de = np.where(np.isfinite(de), de, 0.0)
 
         out: list[MetricRow] = []

@@ -38,16 +38,26 @@ class CvSettings:
 
 
 def split_branches(v: np.ndarray, hysteresis: float) -> list[tuple[int, int, int]]:
-    """(start, stop, direction) of each monotone branch; direction +1 rising, −1 falling."""
+    """(start, stop, direction) of each monotone branch; direction +1 rising, −1 falling.
+
+    Candidate vertices are the local extrema of v (vectorised); a vertex is confirmed once the
+    potential has moved back from it by more than `hysteresis` (peakdet), so noise makes none."""
     if v.size < 2:
         return []
+    d = np.sign(np.diff(v))
+    nz = np.flatnonzero(d)
+    if nz.size == 0:
+        return []
+    turns = nz[1:][d[nz[1:]] != d[nz[:-1]]]  # index of the first step in a new direction
+    cand = np.r_[0, turns, v.size - 1]  # local extrema (start of each monotone run) and the end
     out = []
     start, direction, ext = 0, 0, 0
-    for k in range(1, v.size):
+    for k in cand[1:]:
         if direction == 0:
             if abs(v[k] - v[0]) > hysteresis:
                 direction, ext = (1 if v[k] > v[0] else -1), k
-        elif direction * (v[k] - v[ext]) >= 0:
+            continue
+        if direction * (v[k] - v[ext]) >= 0:
             ext = k  # a new extreme in the current direction
         elif direction * (v[ext] - v[k]) > hysteresis:  # turned back by more than the hysteresis
             out.append((start, ext + 1, direction))

@@ -23,6 +23,14 @@ from .base import Event, MetricRow, column
 INCLUDED_TECHNIQUES = frozenset({"gcd", "cccv", ""})
 
 
+def _shift(a: np.ndarray, first: float) -> np.ndarray:
+    """a delayed by one sample, `first` in front (the previous block's last value)."""
+    out = np.empty_like(a)
+    out[0] = first
+    out[1:] = a[:-1]
+    return out
+
+
 class DqdvOperator:
     kind = "dqdv"
 
@@ -37,7 +45,7 @@ class DqdvOperator:
         self.fwhm = fwhm
         self.prominence = prominence
         self.track_window = track_window
-        self._technique: dict[int, str] = {}
+        self._excluded: set[float] = set()  # step counts of steps that do not count
         self._prev: tuple[float, float, float, float] | None = None
         self._reset(None, None)
         self._tracks: dict[str, list[dict]] = {"discharge": [], "charge": []}
@@ -56,7 +64,8 @@ class DqdvOperator:
     def feed_event(self, event: Event) -> list[MetricRow]:
         if event.kind == "step_start" and event.step_count is not None:
             tech = str(event.data.get("technique") or "")
-            self._technique[int(event.step_count)] = tech
+            if tech not in INCLUDED_TECHNIQUES:
+                self._excluded.add(float(event.step_count))
             return []
         if event.kind == "run_end":
             return self._close()
@@ -70,13 +79,11 @@ class DqdvOperator:
         sc, cyc = column(rows, "step_count"), column(rows, "cycle_count")
         prev = self._prev if self._prev is not None else (np.nan, np.nan, np.nan, np.nan)
         self._prev = (t[-1], v[-1], i[-1], sc[-1])
-        t0, v0, i0, s0 = (np.r_[prev[k], a[:-1]] for k, a in enumerate((t, v, i, sc)))
+        t0, v0, i0, s0 = (_shift(a, prev[k]) for k, a in enumerate((t, v, i, sc)))
         dq = 0.5 * (i + i0) * (t - t0)
         ok = (s0 == sc) & np.isfinite(dq) & np.isfinite(v) & np.isfinite(v0) & (dq != 0)
-        if self._technique:
-            bad = [s for s, tech in self._technique.items() if tech not in INCLUDED_TECHNIQUES]
-            if bad:
-                ok &= ~np.isin(sc, bad)
+        if self._excluded and (sc[0] in self._excluded or sc[-1] in self._excluded or sc[0] != sc[-1]):
+            ok &= ~np.isin(sc, list(self._excluded))
         idx = np.flatnonzero(ok)
         if idx.size == 0:
             return []

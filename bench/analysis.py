@@ -1,0 +1,148 @@
+"""Throughput of the analysis operators on block input (one core), printed as a table.
+
+Each workload is a journal-ordered stream of step events and sample blocks of a given size; each
+operator is timed alone and all default operators together. Numbers are samples per second of
+process CPU time on one thread (BLAS threads pinned to 1), fits included (GITT sphere fits at rest
+end, EIS fits at sweep end, CV at step end); wall seconds are printed beside it (on a busy machine
+they are longer).
+
+Run:  python bench/analysis.py [--block 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+
+from cyclerctl.analysis.base import Event  # noqa: E402
+from cyclerctl.analysis.live import operators_for  # noqa: E402
+from cyclerctl.analysis.synthetic import gitt_pulse_train, randles_sphere_impedance  # noqa: E402
+from cyclerctl.program import Cell  # noqa: E402
+
+CELL = Cell(active_mass=3.4e-6, nominal_specific_capacity=300 * 3600.0, particle_radius=3.5e-6)
+
+
+def blocks(cols: dict[str, np.ndarray], events: list[Event], size: int) -> list[tuple[str, object]]:
+    """Events in place, samples cut into blocks of `size` between them."""
+    out: list[tuple[str, object]] = []
+    pos = 0
+    n = cols["test_time_second"].size
+    for e in [*events, None]:
+        stop = n if e is None else e.sample_seq
+        for a in range(pos, stop, size):
+            out.append(("samples", {k: v[a:min(a + size, stop)] for k, v in cols.items()}))
+        pos = stop
+        if e is not None:
+            out.append(("event", e))
+    return out
+
+
+def gcd_workload(n_cycles: int = 200, per_half: int = 5000):
+    t, v, i, sc, cy, ev = [], [], [], [], [], []
+    t0, seq, step = 0.0, 0, 0
+    q = np.linspace(0, 1, per_half)
+    for c in range(1, n_cycles + 1):
+        for cur in (-1e-4, 1e-4):
+            step += 1
+            ev.append(Event("step_start", t0, c, step, seq, {"technique": "gcd", "current_ampere": cur}))
+            tt = t0 + q * 10_000
+            vv = 1.0 - 0.9 * q - 0.05 * np.tanh((q - 0.6) * 30) if cur < 0 else 0.1 + 0.9 * q + 0.05 * np.tanh((q - 0.4) * 30)
+            t.append(tt)
+            v.append(vv)
+            i.append(np.full(per_half, cur))
+            sc.append(np.full(per_half, float(step)))
+            cy.append(np.full(per_half, float(c)))
+            seq += per_half
+            t0 = float(tt[-1]) + 1
+    ev.append(Event("run_end", t0, n_cycles, step, seq, {}))
+    cols = {"test_time_second": np.concatenate(t), "voltage_volt": np.concatenate(v),
+            "current_ampere": np.concatenate(i), "step_count": np.concatenate(sc), "cycle_count": np.concatenate(cy)}
+    return cols, ev
+
+
+def gitt_workload(n_pulses: int = 40):
+    cols, ev = gitt_pulse_train(d=1e-15, radius=3.5e-6, q_th=3.6, ocv_slope=-1.0, current=-1e-4, pulse=1200.0,
+                                rest=36000.0, n_pulses=n_pulses, dt_pulse=1.0, dt_rest=2.0, noise=1e-4)
+    return cols, ev
+
+
+def cv_workload(rates=(1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3), points=20_000):
+    t, v, i, sc, ev = [], [], [], [], []
+    t0, seq = 0.0, 0
+    for k, r in enumerate(rates):
+        e = np.r_[np.linspace(0, 2.5, points), np.linspace(2.5, 0, points)]
+        cur = r * 1e-3 + 1e-4 * np.sqrt(r) * np.exp(-((e - 0.5) / 0.05) ** 2) * np.r_[np.ones(points), -np.ones(points)]
+        ev.append(Event("step_start", t0, 1, k + 1, seq, {"technique": "cv", "scan_rate_volt_per_second": r}))
+        tt = t0 + np.arange(e.size) * 2.5 / points / r
+        t.append(tt)
+        v.append(e)
+        i.append(cur)
+        sc.append(np.full(e.size, k + 1.0))
+        seq += e.size
+        t0 = float(tt[-1]) + 1
+    ev.append(Event("run_end", t0, 1, len(rates), seq, {}))
+    cols = {"test_time_second": np.concatenate(t), "voltage_volt": np.concatenate(v),
+            "current_ampere": np.concatenate(i), "step_count": np.concatenate(sc), "cycle_count": np.ones(seq)}
+    return cols, ev
+
+
+def eis_workload(n_spectra: int = 20):
+    f = np.logspace(5, -2, 57)
+    cols = {k: [] for k in ("test_time_second", "voltage_volt", "current_ampere", "frequency_hertz",
+                            "real_impedance_ohm", "imaginary_impedance_ohm", "temperature_t1_celsius", "step_count")}
+    ev, seq = [], 0
+    for k in range(n_spectra):
+        z = randles_sphere_impedance(f, r_s=5, r_ct=60 * (1 + 0.1 * k), c_dl=2e-5, ocv_slope=-0.5, tau_d=12250, q_th=2.16)
+        ev.append(Event("step_start", float(seq), 1, k + 1, seq, {"technique": "eis", "step_type": "EIS"}))
+        for name, a in (("test_time_second", seq + np.arange(f.size)), ("voltage_volt", np.full(f.size, 0.5)),
+                        ("current_ampere", np.zeros(f.size)), ("frequency_hertz", f), ("real_impedance_ohm", z.real),
+                        ("imaginary_impedance_ohm", z.imag), ("temperature_t1_celsius", np.full(f.size, 10.0 + 2 * k)),
+                        ("step_count", np.full(f.size, k + 1.0))):
+            cols[name].append(np.asarray(a, float))
+        seq += f.size
+    ev.append(Event("run_end", float(seq), 1, n_spectra, seq, {}))
+    return {k: np.concatenate(v) for k, v in cols.items()}, ev
+
+
+def timed(ops, stream) -> tuple[float, float, int]:
+    """(CPU seconds, wall seconds, metric rows) of feeding `stream` through `ops`."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    rows = 0
+    for kind, item in stream:
+        for op in ops:
+            rows += len(op.feed_samples(item) if kind == "samples" else op.feed_event(item))
+    return time.process_time() - c0, time.perf_counter() - t0, rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--block", type=int, nargs="+", default=[1000, 100_000], help="samples per block")
+    args = ap.parse_args()
+    workloads = {"gcd": gcd_workload(), "gitt": gitt_workload(), "cv": cv_workload(), "eis": eis_workload()}
+    print(f"{'workload':<8} {'operator':<11} {'block':>7} {'samples':>10} {'rows':>6} {'cpu s':>7} {'wall s':>7} "
+          f"{'samples/s':>13}")
+    for block in args.block:
+        for name, (cols, ev) in workloads.items():
+            stream = blocks(cols, ev, block)
+            n = cols["test_time_second"].size
+            names = [op.kind for op in operators_for(CELL)]
+            for k, op_name in enumerate([*names, "all"]):
+                ops = operators_for(CELL)
+                chosen = ops if op_name == "all" else [ops[k]]
+                if op_name == "arrhenius":  # reads the EIS operator's results: time it with that operator
+                    chosen = [ops[names.index("eis")], ops[k]]
+                    op_name = "eis+arrh."
+                cpu, wall, rows = timed(chosen, stream)
+                print(f"{name:<8} {op_name:<11} {block:>7} {n:>10} {rows:>6} {cpu:>7.3f} {wall:>7.3f} "
+                      f"{n / max(cpu, 1e-9):>13,.0f}")
+        print()
+
+
+if __name__ == "__main__":
+    main()
