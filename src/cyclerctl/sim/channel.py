@@ -43,6 +43,8 @@ class SimChannel:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.max_block_samples = int(options.pop("max_block_samples", 100_000))
+        self._live: dict = {}  # the running step's state (saved with the model)
+        self._resume: np.ndarray | None = None
         self.options = options
         self.capabilities = Capabilities(
             model=f"sim:{self.preset.name}",
@@ -96,9 +98,10 @@ class SimChannel:
         """Run `step` from `start`; yields Blocks (the last one final=True, with `end` set)."""
         offset = self.clock.now() - start.test_time
         sweep_pos = start.extra.get("sweep_position") if start.extra else None
+        resume, self._resume = self._resume, None
         for chunk in run_step(self.model, step, start.test_time, start.step_time, start.step_charge,
                               span=self._span(start), max_samples=self.max_block_samples,
-                              sweep_position=sweep_pos):
+                              sweep_position=sweep_pos, resume=resume, holder=self._live):
             cols = chunk.columns
             self._noisy(cols)
             truth = None
@@ -116,10 +119,14 @@ class SimChannel:
 
     def save_state(self) -> bytes:
         """The full model state, the noise generator and the clock time (for crash-safe resume)."""
-        return self.model.save_state({"rng": self.rng.bit_generator.state, "clock": self.clock.now()})
+        ss = self._live.get("ss")
+        return self.model.save_state({"rng": self.rng.bit_generator.state, "clock": self.clock.now(),
+                                      "step": None if ss is None else ss.tolist()})
 
     def load_state(self, state: bytes) -> None:
         extra = self.model.load_state(state)
+        step = extra.get("step")
+        self._resume = None if step is None else np.array(step, dtype=float)
         if "rng" in extra:
             self.rng.bit_generator.state = extra["rng"]
         clock_t = extra.get("clock")

@@ -40,8 +40,8 @@ N_MP = 16
 N_CP = 16
 # step state ss[...]
 (S_T0, S_CHARGE, S_REC_T, S_REC_V, S_REC_I, S_FIRST, S_HSUB, S_ANC_T, S_ANC_V, S_SEG_T0, S_STABLE,
- S_TEMP_MODE, S_TEMP_TOL, S_TEMP_FOR, S_DVDT, S_SEG_V0) = range(16)
-N_SS = 16
+ S_TEMP_MODE, S_TEMP_TOL, S_TEMP_FOR, S_DVDT, S_SEG_V0, S_KEEP, S_RECORDED) = range(18)
+N_SS = 18
 # end-condition quantities (cyclerctl.program.EndQuantity)
 Q_STEP_TIME, Q_VOLTAGE, Q_CURRENT, Q_ABS_CURRENT, Q_ABS_CHARGE, Q_DVDT, Q_TEMPERATURE = range(7)
 # output columns
@@ -555,12 +555,15 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
             v, iext, phi = solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, 0.0, 0, lim, ex, fx, cache, w)
         _write(out, 0, a, st, mst, mp, cp, w, v, iext, phi, st[TIME] - ss[S_T0])
         n_out = 1
-        ss[S_REC_T] = st[TIME]
-        ss[S_REC_V] = v
-        ss[S_REC_I] = iext
-        ss[S_ANC_T] = st[TIME]
-        ss[S_ANC_V] = v
-        st[V_LAST] = v
+        ss[S_RECORDED] = 1.0
+        if ss[S_KEEP] == 0.0:  # a fresh step: the record rule and dV/dt window start here
+            ss[S_REC_T] = st[TIME]
+            ss[S_REC_V] = v
+            ss[S_REC_I] = iext
+            ss[S_ANC_T] = st[TIME]
+            ss[S_ANC_V] = v
+            st[V_LAST] = v
+        ss[S_KEEP] = 0.0
         # an end that already holds at the first sample ends the step at once (e.g. charge to 2 V at 2.1 V)
         for e in range(n_ends):
             if e_code[e] == Q_VOLTAGE or e_code[e] == Q_TEMPERATURE:
@@ -569,9 +572,21 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
                     return n_out, e, R_END
     v_prev = st[V_LAST]
     i_prev = st[I_LAST]
+    slope = 0.0
     while True:
         t = st[TIME]
         if t >= t_stop - 1e-9:
+            # a block ends on a sample: record the present state unless it was just recorded
+            if ss[S_RECORDED] == 0.0 and n_out < out.shape[0]:
+                v, iext, phi = solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, 0.0, 0, st[I_LAST],
+                                     ex, fx, cache, w)
+                v = st[V_LAST]
+                _write(out, n_out, a, st, mst, mp, cp, w, v, iext, phi, st[TIME] - ss[S_T0])
+                n_out += 1
+                ss[S_REC_T] = st[TIME]
+                ss[S_REC_V] = v
+                ss[S_REC_I] = iext
+                ss[S_RECORDED] = 1.0
             return n_out, -1, R_STOP
         if n_out >= out.shape[0] - 1:
             return n_out, -1, R_FULL
@@ -589,6 +604,8 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
                 h = min(h, cp[DX_MAX] * mp[j, Q0] * mst[j, PSI] / ia)
         if rate != 0.0:
             h = min(h, cp[DV_MAX] / abs(rate))
+        if rec_dv > 0.0 and slope > 0.0:
+            h = max(min(h, 0.5 * rec_dv / slope), 1e-3)  # a voltage-change record lands within 1.5 dV
         for e in range(n_ends):
             if e_code[e] == Q_STEP_TIME:
                 hr = e_val[e] - (t - ss[S_T0])
@@ -604,6 +621,7 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
         ss0[:] = ss
         v, iext, phi = _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, rate,
                                 ilimit, ss, ex, fx, cache, w)
+        slope = abs(v - v_prev) / h
         ss[S_HSUB] = min(2.0 * ss[S_HSUB], cp[H_MAX])
         # |dV/dt| over the trailing window (or between internal steps)
         dvdt_ready = False
@@ -657,7 +675,8 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
                                               target, rate, ilimit, ss, ex, fx, cache, w)
                         fm = _quantity(code, ss, st, vm, im) - e_val[e]
                         he = hm
-                        if abs(fm) < 1e-7 * max(1.0, abs(e_val[e])) or hi - lo < 1e-9:
+                        tol = 1e-7 if code == Q_VOLTAGE or code == Q_TEMPERATURE else 1e-7 * abs(e_val[e]) + 1e-15
+                        if abs(fm) < tol or hi - lo < 1e-9:
                             break
                         if fm * f1 > 0.0:
                             hi, f1 = hm, fm
@@ -698,12 +717,14 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
                     done = True
             else:
                 ss[S_STABLE] = -1.0
+        ss[S_RECORDED] = 0.0
         if rec or done:
             _write(out, n_out, a, st, mst, mp, cp, w, v, iext, phi, st[TIME] - ss[S_T0])
             n_out += 1
             ss[S_REC_T] = st[TIME]
             ss[S_REC_V] = v
             ss[S_REC_I] = iext
+            ss[S_RECORDED] = 1.0
         if done:
             return n_out, -1, R_DONE
         v_prev = v

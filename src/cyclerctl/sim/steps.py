@@ -49,26 +49,42 @@ def _columns(out: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _row_now(model: CellModel, ss: np.ndarray) -> np.ndarray:
-    """One kernel row at the present state (the last sample of a step that completed by itself)."""
-    out = np.empty((1, model.n_columns))
-    v, i, phi = model.solve_now()
-    v = float(model.st[K.V_LAST])
-    K._write(out, 0, model.a, model.st, model.mst, model.mp, model.cp, model.w, v, i, phi,
-             model.time - ss[K.S_T0])
-    return out
-
-
 def eis_point_duration(frequency: float) -> float:
     """Time an impedance point takes: two periods plus settling (s)."""
     return 2.0 / frequency + 0.2
 
 
+def _aligned_stop(model: CellModel, ss: np.ndarray, span: float, every: float | None) -> float:
+    """The end of a block: `span` from now, moved on to the time-record grid so a block boundary
+    adds no sample of its own."""
+    t = model.time + span
+    if not math.isfinite(t) or not every:
+        return t
+    k = math.ceil((t - ss[K.S_REC_T]) / every - 1e-9)
+    return ss[K.S_REC_T] + max(k, 1) * every
+
+
+def _step_state(model: CellModel, resume: np.ndarray | None, step_time: float, step_charge: float,
+                **kw) -> np.ndarray:
+    """A fresh step state, or the saved one when it describes exactly this point of this step
+    (a resumed run then continues bit-for-bit)."""
+    if resume is not None and abs(model.time - resume[K.S_T0] - step_time) < 1e-6 and step_time > 0:
+        ss = resume.copy()
+        ss[K.S_FIRST] = 1.0
+        ss[K.S_KEEP] = 1.0
+        ss[K.S_CHARGE] = step_charge
+        return ss
+    return model.new_step(step_time, step_charge, **kw)
+
+
 def run_step(model: CellModel, step: Step, test_time: float, step_time: float = 0.0,
              step_charge: float = 0.0, span: float = math.inf, max_samples: int = 100_000,
-             sweep_position: float | None = None) -> Iterator[Chunk]:
+             sweep_position: float | None = None, resume: np.ndarray | None = None,
+             holder: dict | None = None) -> Iterator[Chunk]:
     """Run `step` from `test_time` (the model rests through any gap before it). Yields Chunks, each
-    spanning at most `span` seconds, until one with final=True."""
+    spanning about `span` seconds, until one with final=True. `holder["ss"]` exposes the live step
+    state (for save_state); `resume` is a saved one to continue from."""
+    holder = holder if holder is not None else {}
     if test_time > model.time + 1e-9:
         gap = model.new_step(record_first=False)
         model.run(gap, 0, 0.0, test_time, max_samples=2)
@@ -81,7 +97,7 @@ def run_step(model: CellModel, step: Step, test_time: float, step_time: float = 
         return
     if isinstance(step, Sweep):
         yield from _sweep(model, step, step_time if sweep_position is None else sweep_position,
-                          step_charge, span, common)
+                          step_charge, span, common, resume, holder)
         return
     temp = None
     timeout = math.inf
@@ -98,10 +114,11 @@ def run_step(model: CellModel, step: Step, test_time: float, step_time: float = 
         timeout = step.timeout
     else:
         raise InstrumentError(f"the simulator cannot run a {type(step).__name__} step", "sim")
-    ss = model.new_step(step_time, step_charge, temperature_step=temp)
+    ss = _step_state(model, resume, step_time, step_charge, temperature_step=temp)
+    holder["ss"] = ss
     t_timeout = model.time - step_time + timeout
     while True:
-        t_stop = min(model.time + span, t_timeout)
+        t_stop = min(_aligned_stop(model, ss, span, rec.every), t_timeout)
         r = model.run(ss, mode, target, t_stop, current_limit=limit, **common)
         if r.reason == K.R_STOP and model.time >= t_timeout - 1e-9:
             raise InstrumentError(f"chamber did not settle at {step.temperature - KELVIN:.1f} degC "
@@ -113,12 +130,14 @@ def run_step(model: CellModel, step: Step, test_time: float, step_time: float = 
 
 
 def _sweep(model: CellModel, step: Sweep, position: float, step_charge: float, span: float,
-           common: dict) -> Iterator[Chunk]:
-    """Linear potential segments in order; samples carry the 0-based segment index."""
+           common: dict, resume: np.ndarray | None, holder: dict) -> Iterator[Chunk]:
+    """Linear potential segments in order; samples carry the 0-based segment index. Each segment
+    ends on a sample at its vertex."""
     segs = step.segments()
     bounds = np.cumsum([0.0] + [abs(b - a) / step.scan_rate for a, b in segs])
     t_begin = model.time - position
-    ss = model.new_step(position, step_charge)
+    ss = _step_state(model, resume, position, step_charge)
+    holder["ss"] = ss
     k0 = int(np.searchsorted(bounds, position, side="right") - 1)
     for k in range(max(k0, 0), len(segs)):
         a, b = segs[k]
@@ -128,12 +147,10 @@ def _sweep(model: CellModel, step: Sweep, position: float, step_charge: float, s
         seg_end = t_begin + bounds[k + 1]
         last = k == len(segs) - 1
         while True:
-            t_stop = min(model.time + span, seg_end)
+            t_stop = min(_aligned_stop(model, ss, span, common["every"]), seg_end)
             r = model.run(ss, 1, a, t_stop, rate=rate, **common)
             out = r.out
             seg_done = model.time >= seg_end - 1e-9
-            if last and seg_done and r.reason == K.R_STOP and (len(out) == 0 or out[-1, K.C_T] < model.time - 1e-9):
-                out = np.concatenate([out, _row_now(model, ss)])
             cols = _columns(out)
             cols["sweep_segment"] = np.full(len(out), float(k))
             final = r.reason == K.R_END or (last and seg_done)

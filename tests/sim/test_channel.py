@@ -1,0 +1,219 @@
+"""SimChannel runs every primitive step of a Program: ends, record rules, resume, state, noise."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+import pytest
+
+from cyclerctl.channel import Channel, StepStart
+from cyclerctl.clock import VirtualClock, WallClock
+from cyclerctl.errors import InstrumentError
+from cyclerctl.program import (
+    ConstantCurrent,
+    ConstantVoltage,
+    End,
+    Impedance,
+    Record,
+    Rest,
+    SetTemperature,
+    Sweep,
+)
+from cyclerctl.sim.channel import SimChannel
+
+I_01C = 30e-3 * 3.4e-3  # 30 mA/g on 3.4 mg
+
+
+def run(ch, step, start):
+    async def go():
+        return [b async for b in ch.run_step(step, start)]
+
+    return asyncio.run(go())
+
+
+def cat(blocks, col):
+    return np.concatenate([b.columns[col] for b in blocks])
+
+
+def discharge(**kw):
+    return ConstantCurrent(step_id=0, name="discharge", current=-I_01C, direction=-1,
+                           ends=(End("voltage", "<=", 0.0),), **kw)
+
+
+def test_is_a_channel():
+    ch = SimChannel(noise=False)
+    assert isinstance(ch, Channel)
+    assert ch.capabilities.model == "sim:hard_carbon"
+
+
+def test_cutoff_met_exactly_and_record_rule():
+    ch = SimChannel(noise=False, truth=True)
+    blocks = run(ch, discharge(record=Record(every=10.0)), StepStart(test_time=0.0))
+    last = blocks[-1]
+    assert last.final and last.end == 0
+    v = cat(blocks, "voltage_volt")
+    t = cat(blocks, "test_time_second")
+    assert abs(v[-1] - 0.0) < 1e-4  # cutoff met to < 0.1 mV
+    assert t[0] == 0.0  # first sample of the step at its start
+    assert np.all(np.diff(t)[:-1] == pytest.approx(10.0))  # every 10 s, then the exact crossing
+    assert 0 < t[-1] - t[-2] <= 10.0
+    # the truth travels with every sample
+    assert set(last.truth) >= {"diffusion_coefficient", "surface_stoichiometry", "mean_stoichiometry",
+                               "open_circuit_voltage", "charge_transfer_overpotential", "sei_charge"}
+    assert np.all(np.diff(cat(blocks, "step_time_second")) > 0)
+
+
+def test_voltage_change_record_rule_and_charge_end():
+    ch = SimChannel(noise=False)
+    step = discharge(record=Record(every=None, voltage_change=5e-3))
+    step = ConstantCurrent(step_id=0, name="d", current=-I_01C, ends=(End("abs_step_charge", ">=", 1.0),),
+                           record=Record(every=None, voltage_change=5e-3))
+    blocks = run(ch, step, StepStart(test_time=0.0))
+    v = cat(blocks, "voltage_volt")
+    t = cat(blocks, "test_time_second")
+    assert abs(I_01C * t[-1] - 1.0) < 1e-9  # the charge end located exactly
+    dv = np.abs(np.diff(v))[1:-1]
+    assert np.all(dv >= 5e-3 - 1e-12)
+    assert np.all(dv < 8e-3)
+
+
+def test_max_block_span_and_resume_mid_step():
+    ch = SimChannel(noise=False)
+    blocks = run(ch, discharge(record=Record(every=60.0)), StepStart(test_time=0.0, max_block_span=3600.0))
+    assert len(blocks) > 5
+    spans = [b.time[-1] - b.time[0] for b in blocks if len(b)]
+    assert max(spans) <= 3600.0 + 1e-9
+    assert sum(b.final for b in blocks) == 1 and blocks[-1].final
+    # resume: a fresh channel from the state saved after the third block continues the step
+    ref = SimChannel(noise=False)
+    state = None
+    t_cut = None
+
+    async def first_part():
+        nonlocal state, t_cut
+        gen = ref.run_step(discharge(record=Record(every=60.0)), StepStart(test_time=0.0, max_block_span=3600.0))
+        k = 0
+        async for b in gen:
+            k += 1
+            if k == 3:
+                state, t_cut = ref.save_state(), float(b.time[-1])
+                break
+        await gen.aclose()
+
+    asyncio.run(first_part())
+    resumed = SimChannel(noise=False)
+    resumed.load_state(state)
+    rest = run(resumed, discharge(record=Record(every=60.0)),
+               StepStart(test_time=t_cut, step_time=t_cut, step_charge=-I_01C * t_cut))
+    assert rest[-1].end == 0
+    t_full = cat(blocks, "test_time_second")
+    v_full = cat(blocks, "voltage_volt")
+    t_res = cat(rest, "test_time_second")
+    v_res = cat(rest, "voltage_volt")
+    # bit-for-bit continuation (noise off): same end time, same samples on the shared grid
+    assert t_res[-1] == t_full[-1]
+    common = np.intersect1d(t_full, t_res[1:])
+    np.testing.assert_array_equal(v_full[np.isin(t_full, common)], v_res[1:][np.isin(t_res[1:], common)])
+    assert cat(rest, "step_time_second")[0] == pytest.approx(t_cut)
+
+
+def test_same_seed_same_samples_and_noise_on():
+    def samples(seed):
+        ch = SimChannel(noise=True, seed=seed)
+        b = run(ch, Rest(step_id=0, name="r", ends=(End("step_time", ">=", 600.0),), record=Record(every=1.0)),
+                StepStart(test_time=0.0))
+        return cat(b, "voltage_volt")
+
+    a, b, c = samples(7), samples(7), samples(8)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert 20e-6 < np.std(np.diff(a)) < 1e-3  # noise of the preset's order (100 uV)
+
+
+def test_constant_voltage_hold_with_current_limit():
+    ch = SimChannel(noise=False)
+    step = ConstantVoltage(step_id=0, name="hold", voltage=0.2, current_limit=5e-4,
+                           ends=(End("abs_current", "<=", 5e-6),), record=Record(every=30.0))
+    blocks = run(ch, step, StepStart(test_time=0.0))
+    i = cat(blocks, "current_ampere")
+    v = cat(blocks, "voltage_volt")
+    assert np.all(np.abs(i) <= 5e-4 + 1e-12)  # compliance honoured
+    assert np.abs(i).max() == pytest.approx(5e-4)  # current-limited at first
+    assert v[-1] == pytest.approx(0.2, abs=1e-9)
+    assert abs(i[-1]) == pytest.approx(5e-6, rel=1e-4)
+    assert blocks[-1].end == 0
+
+
+def test_sweep_segments_and_completion():
+    ch = SimChannel(noise=False)
+    step = Sweep(step_id=0, name="cv", start=2.0, vertices=(0.01,), scan_rate=1e-3, cycles=2,
+                 record=Record(every=None, voltage_change=2e-3))
+    blocks = run(ch, step, StepStart(test_time=0.0))
+    seg = cat(blocks, "sweep_segment")
+    v = cat(blocks, "voltage_volt")
+    t = cat(blocks, "test_time_second")
+    assert set(np.unique(seg)) == {0.0, 1.0, 2.0, 3.0}
+    assert blocks[-1].final and blocks[-1].end is None
+    assert t[-1] == pytest.approx(step.duration)
+    # the potentiostat follows the programmed ramp
+    ramp = np.interp(t, [0, 1990, 3980, 5970, 7960], [2.0, 0.01, 2.0, 0.01, 2.0])
+    assert np.max(np.abs(v - ramp)) < 1e-6
+    # sodiation current (negative) on the way down, desodiation on the way up
+    i = cat(blocks, "current_ampere")
+    assert i[(seg == 0) & (v < 0.5)].min() < 0 < i[(seg == 1) & (v < 0.8)].max()
+
+
+def test_impedance_rows_and_temperature_series():
+    ch = SimChannel(noise=False)
+    eis = Impedance(step_id=0, name="eis", freq_start=1e5, freq_stop=1e-1, points_per_decade=5)
+    rct = []
+    t = 0.0
+    for kelvin in (278.15, 298.15, 318.15):
+        b = run(ch, SetTemperature(step_id=1, name="T", temperature=kelvin, tolerance=0.2, stable_for=300.0),
+                StepStart(test_time=t))
+        assert b[-1].final and b[-1].end is None
+        temp = cat(b, "temperature_t1_celsius")
+        assert abs(temp[-1] + 273.15 - kelvin) <= 0.2
+        t = float(b[-1].time[-1])
+        e = run(ch, eis, StepStart(test_time=t))
+        cols = e[-1].columns
+        assert len(cols["frequency_hertz"]) == len(eis.frequencies())
+        np.testing.assert_allclose(cols["frequency_hertz"], eis.frequencies())
+        assert np.all(cols["imaginary_impedance_ohm"] < 0)
+        t = float(e[-1].time[-1])
+        rct.append(ch.model.parts()["materials"][0]["charge_transfer_resistance"])
+    assert rct[0] > rct[1] > rct[2]  # charge transfer speeds up with temperature
+
+
+def test_set_temperature_timeout_is_a_fault():
+    ch = SimChannel(noise=False)
+    step = SetTemperature(step_id=0, name="T", temperature=318.15, tolerance=0.1, stable_for=60.0, timeout=120.0)
+    with pytest.raises(InstrumentError, match="did not settle"):
+        run(ch, step, StepStart(test_time=0.0))
+
+
+def test_wall_clock_paces_blocks():
+    clock = WallClock(speed=400.0)
+    ch = SimChannel(noise=False, clock=clock)
+    step = Rest(step_id=0, name="r", ends=(End("step_time", ">=", 400.0),), record=Record(every=10.0))
+    t0 = clock.now()
+    blocks = run(ch, step, StepStart(test_time=t0))
+    assert len(blocks) >= 2  # half a second of wall time per block at most
+    assert clock.now() >= t0 + 400.0 - 1e-6  # the samples were not delivered before their time
+
+
+def test_virtual_clock_advances_and_gap_rests():
+    clock = VirtualClock()
+    ch = SimChannel(noise=False, clock=clock, truth=True)
+    d = run(ch, discharge(record=Record(every=600.0)), StepStart(test_time=0.0))
+    t_end = clock.now()
+    assert t_end == d[-1].time[-1] > 10_000
+    # the engine paused for an hour: the next step starts later and the cell rested meanwhile
+    clock.advance_to(t_end + 3600.0)
+    b = run(ch, Rest(step_id=1, name="r", ends=(End("step_time", ">=", 10.0),)), StepStart(test_time=t_end + 3600.0))
+    assert b[0].time[0] == t_end + 3600.0
+    assert math.isclose(clock.now(), t_end + 3610.0)
+    assert b[0].voltage[0] > d[-1].voltage[-1] + 0.01  # relaxed towards its open-circuit voltage
+    assert b[0].truth["surface_stoichiometry"][0] < d[-1].truth["surface_stoichiometry"][-1]
