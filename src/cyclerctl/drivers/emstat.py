@@ -135,7 +135,7 @@ class MethodScriptPort:
         """Stop any running script and read away what it still sends."""
         self.write("\n")
         self.write("Z\n")
-        self.drain(wait=0.5)
+        self.drain(wait=3.0)  # a running script ends with its on_finished: block and a blank line
         self._buffer.clear()
         if self._ser is not None:
             self._ser.reset_input_buffer()
@@ -280,6 +280,9 @@ class EmStatChannel:
                     running = False
                     break
                 code = is_error(line)
+                if code == "0008":  # busy: an earlier script still runs
+                    raise InstrumentError("the instrument is busy with another script", self.port.url, "e",
+                                          transient=True)
                 if code is not None:
                     raise InstrumentError(f"script error !{code}: {line}", self.port.url, "e")
                 if not line.startswith("P"):
