@@ -1,8 +1,8 @@
 """The one module that talks to aiomqtt (2.x). Everything else in cyclerctl.mqtt goes through here, so a
 move to another client (aiomqtt 3, MQTT 5 only) stays local.
 
-Broker URLs: ``mqtt://[user[:password]@]host[:port][?protocol=5|3.1.1]`` and ``mqtts://…`` for TLS
-(``?ca=FILE&cert=FILE&key=FILE``). Protocol 5 is the default; ``3.1.1`` is for brokers that speak only
+Broker URLs: ``mqtt://[user[:password]@]host[:port][?protocol=5|3.1.1]``, ``mqtts://…`` for TLS
+(``?ca=FILE&cert=FILE&key=FILE``), ``ws://host:port/path`` and ``wss://…`` for MQTT over websockets. Protocol 5 is the default; ``3.1.1`` is for brokers that speak only
 that (the embedded demo broker). Every payload is self-describing, so nothing depends on MQTT 5.
 
 aiomqtt 2.x cannot reconnect a Client object reliably: callers create a fresh client per attempt with
@@ -43,10 +43,16 @@ class BrokerAddress:
     cert: str | None = None
     key: str | None = None
     protocol: str = "5"
+    websockets: bool = False
+    path: str = "/mqtt"
 
     @property
     def v5(self) -> bool:
         return self.protocol == "5"
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1")
 
     @property
     def authenticated(self) -> bool:
@@ -60,22 +66,25 @@ class BrokerAddress:
             secret = (self.password or "") if with_password else "***"
             user = f"{self.username}:{secret}@" if self.password else f"{self.username}@"
         query = "" if self.v5 else f"?protocol={self.protocol}"
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}{query}"
+        scheme = ("wss" if self.tls else "ws") if self.websockets else ("mqtts" if self.tls else "mqtt")
+        path = self.path if self.websockets else ""
+        return f"{scheme}://{user}{self.host}:{self.port}{path}{query}"
 
 
 def parse_url(url: str) -> BrokerAddress:
     """Parse a broker URL; a wrong one is a ConfigError that says what a right one looks like."""
-    hint = "expected mqtt://[user:password@]host[:port] or mqtts://... (TLS)"
+    hint = "expected mqtt://[user:password@]host[:port], mqtts://... (TLS) or ws(s)://host:port/path"
     try:
         parts = urlsplit(url.strip())
         port = parts.port
     except ValueError as exc:
         raise ConfigError(f"bad broker URL {url!r}: {exc}; {hint}") from None
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "tls"):
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "tls", "ws", "wss"):
         raise ConfigError(f"bad broker URL {url!r}: unknown scheme {parts.scheme!r}; {hint}")
     if not parts.hostname:
         raise ConfigError(f"bad broker URL {url!r}: no host; {hint}")
-    tls = parts.scheme in ("mqtts", "tls")
+    tls = parts.scheme in ("mqtts", "tls", "wss")
+    ws = parts.scheme in ("ws", "wss")
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     unknown = set(query) - {"protocol", "ca", "cert", "key"}
     if unknown:
@@ -87,9 +96,11 @@ def parse_url(url: str) -> BrokerAddress:
     if protocol == "311":
         protocol = "3.1.1"
     if (query.get("ca") or query.get("cert")) and not tls:
-        raise ConfigError(f"bad broker URL {url!r}: ca/cert need the mqtts:// scheme")
+        raise ConfigError(f"bad broker URL {url!r}: ca/cert need the mqtts:// or wss:// scheme")
+    default_port = {(False, False): 1883, (True, False): 8883, (False, True): 80, (True, True): 443}[(tls, ws)]
     return BrokerAddress(
-        host=parts.hostname, port=port or (8883 if tls else 1883),
+        websockets=ws, path=(parts.path or "/mqtt") if ws else "/mqtt",
+        host=parts.hostname, port=port or default_port,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
         tls=tls, ca=query.get("ca"), cert=query.get("cert"), key=query.get("key"), protocol=protocol)
@@ -157,6 +168,8 @@ def new_client(addr: BrokerAddress, *, identifier: str | None = None,
         will=aiomqtt.Will(*will) if will else None,
         timeout=timeout, keepalive=keepalive, tls_context=_tls_context(addr),
         max_inflight_messages=max_inflight, max_queued_incoming_messages=max_queued_incoming,
+        transport="websockets" if addr.websockets else "tcp",
+        websocket_path=addr.path if addr.websockets else None,
         **kwargs)
     client.pending_calls_threshold = max_inflight + 1  # we bound concurrency ourselves
     return client

@@ -1,7 +1,7 @@
 """The journal as an outbox: read committed rows by seq, remember what the broker acknowledged.
 
-The publisher opens its own SQLite connection to the run's journal (WAL, so reading never blocks the
-engine's writer) and writes only the ``outbox`` table, in tiny transactions. ``PRAGMA data_version``
+The publisher opens its own SQLite connections to the run's journal (WAL, so reading never blocks the
+engine's writer) and writes only the ``outbox`` table, in tiny transactions from a worker thread. ``PRAGMA data_version``
 tells cheaply whether another connection committed since the last look, so polling often costs
 almost nothing.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import json
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,14 +68,13 @@ class JournalSource:
             self.db = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=5.0,
                                       isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA busy_timeout=5000")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # outbox loss on power failure = resend
             self.sample_columns = [r[1] for r in self.db.execute("PRAGMA table_info(samples)")]
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from None
         if not self.sample_columns:
             raise JournalError(f"{self.path} is not a cyclerctl journal (no samples table)")
         if self.db.execute("SELECT 1 FROM sqlite_master WHERE name='outbox'").fetchone() is None:
-            self.db.execute(_OUTBOX_DDL)
+            self.db.execute(_OUTBOX_DDL)  # journals of schema 1 have it; older test files may not
         self._select = ", ".join(self.sample_columns)
         self._ev_cols = [r[1] for r in self.db.execute("PRAGMA table_info(events)")]
         self._me_cols = [r[1] for r in self.db.execute("PRAGMA table_info(metrics)")]
@@ -128,10 +128,34 @@ class JournalSource:
     def outbox(self) -> dict[tuple[str, str], int]:
         return {(ch, s): seq for ch, s, seq in self.db.execute("SELECT ch, stream, through_seq FROM outbox")}
 
-    def save_outbox(self, marks: dict[tuple[str, str], int]) -> None:
-        """Store acknowledged watermarks (one tiny write transaction)."""
+
+
+def descriptor_json(text: str | None) -> dict:
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {}
+
+
+class OutboxWriter:
+    """Writes acknowledged watermarks to the journal's ``outbox`` table on its own connection, meant
+    for a worker thread: waiting for the engine's write lock must never stall the event loop."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.db = sqlite3.connect(f"file:{Path(path)}?mode=rw", uri=True, timeout=2.0,
+                                  isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA busy_timeout=2000")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # losing the outbox to a power cut only means resending
+        self._lock = threading.Lock()
+
+    def save(self, marks: dict[tuple[str, str], int]) -> None:
+        """One tiny write transaction; raises sqlite3.Error when the journal stays locked."""
         if not marks:
             return
+        with self._lock:
+            self._save(marks)
+
+    def _save(self, marks: dict[tuple[str, str], int]) -> None:
         try:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(
@@ -144,9 +168,5 @@ class JournalSource:
                 self.db.execute("ROLLBACK")
             raise
 
-
-def descriptor_json(text: str | None) -> dict:
-    try:
-        return json.loads(text) if text else {}
-    except ValueError:
-        return {}
+    def close(self) -> None:
+        self.db.close()

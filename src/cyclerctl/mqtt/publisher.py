@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from .. import __version__
 from . import payloads
 from .client import BrokerAddress, MqttError
-from .outbox import STREAMS, JournalSource, Watermark
+from .outbox import STREAMS, JournalSource, OutboxWriter, Watermark
 from .topics import Topics
 
 log = logging.getLogger("cyclerctl.mqtt")
@@ -85,6 +86,8 @@ class Publisher:
         self._wake = asyncio.Event()
         self._rebirth = False
         self._more = False
+        self._saving: asyncio.Task | None = None
+        self.writer = OutboxWriter(source.path)
         self._last_ack = self._last_send = 0.0
         self._tasks: set[asyncio.Task] = set()
         self._free_ev = asyncio.Event()
@@ -159,7 +162,7 @@ class Publisher:
             await self._pump_backlog(now)
             await self._pump_states(now)
             if now - last_save >= self.opt.outbox_interval:
-                self.save_outbox()
+                self._save_outbox_soon()
                 last_save = now
             if self._rebirth:
                 self._rebirth = False
@@ -186,17 +189,39 @@ class Publisher:
         except TimeoutError:
             log.warning("mqtt: stopped before every committed row was acknowledged; the journal keeps them")
         self._check()
+        if self._saving is not None:
+            await asyncio.gather(self._saving, return_exceptions=True)
         self.save_outbox()
 
+    def _changed_marks(self) -> dict[tuple[str, str], int]:
+        return {(ch, stream): wm.through for ch, out in self.channels.items() for stream, wm in out.marks.items()
+                if wm.through >= 0 and self._saved.get((ch, stream), -1) != wm.through}
+
     def save_outbox(self) -> None:
-        marks = {}
-        for ch, out in self.channels.items():
-            for stream, wm in out.marks.items():
-                if wm.through >= 0 and self._saved.get((ch, stream), -1) != wm.through:
-                    marks[(ch, stream)] = wm.through
-        if marks:
-            self.source.save_outbox(marks)
+        """Store the acknowledged watermarks now (blocking; used at the end)."""
+        marks = self._changed_marks()
+        try:
+            self.writer.save(marks)
             self._saved.update(marks)
+        except sqlite3.Error as exc:
+            log.warning("mqtt: could not store the outbox (%s); unacknowledged rows will be resent", exc)
+
+    def _save_outbox_soon(self) -> None:
+        """Store the watermarks in a worker thread (never blocks the loop; skipped while one runs)."""
+        if self._saving is not None and not self._saving.done():
+            return
+        marks = self._changed_marks()
+        if not marks:
+            return
+
+        async def save() -> None:
+            try:
+                await asyncio.to_thread(self.writer.save, marks)
+                self._saved.update(marks)
+            except sqlite3.Error as exc:  # the engine held the lock for long: try again later
+                log.debug("mqtt: outbox not stored this time: %s", exc)
+
+        self._saving = asyncio.get_running_loop().create_task(save())
 
     # ---- announcements -------------------------------------------------------------------
     def birth_payload(self) -> dict:

@@ -70,7 +70,8 @@ async def run_mqtt(journal_path: str | Path, url: str | BrokerAddress, node: str
     """Publish `journal_path` to the broker at `url` as node `node` and serve commands via `control`.
 
     commands: "auth" (default) refuses commands unless our own broker connection is authenticated;
-    "open" accepts them on any connection (only for the loopback demo broker); "off" ignores them.
+    "open" also accepts them on an anonymous connection, but only to a broker on loopback (the demo's
+    embedded broker); "off" does not subscribe to commands at all.
     tuning: PublisherOptions fields (poll_interval, max_inflight, replay_rate, ...)."""
     addr = parse_url(url) if isinstance(url, str) else url
     topics = Topics(node, root)
@@ -84,8 +85,11 @@ async def run_mqtt(journal_path: str | Path, url: str | BrokerAddress, node: str
     if source is None:
         return status
     publisher = Publisher(source, topics, opt)
+    open_commands = commands == "open" and addr.loopback  # "open" never applies to a lab broker
+    if commands == "open" and not addr.loopback:
+        log.info("mqtt: commands need an authenticated connection to %s (open applies on loopback only)", addr.host)
     handler = CommandHandler(topics, control, publisher, authenticated=addr.authenticated,
-                             open_commands=commands == "open")
+                             open_commands=open_commands)
     client_id = client_id or f"cyclerctl-{node}-{uuid.uuid4().hex[:8]}"
     delay = backoff[0]
     try:
@@ -125,6 +129,7 @@ async def run_mqtt(journal_path: str | Path, url: str | BrokerAddress, node: str
         try:
             publisher.save_outbox()
         finally:
+            publisher.writer.close()
             source.close()
     return status
 
