@@ -1,0 +1,70 @@
+"""The Espec chamber driver against the simulated controller on TCP, and SetTemperature steps through
+ThermostatChannel: wait for stability while the cell rests, a chamber that never settles is a fault."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import emstat_pty, espec_server, make_plant
+from driverkit import run_steps
+
+from cyclerctl.clock import WallClock
+from cyclerctl.drivers.emstat import EmStatChannel
+from cyclerctl.drivers.registry import open_thermostat
+from cyclerctl.drivers.thermostat_channel import ThermostatChannel
+from cyclerctl.errors import ConfigError, InstrumentError
+from cyclerctl.program import End, Record, Rest, SetTemperature
+
+SPEED = 1000.0
+
+
+async def test_set_and_read_and_refusals():
+    with espec_server(SPEED, range_c=(-10.0, 60.0)) as (dev, address):
+        chamber = open_thermostat(f"espec:{address}", WallClock(SPEED))
+        await chamber.open()
+        assert await chamber.read_temperature() == pytest.approx(298.15, abs=0.06)
+        await chamber.set_temperature(308.15)
+        assert dev.commands[-2:] == ["TEMP, S35.0", "MODE,CONSTANT"]
+        with pytest.raises(InstrumentError) as err:  # the controller's own range is narrower
+            await chamber.set_temperature(353.15)
+        assert "value out of the chamber's range (NA:DATA OUT OF RANGE)" in str(err.value)
+        with pytest.raises(ConfigError, match="outside the chamber's range"):  # the envelope
+            await chamber.set_temperature(500.0)
+        await chamber.safe_state()
+        assert dev.mode == "STANDBY"
+        await chamber.close()
+
+
+async def _settle(faults=(), timeout=6 * 3600.0):
+    plant = make_plant()
+    with espec_server(SPEED, faults, plant=plant) as (dev, address), emstat_pty(SPEED, plant=plant) as (_e, port):
+        chamber = open_thermostat(f"espec:{address}", WallClock(SPEED))
+        ch = ThermostatChannel(EmStatChannel(port, WallClock(SPEED), interval=5.0), chamber, poll_period=60.0)
+        await ch.open()
+        assert "temperature" in ch.capabilities.techniques
+        steps = [SetTemperature(step_id=0, name="Set 35 degC", temperature=308.15, tolerance=0.5,
+                                stable_for=600.0, timeout=timeout, record=Record(every=60.0)),
+                 Rest(step_id=1, name="Rest 1 min", ends=(End("step_time", ">=", 60.0),))]
+        try:
+            return dev, plant, await run_steps(ch, steps)
+        finally:
+            await ch.close()
+
+
+async def test_set_temperature_waits_until_stable_while_the_cell_rests():
+    dev, plant, (settle, rest) = await _settle()
+    cols = settle["columns"]
+    t, temp = cols["step_time_second"], cols["temperature_t1_celsius"]
+    assert settle["end"] is None and rest["end"] == 0
+    assert abs(temp[-1] - 35.0) <= 0.5
+    inside = abs(temp - 35.0) <= 0.5
+    first_inside = t[inside.argmax()]
+    assert t[-1] - first_inside >= 600.0 - 60.0  # stable for stable_for (polled every minute)
+    assert t[-1] > 900.0  # the chamber air lags: it took a while
+    assert (cols["current_ampere"] == 0).all()  # the cell rested meanwhile
+    assert plant.temperature > 306.0  # and the cell followed the chamber
+
+
+async def test_a_chamber_that_never_settles_is_a_fault():
+    with pytest.raises(InstrumentError) as err:
+        await _settle(("unstable",), timeout=3600.0)
+    assert "did not settle within ±0.5 K of 35.0 degC" in str(err.value)
