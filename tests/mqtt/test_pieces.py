@@ -102,3 +102,14 @@ def test_every_schema_is_valid_and_topics_map_to_them():
     assert schemas.kind_of_topic("ch/a1/metric/cycle/latest") == "metric"
     assert schemas.kind_of_topic("ch/a1/cmd/pause") == "command"
     assert schemas.kind_of_topic("ch/a1/unknown") is None
+
+
+def test_every_example_in_the_mqtt_reference_validates():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "mqtt.md").read_text()
+    examples = re.findall(r"<!-- schema: (\w+) -->\s*```json\n(.*?)```", text, re.S)
+    assert {name for name, _ in examples} == set(schemas.NAMES)
+    for name, body in examples:
+        assert schemas.errors(name, json.loads(body)) == [], (name, body)
