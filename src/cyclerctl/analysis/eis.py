@@ -8,7 +8,9 @@
   (consecutive points whose Nyquist slope is 45° ± `window_deg`, at f < f_apex/5).
 - D from σ (Ho, Raistrick, Huggins, with capacity): D = ((−dU/dQ)·R_p / (3√2·σ))², dU/dQ the OCV
   slope per coulomb (= (dU/dx)/Q_th). Use the same dU/dQ as GITT, or the two disagree by construction.
-- Circuit fits (circuits.py): Randles with spherical diffusion R0-p(R1-Sph1,C1) (D = R_p²/τ),
+- Circuit fits (circuits.py): the coin half cell R0-p(R1,C1)-p(R2-Sph1,C2) (Na counter-electrode arc,
+  then the working electrode with spherical diffusion), Randles with spherical diffusion
+  R0-p(R1-Sph1,C1) (D = R_p²/τ),
   Randles with a Warburg R0-p(R1-W1,C1), and the papers' R_s + R_SEI + R_ct + Warburg
   R0-p(R1,C1)-p(R2-W1,C2). The headline R_s, R_ct, C_dl come from the best-fitting circuit.
 """
@@ -28,6 +30,10 @@ M2_TO_CM2 = 1e4
 
 # (circuit, roles of its parameters)
 DEFAULT_CIRCUITS: tuple[tuple[str, dict[str, str]], ...] = (
+    # coin half cell: Na-metal counter electrode arc, then the working electrode with spherical diffusion
+    ("R0-p(R1,C1)-p(R2-Sph1,C2)", {"series_resistance_ohm": "R0", "counter_electrode_resistance_ohm": "R1",
+                                   "charge_transfer_resistance_ohm": "R2", "double_layer_capacitance_farad": "C2",
+                                   "diffusion_time_second": "Sph1_tau"}),
     ("R0-p(R1-Sph1,C1)", {"series_resistance_ohm": "R0", "charge_transfer_resistance_ohm": "R1",
                           "double_layer_capacitance_farad": "C1", "diffusion_time_second": "Sph1_tau"}),
     ("R0-p(R1-W1,C1)", {"series_resistance_ohm": "R0", "charge_transfer_resistance_ohm": "R1",
