@@ -198,7 +198,7 @@ def _mat_current(utab, stab, mp, mst, j, p, g, i0a, f, phi, guess, scale):
             hi = i
         else:
             lo = i
-        nxt = i - r / d
+        nxt = i - r / d if d > 0.0 else 0.5 * (lo + hi)
         if not (lo < nxt < hi):
             nxt = 0.5 * (lo + hi)
         if abs(nxt - i) <= 1e-15 * (abs(i) + scale) or hi - lo <= 1e-15 * (abs(i) + scale):
@@ -214,11 +214,11 @@ def _total(utab, stab, mp, mst, pj, gj, i0as, f, phi, ij, scale, cdh, phi_old):
     """Sum of faradaic currents and double-layer current at phi, and its slope."""
     s = cdh * (phi - phi_old)
     ds = cdh
-    for j in range(pj.shape[0]):
+    for j in range(mst.shape[0]):
         i, d = _mat_current(utab, stab, mp, mst, j, pj[j], gj[j], i0as[j], f, phi, ij[j], scale)
         ij[j] = i
         s += i
-        ds += 1.0 / d
+        ds += 1.0 / d if d > 0.0 else 0.0
     return s, ds
 
 
@@ -263,7 +263,7 @@ def _solve_bracketed(utab, stab, mp, mst, pj, gj, i0as, f, phi_old, ij, scale, c
             hi = phi
         else:
             lo = phi
-        nxt = phi - r / d
+        nxt = phi - r / d if d > 0.0 else 0.5 * (lo + hi)
         if not (lo < nxt < hi):
             nxt = 0.5 * (lo + hi)
         if abs(nxt - phi) < 1e-14 or hi - lo < 1e-14:

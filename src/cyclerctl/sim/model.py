@@ -227,6 +227,8 @@ class CellModel:
             ) -> RunResult:
         """Advance under current (mode 0, target A) or voltage (mode 1, target V, or a sweep from
         ss's segment start at `rate` V/s) until an end fires, t_stop, or max_samples are recorded."""
+        if rate:
+            ss[K.S_SEG_V0] = target  # a sweep starts its segment at `target` at ss's segment time
         e_code = np.array([END_CODES[e.quantity] for e in ends], dtype=np.int64)
         e_op = np.array([1 if e.op == ">=" else -1 for e in ends], dtype=np.int64)
         e_val = np.array([e.value for e in ends], dtype=np.float64)
