@@ -17,7 +17,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -78,7 +78,8 @@ class EngineState:
     trailing: dict[str, int] = field(default_factory=dict)  # safety debounce carry
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), allow_nan=False)
+        d = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        return json.dumps(d, allow_nan=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> EngineState:
@@ -176,11 +177,12 @@ class ChannelRunner:
         data = data or {}
         now = self.test_time_now()
         unix = es.unix_origin + now
+        data = _clean(data)
         row = (es.event_seq, kind, now, unix, es.cycle_count, es.step_count, es.seq,
-               json.dumps(_clean(data), allow_nan=False))
+               json.dumps(data, allow_nan=False))
         self.journal.stage_event(self.name, row)
         ev = self._Event(kind=kind, test_time_second=now, cycle_count=es.cycle_count,
-                         step_count=es.step_count, sample_seq=es.seq, data=json.loads(row[-1]), ch=self.name,
+                         step_count=es.step_count, sample_seq=es.seq, data=data, ch=self.name,
                          seq=es.event_seq, unix_time_second=unix)
         es.event_seq += 1
         for op in self.operators:
@@ -564,6 +566,8 @@ def _reversible_key(row: dict, cell_kind: str) -> str:
 
 def _clean(o: Any) -> Any:
     """JSON-ready: numpy scalars/arrays to Python, NaN/inf to None (the journal never holds NaN)."""
+    if o is None or isinstance(o, (str, bool, int)):
+        return o
     if isinstance(o, dict):
         return {str(k): _clean(v) for k, v in o.items()}
     if isinstance(o, (list, tuple, np.ndarray)):
