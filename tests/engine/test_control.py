@@ -117,8 +117,9 @@ async def test_refused_actions_are_audited(run_dir):
 
 
 async def test_pause_interrupts_a_wall_clock_wait(run_dir):
-    # 10 s records at speed 200: one sample every 50 ms of wall time, one per block
-    s = session(run_dir, [cycling(1)], options={"block_samples": 1}, speed=200.0, max_block_span=10.0)
+    # 10 s records at speed 200: one sample every 50 ms of wall time, one per block; a small cell
+    s = session(run_dir, [cycling(1)], options={"block_samples": 1, "capacity": 0.2}, speed=200.0,
+                max_block_span=10.0)
     on(s, nth_block(3), lambda c: c.pause("ch1"))
 
     async def later(c):
