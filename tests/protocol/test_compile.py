@@ -162,17 +162,23 @@ def test_for_each_unrolls_and_substitutes() -> None:
 def test_gotos_resolve_to_labelled_instructions() -> None:
     p = program("  - rest: {for: 1 h}\n    label: start\n"
                 "  - discharge:\n      current: 1 mA\n      until: [0 V, {when: 2 h, goto: start}, {when: 3 h, goto: end}]\n"
-                "  - repeat: 2\n    label: loop\n    steps:\n      - charge: {current: 1 mA, until: [{when: 2.5 V, goto: loop}]}\n")
+                "  - repeat: 2\n    label: loop\n    steps:\n      - charge: {current: 1 mA, until: [{when: 2.5 V, goto: loop}, 3 h]}\n")
     assert dict(p.labels) == {"start": 0, "loop": 2}
     ends = p.instructions[1].ends
     assert [e.goto for e in ends] == [None, 0, len(p.instructions)]
     assert p.instructions[3].ends[0].goto == 2
 
 
+def test_gotos_that_only_lead_back_are_a_loop_with_no_way_out() -> None:
+    e = error("  - rest: {for: 1 h}\n    label: a\n  - rest: {until: [{when: 1 h, goto: a}]}\n")
+    assert e.line == 9 and "a loop with no way out" in e.message
+    program("  - rest: {for: 1 h}\n    label: a\n  - rest: {until: [{when: 1 h, goto: a}, {when: voltage >= 2 V, goto: end}]}\n")
+
+
 def test_label_inside_for_each_is_local_to_each_iteration() -> None:
     p = program("  - for_each: {v: [1 V, 2 V]}\n    steps:\n"
                 "      - rest: {for: 1 h}\n        label: here\n"
-                "      - charge: {current: 1 mA, until: [{when: $v, goto: here}]}\n")
+                "      - charge: {current: 1 mA, until: [{when: $v, goto: here}, 2 h]}\n")
     r0, c0, r1, c1 = p.instructions
     assert c0.ends[0].goto == 0 and c1.ends[0].goto == 2
 

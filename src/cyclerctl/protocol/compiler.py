@@ -100,6 +100,7 @@ class Compiler:
         self.next_loop = 0
         self.step_id = 0
         self.frame = _Frame()
+        self.paths: dict[int, tuple] = {}  # instruction index -> the step's path in the file
 
     # ---- errors and quantities -------------------------------------------------------------------
 
@@ -295,6 +296,8 @@ class Compiler:
             self.base_record = Record()
         self.steps(p.steps, ("steps",))
         self.resolve_gotos()
+        if not self.errors:
+            self.check_way_out()
         raise_all(self.errors)
         text = p._text
         return Program(
@@ -328,12 +331,17 @@ class Compiler:
         self.step_id += 1
         start = len(self.out)
         try:
+            self.define_label(item.label, path, start)
+        except _StepFailed:
+            pass
+        try:
             handler = _HANDLERS[type(item)]
             handler(self, item, path)
-            self.define_label(item.label, path, start)
         except _StepFailed:
             del self.out[start:]
             self.gotos = [g for g in self.gotos if g.instr < start]
+        for index in range(start, len(self.out)):
+            self.paths[index] = path
 
     # ---- control flow ------------------------------------------------------------------------------
 
@@ -365,6 +373,7 @@ class Compiler:
         loop_id = self.next_loop
         start = self.emit(LoopStart(loop_id, end=-1, count=rule.times, until=until, at_most=rule.at_most,
                                     name=item.name or item.label or "repeat"))
+        self.paths[start] = path
         try:
             self.define_label(item.label, path, start)
         except _StepFailed:
@@ -376,6 +385,7 @@ class Compiler:
         finally:
             self.frame = outer
         end = self.emit(LoopEnd(loop_id, start=start))
+        self.paths[end] = path
         self.out[start] = replace(self.out[start], end=end)
         if until is not None and until.metric != "cycle_count":
             body = [s for s in self.out[start + 1:end] if not isinstance(s, (LoopStart, LoopEnd))]
@@ -448,6 +458,48 @@ class Compiler:
             ends = list(step.ends)  # type: ignore[union-attr]
             ends[g.end] = replace(ends[g.end], goto=target)
             self.out[g.instr] = replace(step, ends=tuple(ends))  # type: ignore[arg-type]
+
+
+    def check_way_out(self) -> None:
+        """Refuse a program that can get stuck: an instruction it can reach from which no path leads
+        to the end (gotos that only ever lead back). Loops with a count or at_most always exit."""
+        n = len(self.out)
+        succ: list[list[int]] = []
+        for i, ins in enumerate(self.out):
+            if isinstance(ins, LoopStart):
+                succ.append([i + 1])
+            elif isinstance(ins, LoopEnd):
+                succ.append([ins.start + 1, self.out[ins.start].end + 1])  # type: ignore[union-attr]
+            else:
+                nxt = [i + 1 if e.goto is None else e.goto for e in ins.ends]
+                if not ins.ends or isinstance(ins, (Sweep, Impedance, SetTemperature)):
+                    nxt.append(i + 1)
+                succ.append(nxt)
+        reached, todo = {0}, [0]
+        while todo:
+            i = todo.pop()
+            for j in succ[i] if i < n else ():
+                if j not in reached:
+                    reached.add(j)
+                    todo.append(j)
+        pred: dict[int, list[int]] = {}
+        for i, nxt in enumerate(succ):
+            for j in nxt:
+                pred.setdefault(j, []).append(i)
+        finish, todo = {n}, [n]
+        while todo:
+            for j in pred.get(todo.pop(), []):
+                if j not in finish:
+                    finish.add(j)
+                    todo.append(j)
+        stuck = sorted(i for i in reached if i < n and i not in finish)
+        if stuck:
+            jumps = [i for i in stuck if not isinstance(self.out[i], (LoopStart, LoopEnd))
+                     and any(e.goto is not None for e in self.out[i].ends)]  # type: ignore[union-attr]
+            i = (jumps or stuck)[0]
+            self.errors.append(self.err(self.paths.get(i, ()), "a loop with no way out: from this step every "
+                                        "end leads back, so the program can never finish; give one end that "
+                                        "goes on (or 'goto: end')"))
 
 
 def _values(raw: Any, unit: str | None) -> list[str]:
