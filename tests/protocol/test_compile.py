@@ -238,3 +238,10 @@ def test_step_duration_limit_catches_a_sweep_that_is_too_long() -> None:
 def test_limits_default_to_unbounded_only_where_not_given() -> None:
     p = program("  - Rest for 1 h\n", HEAD.replace(", temperature: [-20 degC, 60 degC]", ""))
     assert math.isinf(p.safety.temperature_max) and p.safety.voltage_max == 3.0
+
+
+def test_setpoint_below_the_instruments_resolution() -> None:
+    from dataclasses import replace
+
+    caps = replace(CAPS, current_resolution=1e-6)
+    assert "below the resolution" in str(error("  - Discharge at 100 nA until 0 V\n", caps=caps))

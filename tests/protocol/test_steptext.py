@@ -61,3 +61,9 @@ def test_cc_then_hold_is_a_cccv_step() -> None:
 def test_unreadable_strings_are_refused(text: str) -> None:
     with pytest.raises(PydanticCustomError):
         parse_step_text(text)
+
+
+def test_pybamm_period_sets_the_record_interval() -> None:
+    step = parse_step_text("Discharge at 1 mA until 0 V (10 second period)")
+    assert isinstance(step, s.DischargeStep) and step.record.every == "10 second"
+    assert step.discharge.until[0].when == "0 V"

@@ -186,6 +186,9 @@ class Compiler:
         if abs(current) > limits.current_max:
             raise self.fail(path, f"{units.fmt(current, 'current')} is outside the safety limits "
                             f"(|I| <= {units.fmt(limits.current_max, 'current')})")
+        if self.caps is not None and abs(current) < self.caps.current_resolution:
+            raise self.fail(path, f"{units.fmt(current, 'current')} is below the resolution of the instrument "
+                            f"{self.caps.model} ({units.fmt(self.caps.current_resolution, 'current')})")
         if self.caps is not None and abs(current) > self.caps.current_max:
             raise self.fail(path, f"{units.fmt(current, 'current')} is beyond the instrument "
                             f"{self.caps.model} (|I| <= {units.fmt(self.caps.current_max, 'current')})")
@@ -323,7 +326,7 @@ class Compiler:
                 self.errors.append(self.err((*path, "step"), str(exc)))
                 return
             item = inner.model_copy(update={"label": item.label, "name": item.name or inner.name,
-                                            "record": item.record, "limits": item.limits})
+                                            "record": item.record or inner.record, "limits": item.limits})
         if isinstance(item, schema.RepeatStep):
             return self.repeat(item, path)
         if isinstance(item, schema.ForEachStep):

@@ -7,6 +7,7 @@
     Discharge at 0.5 mA until 150 mAh/g or 0 V
     Hold at 2.5 V until 5 mA/g
     Charge at 0.1C until 2.5 V then hold until C/50
+    Discharge at 1 mA until 0 V (10 second period)      record every 10 s
 
 A string becomes exactly the structured step it abbreviates (rest / charge / discharge / hold /
 cccv), so both forms compile the same way. Conditions after "until" are joined with "or".
@@ -28,6 +29,7 @@ _CCCV = re.compile(r"^(?P<kind>charge|discharge)\s+at\s+(?P<current>.+?)\s+until
 _CURRENT = re.compile(rf"^(?P<kind>charge|discharge)\s+at\s+(?P<current>.+?){_FOR_UNTIL}$", re.I)
 _HOLD = re.compile(rf"^hold\s+at\s+(?P<voltage>.+?){_FOR_UNTIL}$", re.I)
 _OR = re.compile(r"\s+or\s+", re.I)
+_PERIOD = re.compile(r"\s*\((?P<period>[^()]+?)\s+period\)$", re.I)
 
 EXAMPLES = "'Rest for 6 hours', 'Discharge at 30 mA/g until 0.001 V', 'Hold at 2.5 V until 5 mA/g'"
 
@@ -47,6 +49,11 @@ def parse_step_text(text: str) -> schema.Common:
     """The structured step a step string stands for. Raises PydanticCustomError if it cannot be read."""
     t = _WS.sub(" ", text.strip()).rstrip(".")
     name = t
+    m = _PERIOD.search(t)
+    if m:  # PyBaMM's "(1 minute period)": record every minute
+        t = t[:m.start()].rstrip()
+        step = parse_step_text(t)
+        return step.model_copy(update={"name": name, "record": schema.RecordSpec(every=m["period"].strip())})
     m = _CCCV.match(t)
     if m:
         sign = "" if m["kind"].lower() == "charge" else "-"
