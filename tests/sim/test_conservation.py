@@ -22,7 +22,7 @@ def test_integrated_current_equals_stored_charge(name):
     dl0 = m.cp[2] * m.st[3]
     lo, hi = preset.window
     samples = []
-    for cycle in range(3):
+    for _cycle in range(3):
         for current, cut in ((-0.3 * mass, lo), (0.3 * mass, hi)):
             ss = m.new_step()
             r = m.run(ss, 0, current, np.inf, every=30.0,

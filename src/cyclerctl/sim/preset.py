@@ -146,6 +146,11 @@ class _Reader:
         self.used.add(key)
         if key not in self.data:
             if default is ...:
+                import difflib
+
+                near = difflib.get_close_matches(key, [str(k) for k in self.data], n=1, cutoff=0.8)
+                if near:
+                    raise self.error(near[0], f"unknown key (did you mean {key!r}?)")
                 raise self.error(key, "is required")
             return default
         return self.data[key]
