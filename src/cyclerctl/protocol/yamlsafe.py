@@ -136,6 +136,32 @@ class _Builder:
         m = node.start_mark
         return ProtocolError(message, self.filename, m.line + 1, m.column + 1)
 
+    def check_size(self, root: Node) -> None:
+        """Refuse at once a document whose alias expansion would exceed MAX_NODES values (sizes are
+        computed once per node of the graph, so a "billion laughs" file costs what it is long)."""
+        sizes: dict[int, int] = {}
+        open_: set[int] = set()
+
+        def size(node: Node) -> int:
+            key = id(node)
+            if key in sizes:
+                return sizes[key]
+            if key in open_:
+                raise self.error("recursive YAML alias (a value that contains itself)", node)
+            open_.add(key)
+            if isinstance(node, SequenceNode):
+                total = 1 + sum(size(c) for c in node.value)
+            elif isinstance(node, MappingNode):
+                total = 1 + sum(size(k) + size(v) for k, v in node.value)
+            else:
+                total = 1
+            open_.discard(key)
+            sizes[key] = min(total, MAX_NODES + 1)
+            return sizes[key]
+
+        if size(root) > MAX_NODES:
+            raise self.error(f"document too large once aliases are expanded (more than {MAX_NODES} values)", root)
+
     def build(self, node: Node, path: Path) -> Any:
         self.expanded += 1
         if self.expanded > MAX_NODES:
@@ -229,6 +255,7 @@ def load_yaml(text: str, filename: str = "<string>") -> tuple[Any, Locations]:
             raise ProtocolError("empty file: a protocol starts with 'cyclerctl: 1'", filename, 1, 1)
         builder = _Builder(composer.loader, filename)
         try:
+            builder.check_size(node)
             data = builder.build(node, ())
         except RecursionError:
             raise ProtocolError(f"nesting too deep (more than {MAX_DEPTH} levels)", filename, 1, 1) from None
