@@ -75,7 +75,7 @@ async def uninterrupted(run_dir: Path, instrument: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("instrument", ["rc:a"])
+@pytest.mark.parametrize("instrument", ["sim:hard_carbon"])
 async def test_kill_minus_9_and_resume(tmp_path, instrument):
     ref = tmp_path / "ref"
     await uninterrupted(ref, instrument)
