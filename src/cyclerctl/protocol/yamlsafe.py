@@ -11,6 +11,7 @@ Protocol files are untrusted input. The loader
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -246,6 +247,7 @@ def load_yaml(text: str, filename: str = "<string>") -> tuple[Any, Locations]:
                 problem += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
             line = mark.line + 1 if mark is not None else 1
             col = mark.column + 1 if mark is not None else 1
+            problem += _hint(text, exc)
             raise ProtocolError(f"malformed YAML: {problem}", filename, line, col) from None
         except yaml.YAMLError as exc:
             raise ProtocolError(f"malformed YAML: {exc}".splitlines()[0], filename, 1, 1) from None
@@ -262,6 +264,20 @@ def load_yaml(text: str, filename: str = "<string>") -> tuple[Any, Locations]:
         return data, builder.locations
     finally:
         composer.loader.dispose()
+
+
+_LIST_ITEM = re.compile(r"^\s*-\s+[^{\[\s'\"]")
+
+
+def _hint(text: str, exc: yaml.MarkedYAMLError) -> str:
+    """A likely fix for the commonest slip: keys beside a step string."""
+    mark = exc.problem_mark
+    if mark is None or "mapping values are not allowed" not in (exc.problem or ""):
+        return ""
+    lines = text.splitlines()
+    if 0 < mark.line < len(lines) and _LIST_ITEM.match(lines[mark.line - 1]) and ":" not in lines[mark.line - 1]:
+        return " (a step string stands alone: to give it a label, write '- step: <the string>' and put 'label:' beside it)"
+    return ""
 
 
 def file_path(locations: Locations, loc: tuple[Any, ...]) -> Path:
