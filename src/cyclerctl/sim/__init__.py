@@ -10,7 +10,7 @@ from .preset import Material, Preset, load_preset, parse_preset
 
 if TYPE_CHECKING:
     from .channel import SimChannel
-    from .estimate import estimate
+    from .estimator import estimate
     from .model import CellModel
     from .plant import Plant
 
@@ -32,7 +32,7 @@ def __getattr__(name: str):
 
         return SimChannel
     if name == "estimate":
-        from .estimate import estimate
+        from .estimator import estimate
 
         return estimate
     raise AttributeError(name)
