@@ -52,6 +52,15 @@ def test_user_mistakes_are_one_line_errors(capsys, tmp_path, monkeypatch) -> Non
     assert "missing.yaml: no such file" in err and "Traceback" not in err
 
 
+def test_default_preset_follows_the_cells_material() -> None:
+    from cyclerctl.program import Cell
+
+    assert commands.default_preset(Cell(material="hard carbon (NPNHC)")) == "hard_carbon"
+    assert commands.default_preset(Cell(material="Sn@HC-2-1")) == "sn_hc"
+    assert commands.default_preset(Cell(material="nano Sn")) == "nano_sn"
+    assert commands.default_preset(Cell()) == "hard_carbon"
+
+
 def test_help_says_what_with_an_example() -> None:
     for cmd in ("validate", "plan"):
         out = subprocess.run([sys.executable, "-m", "cyclerctl.cli", cmd, "--help"], capture_output=True,

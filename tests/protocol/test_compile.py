@@ -157,6 +157,8 @@ def test_for_each_unrolls_and_substitutes() -> None:
     assert sweeps[0].start == 2.5 and sweeps[0].vertices == (0.01,) and sweeps[0].cycles == 2
     currents = [i.current for i in p.instructions if isinstance(i, ConstantCurrent)]
     assert currents == pytest.approx([-30e-3 * 4e-3, -60e-3 * 4e-3])
+    assert [i.name for i in p.instructions if isinstance(i, ConstantCurrent)] == [
+        "Discharge at 30 mA/g until 0 V", "Discharge at 60 mA/g until 0 V"]
 
 
 def test_gotos_resolve_to_labelled_instructions() -> None:

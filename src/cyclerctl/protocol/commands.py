@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -67,12 +68,21 @@ def _load_estimator():
     return estimate
 
 
+def default_preset(cell) -> str:
+    """The shipped simulator preset closest to the cell's material (hard carbon unless it names Sn)."""
+    words = set(re.findall(r"[a-z]+", (cell.material or "").lower()))
+    if "sn" in words or "tin" in words:
+        return "sn_hc" if words & {"hc", "hard", "carbon"} else "nano_sn"
+    return "hard_carbon"
+
+
 def _estimate_lines(program, preset: str | None) -> list[str]:
     estimate = _load_estimator()
     if estimate is None:
         return ["estimate: simulator not available"]
+    preset = preset or default_preset(program.cell)
     try:
-        result = estimate(program, preset or "hard_carbon")
+        result = estimate(program, preset)
     except (ProtocolError, ConfigError):
         raise
     except Exception as exc:  # the estimate is advisory; the plan stands without it
@@ -83,8 +93,10 @@ def _estimate_lines(program, preset: str | None) -> list[str]:
     size = float(result.get("bytes", 0))
     size_text = next(f"{size / s:.3g} {u}" for s, u in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1, "B"))
                      if size >= s or u == "B")
-    return [f"estimate ({preset or 'hard_carbon'}): duration {units.fmt(duration, 'time')}, "
-            f"{samples:,} samples, {size_text} of data"]
+    lines = [f"estimate ({preset}{', extrapolated' if result.get('extrapolated') else ''}): "
+             f"duration {units.fmt(duration, 'time')}, {samples:,} samples, {size_text} of data"]
+    lines += [f"  note: {n}" for n in result.get("notes", []) or []]
+    return lines
 
 
 def plan(

@@ -276,7 +276,9 @@ class Compiler:
     def common(self, item: schema.Common, path: tuple) -> tuple[Limits, Record, str | None]:
         limits = self.safety.merged(self.limits(item.limits, (*path, "limits")))
         rec = self.record(item.record, (*path, "record"), self.base_record)
-        return limits, rec, item.name
+        name = _VAR.sub(lambda m: self.frame.env.get(m.group(1) or m.group(2), m.group(0)), item.name) \
+            if item.name else None
+        return limits, rec, name
 
     def line(self, path: tuple) -> int:
         return locate(self.locs, path)[0]
