@@ -44,8 +44,8 @@ def sim_instruments():
 @pytest.mark.parametrize("kind", ["keithley2450", "emstat"])
 async def test_sim_instrument_command_serves_the_driver(sim_instruments, kind):
     ch = open_channel(sim_instruments[kind], WallClock(100.0))
+    assert not ch.capabilities.real_hardware  # known before open(): the engine then accepts --speed 100
     await ch.open()
-    assert not ch.capabilities.real_hardware
     step = ConstantCurrent(step_id=0, name="d", current=-1e-3, record=Record(every=2.0),
                            ends=(End("step_time", ">=", 20.0),))
     [run] = await run_steps(ch, [step])

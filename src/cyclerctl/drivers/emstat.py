@@ -176,6 +176,13 @@ class EmStatChannel:
         if self.instrument_speed is not None:
             self.capabilities = simulated(self.capabilities)
 
+    def identify(self) -> None:
+        """Ask the device who it is (blocking, once, before the run): a simulated instrument
+        advertises its --speed, and the capabilities then say real_hardware=False."""
+        self._open()
+        if self.instrument_speed is not None and self.capabilities.real_hardware:
+            self.capabilities = simulated(self.capabilities)
+
     def _open(self) -> None:
         port = self.port
         port.open()
@@ -411,4 +418,6 @@ def open_emstat(spec, clock: Clock, cell: Cell | None, **options) -> EmStatChann
     """Registry factory: emstat:/dev/ttyACM0 or emstat:tcp://host:port."""
     if not spec.address:
         raise ConfigError("emstat needs a port, e.g. emstat:/dev/ttyACM0 or emstat:tcp://127.0.0.1:4000")
-    return EmStatChannel(spec.address, clock, cell, **options)
+    channel = EmStatChannel(spec.address, clock, cell, **options)
+    channel.identify()
+    return channel

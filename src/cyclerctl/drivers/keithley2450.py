@@ -149,7 +149,16 @@ class Keithley2450Channel:
         except ConfigError:
             await self.close()
             raise
-        if self.instrument_speed is not None:
+        if self.instrument_speed is not None and self.capabilities.real_hardware:
+            self.capabilities = simulated(self.capabilities)
+
+    def identify(self) -> None:
+        """Ask the instrument who it is (blocking, once, before the run): a simulated instrument
+        advertises its --speed, and the capabilities then say real_hardware=False."""
+        ident = self.inst.identity
+        m = _SIM_SPEED.search(ident)
+        if m:
+            self.instrument_speed = math.inf if m.group(1) == "max" else float(m.group(1))
             self.capabilities = simulated(self.capabilities)
 
     def _open(self) -> None:
@@ -379,7 +388,9 @@ def open_keithley(spec, clock: Clock, cell: Cell | None, **options) -> Keithley2
     """Registry factory: keithley2450:RESOURCE (e.g. TCPIP0::10.0.0.5::5025::SOCKET)."""
     if not spec.address:
         raise ConfigError("keithley2450 needs a VISA resource, e.g. keithley2450:TCPIP0::10.0.0.5::5025::SOCKET")
-    return Keithley2450Channel(spec.address, clock, cell, **options)
+    channel = Keithley2450Channel(spec.address, clock, cell, **options)
+    channel.identify()
+    return channel
 
 
 __all__ = ["Keithley2450", "Keithley2450Channel", "open_keithley"]
