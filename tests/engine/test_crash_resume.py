@@ -85,7 +85,8 @@ async def test_kill_minus_9_and_resume(tmp_path, instrument):
     run_dir = tmp_path / "run"
     rng = random.Random(20261122)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    args = ["run", str(PROTOCOL), "-i", instrument, "--no-noise", "--speed", "max", "--out", str(run_dir),
+    args = ["run", str(PROTOCOL), "-i", instrument, "--no-noise", "--speed", "max", "--commit-interval", "0.05",
+            "--out", str(run_dir),
             "--no-metrics"]
     kills, last_seen = 0, -1
     deadline = time.monotonic() + 150

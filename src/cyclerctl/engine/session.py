@@ -66,7 +66,7 @@ class RunSettings:
     watchdog: float = 30.0  # s of wall time without a block -> instrument fault
     export: tuple[str, ...] = ("bdf-parquet", "bdf-csv")
     analysis: bool = True
-    commit_on_step_end: bool = True
+    commit_on_step_end: bool | None = None  # None: in wall-clock runs yes; at max speed by commit_interval
     mqtt_commands: str = "open"
 
     def to_json(self) -> dict:
@@ -281,9 +281,12 @@ class Session:
         if span is None:
             span = 3600.0 if math.isinf(self.settings.speed) else self.settings.speed * 1.0
         operators = self.operator_factory(plan.program) if self.settings.analysis else []
+        on_step_end = self.settings.commit_on_step_end
+        if on_step_end is None:
+            on_step_end = not math.isinf(self.settings.speed)
         runner = ChannelRunner(plan.name, plan.program, channel, self.journal, clock, operators=operators,
                                lock=lock, max_block_span=span, watchdog=self.settings.watchdog,
-                               commit_on_step_end=self.settings.commit_on_step_end, state=es)
+                               commit_on_step_end=on_step_end, state=es)
         runner.listeners.append(self._forward)
         self.runners[plan.name] = runner
         descriptor = {

@@ -60,19 +60,14 @@ def parse_formats(text: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def _present_columns(conn, ch: str) -> list[str]:
-    """Export columns that hold at least one value for this channel."""
-    out = []
-    for c in EXPORT_ORDER:
-        if c == "record_index":
-            out.append(c)
-            continue
-        if c in ("test_time_second", "voltage_volt", "current_ampere", "cycle_count", "step_count", "step_id"):
-            out.append(c)
-            continue
-        row = conn.execute(f"SELECT 1 FROM samples WHERE ch=? AND {c} IS NOT NULL LIMIT 1", (ch,)).fetchone()
-        if row is not None:
-            out.append(c)
-    return out
+    """Export columns that hold at least one value for this channel (one pass over the table)."""
+    always = ("test_time_second", "voltage_volt", "current_ampere", "cycle_count", "step_count", "step_id",
+              "record_index")
+    optional = [c for c in EXPORT_ORDER if c not in always]
+    counts = conn.execute(f"SELECT {', '.join(f'COUNT({c})' for c in optional)} FROM samples WHERE ch=?",
+                          (ch,)).fetchone()
+    present = {c for c, n in zip(optional, counts, strict=True) if n}
+    return [c for c in EXPORT_ORDER if c in always or c in present]
 
 
 def _table(cols: dict[str, np.ndarray], names: list[str], labels: bool) -> pa.Table:
@@ -111,7 +106,7 @@ def export_channel(conn, run_dir: Path, ch: str, descriptor: dict, meta: dict, f
     writers: dict[str, tuple] = {}
     n_rows = 0
     try:
-        for cols in read.iter_samples(conn, ch):
+        for cols in read.iter_samples(conn, ch, chunk=50_000):
             t = _table(cols, names, labels)
             n_rows += t.num_rows
             if "bdf-parquet" in formats:
@@ -183,28 +178,40 @@ def export_metrics(conn, run_dir: Path) -> list[Path]:
     mdir = run_dir / "metrics"
     mdir.mkdir(exist_ok=True)
     for kind in kinds:
-        rows = []
+        columns: dict[str, list] = {"ch": [], "seq": [], "test_time_second": [], "cycle_count": []}
+        n = 0
         for ch, seq, t, cyc, data in conn.execute(
                 "SELECT ch, seq, test_time_second, cycle_count, data FROM metrics WHERE kind=? ORDER BY ch, seq",
                 (kind,)):
-            r = {"ch": ch, "seq": seq, "test_time_second": t, "cycle_count": cyc}
+            for k, v in (("ch", ch), ("seq", seq), ("test_time_second", t), ("cycle_count", cyc)):
+                columns[k].append(v)
             for k, v in json.loads(data).items():
-                if k in r:
+                if k in ("ch", "seq", "test_time_second", "cycle_count"):
                     continue
-                r[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
-            rows.append(r)
-        keys: list[str] = []
-        for r in rows:
-            for k in r:
-                if k not in keys:
-                    keys.append(k)
-        table = pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
+                col = columns.get(k)
+                if col is None:
+                    col = columns[k] = [None] * n
+                col.append(v)
+            n += 1
+            for col in columns.values():
+                if len(col) < n:
+                    col.append(None)
+        table = pa.table({k: _arrow_column(v) for k, v in columns.items()})
         final = mdir / f"{kind}.parquet"
         tmp = _atomic(final)
         pq.write_table(table, tmp)
         _fsync_replace(tmp, final)
         out.append(final)
     return out
+
+
+def _arrow_column(values: list) -> pa.Array:
+    """Native Arrow types where the values agree (numbers, strings, lists of numbers, structs);
+    JSON text for a column whose values do not."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return pa.array([None if v is None else json.dumps(v) for v in values], type=pa.string())
 
 
 def export_run(run_dir: str | Path, formats: Iterable[str] = FORMATS, labels: bool = True) -> list[Path]:
