@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -25,17 +24,15 @@ from cyclerctl.mqtt import schemas
 from .broker import MosquittoSub, free_port
 from .conftest import NODE
 
-REPO = Path(__file__).resolve().parents[2]
-PROTOCOL = REPO / "tests" / "engine" / "data" / "crash_cycling.yaml"
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not PROTOCOL.exists(), reason="engine test protocol not present")]
+PROTOCOL = Path(__file__).resolve().parent / "data" / "short_cycle.yaml"
+pytestmark = pytest.mark.slow
 
 
-async def cyclerctl(*args: str, timeout: float = 60) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cyclerctl.cli", *args,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    return proc.returncode, out.decode()
+async def cyclerctl(*args: str) -> int:
+    """The `cyclerctl` command line, run in a worker thread of this process (its own event loop)."""
+    from cyclerctl.cli import main
+
+    return await asyncio.to_thread(main, list(args))
 
 
 def journal_rows(run_dir: Path) -> dict[str, list]:
@@ -60,7 +57,7 @@ async def test_engine_run_published_to_mosquitto_and_undisturbed_by_the_broker(m
     await cyclerctl("run", *common, "--mqtt", down, "--out", str(tmp_path / "broker-down"))
 
     reference = journal_rows(tmp_path / "broker-down")
-    assert len(reference["samples"]) > 1000
+    assert len(reference["samples"]) > 200 and len(reference["metrics"]) >= 2
     assert journal_rows(tmp_path / "published") == reference
 
     run = sqlite3.connect(tmp_path / "published" / "journal.sqlite").execute("SELECT run FROM channels").fetchone()[0]
@@ -86,10 +83,9 @@ async def test_engine_run_published_to_mosquitto_and_undisturbed_by_the_broker(m
 async def test_operator_pauses_and_stops_a_running_engine_viewer_cannot(mosquitto_auth, tmp_path):
     base = f"cycler/v1/{NODE}"
     run_dir = tmp_path / "run"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cyclerctl.cli", "run", str(PROTOCOL), "--instrument", "sim:hard_carbon",
-        "--speed", "20", "--no-metrics", "--node", NODE, "--mqtt", mosquitto_auth.url(NODE), "--out", str(run_dir),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    engine = asyncio.create_task(cyclerctl(
+        "run", str(PROTOCOL), "--instrument", "sim:hard_carbon", "--speed", "20", "--no-metrics",
+        "--node", NODE, "--mqtt", mosquitto_auth.url(NODE), "--out", str(run_dir)))
 
     def client(user):
         return aiomqtt.Client("127.0.0.1", mosquitto_auth.port, username=user, password=mosquitto_auth.users[user],
@@ -121,11 +117,8 @@ async def test_operator_pauses_and_stops_a_running_engine_viewer_cannot(mosquitt
             assert paused["ok"] is True, paused
             stopped = await ask(op, "stop", "stop-1")
             assert stopped["ok"] is True, stopped
-        await asyncio.wait_for(proc.communicate(), 60)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await asyncio.wait_for(engine, 120)  # the stop (or the end of the protocol) ends the run
     audit = sqlite3.connect(run_dir / "journal.sqlite").execute(
         "SELECT ch, action, actor, source, request_id, result FROM audit ORDER BY id").fetchall()
     assert [(a[1], a[2], a[3]) for a in audit] == [("pause", "alice", "mqtt"), ("stop", "alice", "mqtt")]
