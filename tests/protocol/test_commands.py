@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from cyclerctl.cli import main
 from cyclerctl.paths import data_dir
 from cyclerctl.protocol import commands
@@ -61,8 +58,8 @@ def test_default_preset_follows_the_cells_material() -> None:
     assert commands.default_preset(Cell()) == "hard_carbon"
 
 
-def test_help_says_what_with_an_example() -> None:
+def test_help_says_what_with_an_example(capsys) -> None:
     for cmd in ("validate", "plan"):
-        out = subprocess.run([sys.executable, "-m", "cyclerctl.cli", cmd, "--help"], capture_output=True,
-                             text=True, check=True).stdout
+        assert main([cmd, "--help"]) == 0
+        out = capsys.readouterr().out
         assert "Example: cyclerctl" in out

@@ -16,6 +16,7 @@ import yaml
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
+from cyclerctl.channel import Capabilities
 from cyclerctl.errors import ProtocolError
 from cyclerctl.program import Program
 from cyclerctl.protocol import compile_protocol, load_text
@@ -191,11 +192,17 @@ def random_document(r: random.Random) -> str:
     return yaml.dump(doc, Dumper=Dumper, allow_unicode=True, sort_keys=False)
 
 
+TIGHT = Capabilities(model="tiny", voltage_range=(0.0, 2.0), current_max=2e-4, current_resolution=1e-6,
+                     scan_rate_range=(1e-5, 1e-3), frequency_range=(1e-2, 1e4), min_sample_period=1.0,
+                     techniques=frozenset({"rest", "current", "voltage", "sweep", "impedance"}))
+
+
 def check(text: str) -> None:
     note(text)  # shown with the seed if the property fails
     try:
         protocol = load_text(text, "<fuzz>")
         program = compile_protocol(protocol)
+        compile_protocol(protocol, capabilities=TIGHT)  # and against a small instrument
     except ProtocolError as exc:
         assert exc.file == "<fuzz>"
         assert exc.line is not None and exc.line >= 1, str(exc)

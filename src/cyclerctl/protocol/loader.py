@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,13 @@ for _m in (schema.Protocol, schema.CellSpec, schema.LimitsSpec, schema.RecordSpe
 _KNOWN_KEYS |= set(schema.KINDS)
 
 
+@lru_cache(maxsize=1024)
+def _close_key(key: str) -> str | None:
+    """The known key a misspelled one most likely meant."""
+    hint = difflib.get_close_matches(key, sorted(_KNOWN_KEYS), n=1)
+    return hint[0] if hint else None
+
+
 def dotted(path: tuple) -> str:
     """("steps", 3, "gitt", "current") -> "steps[3].gitt.current"."""
     out = ""
@@ -74,10 +82,10 @@ def _message(err: dict[str, Any], path: tuple) -> str:
     msg = err["msg"]
     field = err["loc"][-1] if err["loc"] else ""
     if kind == "extra_forbidden":
-        hint = difflib.get_close_matches(str(field), sorted(_KNOWN_KEYS), n=1)
-        if hint and hint[0] == field:
+        hint = _close_key(str(field))
+        if hint == field:
             return f"the key {field!r} does not belong here"
-        return f"unknown key {field!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        return f"unknown key {field!r}" + (f" (did you mean {hint!r}?)" if hint else "")
     if kind == "missing":
         return f"missing {field!r}"
     if kind in ("string_type", "str_type"):
@@ -108,9 +116,9 @@ def _from_validation(exc: ValidationError, locations: Locations, filename: str) 
     typos = set()
     for err in errors:
         if err["type"] == "extra_forbidden" and err["loc"]:
-            hint = difflib.get_close_matches(str(err["loc"][-1]), sorted(_KNOWN_KEYS), n=1)
-            if hint and hint[0] != err["loc"][-1]:
-                typos.add((tuple(err["loc"][:-1]), hint[0]))
+            hint = _close_key(str(err["loc"][-1]))
+            if hint and hint != err["loc"][-1]:
+                typos.add((tuple(err["loc"][:-1]), hint))
     for err in errors:
         if err["type"] == "missing" and err["loc"] and (tuple(err["loc"][:-1]), err["loc"][-1]) in typos:
             continue

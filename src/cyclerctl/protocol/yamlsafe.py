@@ -131,7 +131,7 @@ class _Builder:
         self.filename = filename
         self.locations: Locations = {}
         self.expanded = 0
-        self.stack: list[Node] = []
+        self.stack: set[int] = set()  # ids of the nodes being built (a recursive alias would loop)
 
     def error(self, message: str, node: Node) -> ProtocolError:
         m = node.start_mark
@@ -169,10 +169,10 @@ class _Builder:
             raise self.error(f"document too large once aliases are expanded (more than {MAX_NODES} values)", node)
         if len(path) > MAX_DEPTH:
             raise self.error(f"nesting too deep (more than {MAX_DEPTH} levels)", node)
-        if any(n is node for n in self.stack):
+        if id(node) in self.stack:
             raise self.error("recursive YAML alias (a value that contains itself)", node)
         self.locations[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-        self.stack.append(node)
+        self.stack.add(id(node))
         try:
             if isinstance(node, ScalarNode):
                 return self.scalar(node)
@@ -186,7 +186,7 @@ class _Builder:
                 return self.mapping(node, path)
             raise self.error("unsupported YAML node", node)
         finally:
-            self.stack.pop()
+            self.stack.discard(id(node))
 
     def scalar(self, node: ScalarNode) -> Any:
         if node.tag not in _ALLOWED_SCALAR_TAGS:
@@ -211,6 +211,8 @@ class _Builder:
                     merged.extend(self._pairs(src))
             else:
                 own.append((key, value))
+        if not merged:
+            return own
         own_keys = {k.value for k, _ in own if isinstance(k, ScalarNode)}
         return own + [(k, v) for k, v in merged if not (isinstance(k, ScalarNode) and k.value in own_keys)]
 
@@ -257,7 +259,8 @@ def load_yaml(text: str, filename: str = "<string>") -> tuple[Any, Locations]:
             raise ProtocolError("empty file: a protocol starts with 'cyclerctl: 1'", filename, 1, 1)
         builder = _Builder(composer.loader, filename)
         try:
-            builder.check_size(node)
+            if composer.aliases:  # without aliases the composer's node count is the size
+                builder.check_size(node)
             data = builder.build(node, ())
         except RecursionError:
             raise ProtocolError(f"nesting too deep (more than {MAX_DEPTH} levels)", filename, 1, 1) from None
