@@ -247,3 +247,32 @@ def test_setpoint_below_the_instruments_resolution() -> None:
 
     caps = replace(CAPS, current_resolution=1e-6)
     assert "below the resolution" in str(error("  - Discharge at 100 nA until 0 V\n", caps=caps))
+
+
+@pytest.mark.parametrize("text, metric, op, value, ref", [
+    ("coulombic efficiency ≥ 99.5 %", "coulombic_efficiency", ">=", 0.995, None),
+    ("CE > 0.99", "coulombic_efficiency", ">", 0.99, None),
+    ("discharge capacity < 80 % of cycle 20", "capacity_retention", "<", 0.8, 20),
+    ("capacity_retention <= 50 %", "capacity_retention", "<=", 0.5, 21),
+    ("specific_discharge_capacity < 200 mAh/g", "specific_discharge_capacity", "<", 200 * 3600, None),
+    ("charge_capacity < 0.5 mAh", "charge_capacity", "<", 1.8, None),
+    ("cycle_count >= 100", "cycle_count", ">=", 100, None),
+])
+def test_loop_conditions_read_as_people_write_them(text, metric, op, value, ref) -> None:
+    p = program(f"  - repeat: {{until: '{text}', at_most: 5}}\n    steps:\n"
+                "      - Discharge at 0.1C until 0 V\n      - Charge at 0.1C until 2.5 V\n",
+                HEAD.replace("steps:\n", "retention_reference_cycle: 21\nsteps:\n"))
+    cond = p.instructions[0].until
+    assert (cond.metric, cond.op, cond.reference_cycle) == (metric, op, ref)
+    assert cond.value == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("efficiency >= 99 %", "unknown metric 'efficiency'"),
+    ("coulombic_efficiency about 99 %", "cannot read the loop condition"),
+    ("cycle_count >= many", "whole number"),
+    ("discharge_capacity < 2 V", "expected a capacity"),
+])
+def test_unreadable_loop_conditions(text: str, message: str) -> None:
+    e = error(f"  - repeat: {{until: '{text}', at_most: 5}}\n    steps:\n      - Rest for 1 h\n")
+    assert message in e.message and e.line == 7
