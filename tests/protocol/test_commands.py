@@ -63,3 +63,12 @@ def test_help_says_what_with_an_example(capsys) -> None:
         assert main([cmd, "--help"]) == 0
         out = capsys.readouterr().out
         assert "Example: cyclerctl" in out
+
+
+def test_plan_with_a_cell_file(capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(commands, "_load_estimator", lambda: None)
+    cell = tmp_path / "cell.yaml"
+    cell.write_text("name: coin-7\nactive_mass: 3.4 mg\n")
+    assert main(["plan", DEMO, "--cell", str(cell)]) == 0
+    out = capsys.readouterr().out
+    assert "cell: coin-7" in out and "active mass 3.4 mg" in out and "-102 µA (-30 mA/g)" in out

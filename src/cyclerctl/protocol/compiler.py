@@ -80,7 +80,6 @@ class _Frame:
 
     scope: tuple[int, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
-    in_loop: bool = False
 
 
 class Compiler:
@@ -224,8 +223,8 @@ class Compiler:
 
     # ---- ends --------------------------------------------------------------------------------------
 
-    def ends(self, for_: Any, until: list[schema.EndSpec] | None, path: tuple, sctx: StepContext,
-             instr_index: int) -> tuple[list[End], list[tuple[int, str, tuple]]]:
+    def ends(self, for_: Any, until: list[schema.EndSpec] | None, path: tuple,
+             sctx: StepContext) -> tuple[list[End], list[tuple[int, str, tuple]]]:
         """Ends of a step and the gotos to resolve later: [(end index, label, path)]."""
         out: list[End] = []
         gotos: list[tuple[int, str, tuple]] = []
@@ -350,10 +349,10 @@ class Compiler:
 
     # ---- control flow ------------------------------------------------------------------------------
 
-    def _scoped(self, env: dict[str, str] | None = None, loop: bool = False) -> _Frame:
+    def _scoped(self, env: dict[str, str] | None = None) -> _Frame:
+        """A new scope (a loop body or one for_each iteration), inheriting the variables."""
         self.next_scope += 1
-        return _Frame((*self.frame.scope, self.next_scope), {**self.frame.env, **(env or {})},
-                      self.frame.in_loop or loop)
+        return _Frame((*self.frame.scope, self.next_scope), {**self.frame.env, **(env or {})})
 
     def repeat(self, item: schema.RepeatStep, path: tuple) -> None:
         rule = item.repeat
@@ -384,7 +383,7 @@ class Compiler:
         except _StepFailed:
             pass
         outer = self.frame
-        self.frame = self._scoped(loop=True)
+        self.frame = self._scoped()
         try:
             self.steps(item.steps, (*path, "steps"))
         finally:
@@ -546,7 +545,7 @@ def _rest(c: Compiler, item: schema.RestStep | schema.OCVStep, path: tuple) -> N
     window = c.positive(s.dv_dt_window, "time", (*sp, "dv_dt_window"), "dv_dt_window") \
         if s.dv_dt_window is not None else DEFAULT_DV_DT_WINDOW
     index = len(c.out)
-    ends, gotos = c.ends(s.for_, s.until, sp, StepContext("rest", 0, c.ctx, window), index)
+    ends, gotos = c.ends(s.for_, s.until, sp, StepContext("rest", 0, c.ctx, window))
     if not ends:
         raise c.fail(sp, "step can never end: give it 'for: 6 h' and/or 'until: 1 mV/h'")
     c.check_ends(ends, limits, sp, 0)
@@ -569,7 +568,7 @@ def _current(c: Compiler, item: schema.Common, path: tuple) -> None:
     c.check_current(current, limits, (*sp, "current"))
     direction = 1 if current > 0 else -1
     index = len(c.out)
-    ends, gotos = c.ends(s.for_, s.until, sp, StepContext("current", direction, c.ctx), index)
+    ends, gotos = c.ends(s.for_, s.until, sp, StepContext("current", direction, c.ctx))
     if not ends:
         raise c.fail(sp, "step can never end: add 'until: <voltage>' (or a capacity) and/or 'for: <time>'")
     c.check_ends(ends, limits, sp, direction)
@@ -593,7 +592,7 @@ def _hold(c: Compiler, item: schema.HoldStep, path: tuple) -> None:
     if c.caps is not None:
         ilim = min(ilim, c.caps.current_max)
     index = len(c.out)
-    ends, gotos = c.ends(s.for_, s.until, sp, StepContext("hold", 0, c.ctx), index)
+    ends, gotos = c.ends(s.for_, s.until, sp, StepContext("hold", 0, c.ctx))
     if not ends:
         raise c.fail(sp, "step can never end: add 'until: <current>' (e.g. C/50) and/or 'for: <time>'")
     c.emit(ConstantVoltage(step_id=c.step_id, name=name or f"hold at {c.subst(s.voltage, sp)} "
@@ -615,7 +614,7 @@ def _cccv(c: Compiler, item: schema.CCCVStep, path: tuple) -> None:
     c.check_voltage(v, limits, (*sp, "voltage"), "the CV voltage ")
     cc_end = End("voltage", ">=" if direction > 0 else "<=", v, label=f"until {c.subst(s.voltage, sp)}")
     index = len(c.out)
-    hold_ends, gotos = c.ends(None, s.until, sp, StepContext("hold", 0, c.ctx), index + 1)
+    hold_ends, gotos = c.ends(None, s.until, sp, StepContext("hold", 0, c.ctx))
     if s.hold_for is not None:
         t = c.positive(s.hold_for, "time", (*sp, "hold_for"), "hold_for")
         hold_ends.append(End("step_time", ">=", t, label=f"for {c.subst(s.hold_for, sp)}"))
@@ -727,7 +726,7 @@ def _gitt(c: Compiler, item: schema.GITTStep, path: tuple) -> None:
     rp = (*sp, "rest")
     window = c.positive(s.rest.dv_dt_window, "time", (*rp, "dv_dt_window"), "dv_dt_window") \
         if s.rest.dv_dt_window is not None else DEFAULT_DV_DT_WINDOW
-    rest_ends, rest_gotos = c.ends(s.rest.for_, s.rest.until, rp, StepContext("rest", 0, c.ctx, window), -1)
+    rest_ends, rest_gotos = c.ends(s.rest.for_, s.rest.until, rp, StepContext("rest", 0, c.ctx, window))
     if rest_gotos:
         raise c.fail(rp, "the rests of a GITT take no goto")
     if not rest_ends:
