@@ -276,3 +276,7 @@ def test_loop_conditions_read_as_people_write_them(text, metric, op, value, ref)
 def test_unreadable_loop_conditions(text: str, message: str) -> None:
     e = error(f"  - repeat: {{until: '{text}', at_most: 5}}\n    steps:\n      - Rest for 1 h\n")
     assert message in e.message and e.line == 7
+
+
+def test_overflowing_quantities_are_refused() -> None:
+    assert "is too large" in error("  - rest: {for: 1e308 h}\n").message

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from cyclerctl.channel import Capabilities
 from cyclerctl.errors import ProtocolError
 from cyclerctl.program import Program
-from cyclerctl.protocol import compile_protocol, load_text
+from cyclerctl.protocol import compile_protocol, load_text, rows
 
 LIBRARY = sorted((Path(__file__).resolve().parents[2] / "protocols").glob("*.yaml"))
 TEXTS = [p.read_text() for p in LIBRARY]
@@ -32,7 +32,7 @@ KEYS = ["cyclerctl", "name", "cell", "safety", "record", "steps", "active_mass",
         "until", "for", "goto", "when", "times", "at_most", "vertices", "rate", "start", "cycles", "from", "to",
         "per_decade", "amplitude", "bias", "mode", "pulse", "interval", "interruption", "set", "within",
         "stable_for", "timeout", "unit", "limits", "cycle_starts_on", "retention_reference_cycle", "hold_for"]
-QUANTITIES = ["0 V", "0.001 V", "2.5 V", "-0.05 V", "3.5 V", "30 mA/g", "-30 mA/g", "0.1C", "C/10", "5 mA", "1 A",
+QUANTITIES = ["1e308 kV", "1e300 h", "0 V", "0.001 V", "2.5 V", "-0.05 V", "3.5 V", "30 mA/g", "-30 mA/g", "0.1C", "C/10", "5 mA", "1 A",
               "0 mA", "10 min", "6 h", "-1 h", "150 mAh/g", "1 mV/h", "0.2 mV/s", "100 kHz", "10 mHz", "25 degC",
               "5 K", "99.5 %", "1e400 V", "nan V", "inf s", "5", "-3", "$rate", "${x}", "ocv", "voltage >= 1 V",
               "dV/dt < 1 mV/h", "|I| <= C/50", "coulombic_efficiency >= 99 %", "discharge_capacity < 80 % of cycle 2",
@@ -203,6 +203,7 @@ def check(text: str) -> None:
         protocol = load_text(text, "<fuzz>")
         program = compile_protocol(protocol)
         compile_protocol(protocol, capabilities=TIGHT)  # and against a small instrument
+        assert len(rows(program)) == len(program.instructions)  # and it can be shown
     except ProtocolError as exc:
         assert exc.file == "<fuzz>"
         assert exc.line is not None and exc.line >= 1, str(exc)

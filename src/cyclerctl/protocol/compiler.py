@@ -129,9 +129,12 @@ class Compiler:
         """A quantity in SI, with $variables replaced; errors carry the field's location."""
         text = self.subst(value, path)
         try:
-            return parse_quantity(text, kind, self.ctx)
+            v = parse_quantity(text, kind, self.ctx)
         except UnitError as exc:
             raise self.fail(path, str(exc)) from None
+        if not math.isfinite(v):
+            raise self.fail(path, f"{text!r} is too large")
+        return v
 
     def positive(self, value: Any, kind: str, path: tuple, what: str) -> float:
         v = self.q(value, kind, path)
