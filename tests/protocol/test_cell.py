@@ -63,3 +63,11 @@ def test_particle_radius_for_diffusion_analysis() -> None:
     p = load_text(TEXT.replace("material: hard carbon}", "material: hard carbon, particle_radius: 5 um}"))
     assert resolve_cell(p).particle_radius == pytest.approx(5e-6)
     assert resolve_cell(load_text(TEXT)).particle_radius is None
+
+
+def test_load_cell_returns_the_keys_as_written(tmp_path) -> None:
+    f = tmp_path / "cell.yaml"
+    f.write_text("name: C\narea: 1.131 cm^2\n")
+    values = load_cell(f)
+    assert values == {"name": "C", "area": "1.131 cm^2"}
+    assert values.where["area"] == (str(f), 2, 7)
