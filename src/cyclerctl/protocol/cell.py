@@ -22,6 +22,12 @@ from .yamlsafe import load_yaml
 _ALIASES = {"mass": "active_mass", "nominal_capacity": "nominal_specific_capacity"}
 
 
+class CellValues(dict):
+    """The keys of a cell file as written; `where` maps each key to (file, line, column)."""
+
+    where: dict[str, tuple[str, int, int]]
+
+
 def load_cell(path: str | Path) -> dict[str, Any]:
     """Read a --cell YAML file: the keys of a protocol's cell block, as written (validated)."""
     name = str(path)
@@ -37,9 +43,8 @@ def load_cell(path: str | Path) -> dict[str, Any]:
     except ValidationError as exc:
         raise_all(_from_validation(exc, locations, name))
         raise
-    out = spec.model_dump(exclude_none=True)
-    # remember where each value came from, for messages when it is parsed
-    out["_where"] = {key: (name, *locations.get((key,), (1, 1))) for key in list(out)}
+    out = CellValues(spec.model_dump(exclude_none=True))
+    out.where = {key: (name, *locations.get((key,), (1, 1))) for key in out}  # for messages later
     return out
 
 
@@ -73,8 +78,8 @@ def resolve_cell(protocol: schema.Protocol | None, cell_file: str | Path | dict 
             merged[key] = value
             where[key] = (protocol._file, *locs.get(("cell", key), (1, 1)))
     if cell_file is not None:
-        extra = load_cell(cell_file) if not isinstance(cell_file, dict) else dict(cell_file)
-        places = extra.pop("_where", {})
+        extra = load_cell(cell_file) if not isinstance(cell_file, dict) else cell_file
+        places = getattr(extra, "where", {})
         for key, value in extra.items():
             merged[key] = value
             where[key] = places.get(key, (str(cell_file) if not isinstance(cell_file, dict) else "<cell>", 1, 1))
