@@ -72,6 +72,33 @@ def gitt_workload(n_pulses: int = 40):
     return cols, ev
 
 
+def ici_workload(n: int = 200, on: float = 300.0, off: float = 10.0):
+    """ICI: `on` s of current at 1 s records, `off` s interruptions at 0.1 s records, n times."""
+    t, v, i, sc, ev = [], [], [], [], []
+    t0, seq, step, e0 = 0.0, 0, 0, 1.0
+    for _ in range(n):
+        for role, dur, dt, cur in (("current", on, 1.0, -1e-4), ("interruption", off, 0.1, 0.0)):
+            step += 1
+            tt = np.arange(0.0, dur, dt)
+            if cur:
+                vv = e0 - 0.01 - 1e-5 * tt - 2e-4 * np.sqrt(tt)
+            else:
+                vv = e0 - 3e-3 * (1 - 0.3 * np.sqrt(tt / off))
+            ev.append(Event("step_start", t0, 1, step, seq, {"technique": "ici", "tags": {"role": role},
+                                                              "current_ampere": cur}))
+            t.append(t0 + tt)
+            v.append(vv)
+            i.append(np.full(tt.size, cur))
+            sc.append(np.full(tt.size, float(step)))
+            seq += tt.size
+            t0 += dur
+        e0 -= 3e-3
+    ev.append(Event("run_end", t0, 1, step, seq, {}))
+    cols = {"test_time_second": np.concatenate(t), "voltage_volt": np.concatenate(v),
+            "current_ampere": np.concatenate(i), "step_count": np.concatenate(sc), "cycle_count": np.ones(seq)}
+    return cols, ev
+
+
 def cv_workload(rates=(1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3), points=20_000):
     t, v, i, sc, ev = [], [], [], [], []
     t0, seq = 0.0, 0
@@ -124,7 +151,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--block", type=int, nargs="+", default=[1000, 100_000], help="samples per block")
     args = ap.parse_args()
-    workloads = {"gcd": gcd_workload(), "gitt": gitt_workload(), "cv": cv_workload(), "eis": eis_workload()}
+    workloads = {"gcd": gcd_workload(), "gitt": gitt_workload(), "ici": ici_workload(), "cv": cv_workload(),
+                 "eis": eis_workload()}
     print(f"{'workload':<8} {'operator':<11} {'block':>7} {'samples':>10} {'rows':>6} {'cpu s':>7} {'wall s':>7} "
           f"{'samples/s':>13}")
     for block in args.block:

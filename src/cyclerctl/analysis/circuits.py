@@ -16,6 +16,7 @@ Impedance convention: Z = Z' + jZ'' (Z'' < 0 for capacitive behaviour).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,11 +142,12 @@ class FitResult:
     stderr: np.ndarray
     chi2: float  # Σ of squared modulus-weighted residuals / (2N − p)
     success: bool
+    aic: float = math.nan  # Akaike: n·ln(RSS/n) + 2p, n = 2N; compares circuits of different size
 
     def as_dict(self) -> dict:
         return {"circuit": self.circuit, "parameters": dict(zip(self.names, self.values.tolist(), strict=True)),
                 "stderr": dict(zip(self.names, self.stderr.tolist(), strict=True)), "chi2": self.chi2,
-                "success": self.success}
+                "aic": self.aic, "success": self.success}
 
 
 def initial_guess(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> list[np.ndarray]:
@@ -185,14 +187,21 @@ def initial_guess(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> list[np.
         else:  # Z0 / A amplitudes
             base.append(sigma * np.sqrt(2.0 / w_low))
     starts = [np.array(base)]
-    if any(nm.endswith("_tau") for nm in circuit.names):
-        for scale in (1e-2, 1e2, 1e4):
+    if n_c >= 2:  # the slower arc (e.g. a working electrode behind the counter-electrode arc) may be hidden
+        for scale in (1e2, 1e4):
             b = np.array(base)
-            for i, nm in enumerate(circuit.names):
-                if nm.endswith("_tau"):
-                    b[i] *= scale
-                    b[i - 1] *= np.sqrt(scale)
+            last_c = max(i for i, kd in enumerate(circuit.kinds) if kd == "C")
+            b[last_c] *= scale
             starts.append(b)
+    if any(nm.endswith("_tau") for nm in circuit.names):
+        for b0 in list(starts):
+            for scale in (1e-2, 1e2, 1e4):
+                b = b0.copy()
+                for i, nm in enumerate(circuit.names):
+                    if nm.endswith("_tau"):
+                        b[i] *= scale
+                        b[i - 1] *= np.sqrt(scale)
+                starts.append(b)
     return starts
 
 
@@ -219,15 +228,19 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     hi = np.where(is_alpha, 1.0, np.inf)
     best = None
     starts = [np.asarray(guess, float)] if guess is not None else initial_guess(c, freq, z)
+    # every start briefly, then the best one to convergence
     for p0 in starts:
         x0 = np.where(is_alpha, np.clip(p0, 0.31, 0.99), np.log(np.maximum(p0, 1e-300)))
         try:
             res = least_squares(resid, x0, bounds=(lo, hi), method="trf", x_scale="jac",
-                                xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=60 * len(c.names))
+                                xtol=1e-8, ftol=1e-8, gtol=1e-8, max_nfev=15 * len(c.names))
         except (ValueError, FloatingPointError):
             continue
         if best is None or res.cost < best.cost:
             best = res
+    if best is not None:
+        best = least_squares(resid, best.x, bounds=(lo, hi), method="trf", x_scale="jac",
+                             xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=100 * len(c.names))
     if best is None:
         n = len(c.names)
         return FitResult(c.text, c.names, np.full(n, np.nan), np.full(n, np.nan), np.nan, False)
@@ -240,4 +253,6 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     except np.linalg.LinAlgError:
         se_x = np.full(len(values), np.nan)
     stderr = np.where(is_alpha, se_x, values * se_x)
-    return FitResult(c.text, c.names, values, stderr, float(s2), bool(best.success))
+    n = 2 * freq.size
+    aic = n * math.log(max(2 * best.cost, 1e-300) / n) + 2 * len(values)
+    return FitResult(c.text, c.names, values, stderr, float(s2), bool(best.success), float(aic))

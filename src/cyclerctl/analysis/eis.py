@@ -12,7 +12,9 @@
   then the working electrode with spherical diffusion), Randles with spherical diffusion
   R0-p(R1-Sph1,C1) (D = R_p²/τ),
   Randles with a Warburg R0-p(R1-W1,C1), and the papers' R_s + R_SEI + R_ct + Warburg
-  R0-p(R1,C1)-p(R2-W1,C2). The headline R_s, R_ct, C_dl come from the best-fitting circuit.
+  R0-p(R1,C1)-p(R2-W1,C2). The headline R_s, R_ct, C_dl come from the circuit with the lowest
+  Akaike criterion (n·ln(RSS/n) + 2p); circuits within 10 of the lowest count as equally good and
+  the one with the fewest parameters wins (an extra arc must earn its parameters).
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ class EisSettings:
     ocv_slope_per_coulomb: float | None = None  # V/C; else asked of `ocv_slope` (e.g. from GITT)
     circuits: tuple[tuple[str, dict[str, str]], ...] = DEFAULT_CIRCUITS
     kk_limit: float = 0.01
+    aic_margin: float = 10.0  # circuits within this of the lowest AIC count as equal: the simplest wins
     ocv_slope: Callable[[], float | None] | None = field(default=None, repr=False)
 
 
@@ -142,9 +145,13 @@ def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings) -> 
         d = fr.as_dict()
         d["roles"] = {k: d["parameters"].get(v) for k, v in roles.items()}
         d["role_stderr"] = {k: d["stderr"].get(v) for k, v in roles.items()}
+        d["n_parameters"] = len(fr.names)
         fits.append(d)
-        if fr.success and np.isfinite(fr.chi2) and (best is None or fr.chi2 < best["chi2"]):
-            best = d
+    ok = [f for f in fits if f["aic"] is not None and np.isfinite(f["aic"])]
+    if ok:
+        a_min = min(f["aic"] for f in ok)
+        near = [f for f in ok if f["aic"] <= a_min + settings.aic_margin]  # no strong evidence between these
+        best = min(near, key=lambda f: (f["n_parameters"], f["aic"]))
     out["fits"] = fits
     if best is not None:
         out["best_circuit"] = best["circuit"]

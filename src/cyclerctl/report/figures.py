@@ -173,31 +173,44 @@ def gitt(rows: list[MetricRow], out: Path) -> list[Path]:
 
 
 def nyquist(rows: list[MetricRow], out: Path) -> list[Path]:
+    """Full spectrum (left) and the high-frequency arcs (right), data as points, best fit as lines."""
     if not rows:
         return []
-    fig = _figure(4.2, 3.6)
-    ax = fig.add_subplot()
+    fig = _figure(7.6, 3.6)
+    axes = fig.subplots(1, 2)
     colors = _colors(len(rows))
+    zoom = 0.0
     for color, r in zip(colors, rows, strict=True):
         d = r.data
         re_, im = np.array(d["real_impedance_ohm"]), np.array(d["imaginary_impedance_ohm"])
         tk = d.get("temperature_kelvin")
-        lab = f"{tk - 273.15:.0f} °C" if tk else f"step {d.get('step_count')}"
-        ax.plot(re_, -im, "o", ms=2.5, mfc="none", color=color, label=lab)
+        lab = f"step {d.get('step_count')}" + (f", {tk - 273.15:.0f} °C" if tk else "")
         best = next((f for f in d.get("fits", []) if f["circuit"] == d.get("best_circuit")), None)
+        fit = None
         if best:
             f = np.array(d["frequency_hertz"])
-            ff = np.logspace(np.log10(f.max()), np.log10(f.min()), 300)
+            ff = np.logspace(np.log10(f.max()), np.log10(f.min()), 400)
             c = parse_circuit(best["circuit"])
-            z = c.impedance([best["parameters"][n] for n in c.names], ff)
-            ax.plot(z.real, -z.imag, "-", lw=1, color=color)
-    ax.set_xlabel("Z′ / Ω")
-    ax.set_ylabel("−Z″ / Ω")
-    ax.set_aspect("equal", adjustable="datalim")
-    ax.legend(frameon=False, fontsize=7)
-    best = rows[-1].data.get("best_circuit")
-    rct = rows[-1].data.get("charge_transfer_resistance_ohm")
-    ax.set_title(f"Nyquist, fit {best}" + (f": R_ct = {rct:.3g} Ω" if rct else ""), fontsize=8)
+            fit = c.impedance([best["parameters"][n] for n in c.names], ff)
+            arcs = sum(v for k, v in best["parameters"].items() if k[0] == "R" and k[1:].isdigit())
+            zoom = max(zoom, 1.4 * arcs)
+        for ax in axes:
+            ax.plot(re_, -im, "o", ms=2.5, mfc="none", color=color, label=lab)
+            if fit is not None:
+                ax.plot(fit.real, -fit.imag, "-", lw=1, color=color)
+    if zoom <= 0:
+        zoom = 0.3 * max(float(np.max(r.data["real_impedance_ohm"])) for r in rows)
+    axes[1].set_xlim(0, zoom)
+    axes[1].set_ylim(-0.05 * zoom, 0.6 * zoom)
+    axes[1].set_title("high-frequency arcs", fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("Z′ / Ω")
+        ax.set_ylabel("−Z″ / Ω")
+        ax.set_aspect("equal", adjustable="box" if ax is axes[1] else "datalim")
+    axes[0].legend(frameon=False, fontsize=7)
+    d = rows[-1].data
+    rct = d.get("charge_transfer_resistance_ohm")
+    axes[0].set_title(f"fit {d.get('best_circuit')}" + (f": R_ct = {rct:.3g} Ω" if rct else ""), fontsize=8)
     return _save(fig, out, "nyquist")
 
 
