@@ -58,7 +58,9 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; map errors to one line and an exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
+        if isinstance(rv, int) and not isinstance(rv, bool):
+            return rv  # click returns typer.Exit(n)'s code instead of raising in this mode
     except CyclerError as exc:
         typer.echo(f"error: {exc}", err=True)
         return exc.exit_code
