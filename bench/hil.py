@@ -81,7 +81,7 @@ async def trial(state: bytes, current: float, nplc: float) -> dict:
         ch = Keithley2450Channel(f"TCPIP0::127.0.0.1::{server.port}::SOCKET", WallClock(1.0), poll_period=0.0,
                                  nplc=nplc)
         await ch.open()
-        step = ConstantCurrent(step_id=0, name="1C to 0 V", current=current, record=Record(every=None),
+        step = ConstantCurrent(step_id=0, name="1C to 0 V", current=current, record=Record(every=0.0),
                                limits=Limits(voltage_min=-0.05, voltage_max=3.0),
                                ends=(End("voltage", "<=", CUTOFF), End("step_time", ">=", 120.0)))
         times = []
