@@ -62,7 +62,9 @@ def cyclerctl_preset() -> Preset:
                   noise_voltage=0.0)
 
 
-def pybamm_model_and_parameters(surface_form: str = "differential"):
+def pybamm_model_and_parameters(surface_form: str = "differential", i0: float = I0, i0_metal: float = I0_METAL,
+                                rs: float = RS):
+    """PyBaMM's SPM half cell and its parameters (the table above; i0, i0_metal, rs overridable)."""
     import pybamm
 
     u, _s = table(SITES)
@@ -72,10 +74,10 @@ def pybamm_model_and_parameters(surface_form: str = "differential"):
         return pybamm.Interpolant(xg, u, sto, name="hc_ocp", interpolator="linear")
 
     def j0(c_e, c_s_surf, c_s_max, T):
-        return pybamm.Scalar(I0)
+        return pybamm.Scalar(i0)
 
     def j0_metal(c_e, c_li, T):
-        return pybamm.Scalar(I0_METAL)
+        return pybamm.Scalar(i0_metal)
 
     pv = pybamm.ParameterValues("Ecker2015_graphite_halfcell")
     pv.update({
@@ -89,7 +91,7 @@ def pybamm_model_and_parameters(surface_form: str = "differential"):
         "Positive electrode OCP entropic change [V.K-1]": 0.0,
         "Positive electrode exchange-current density [A.m-2]": j0,
         "Exchange-current density for lithium metal electrode [A.m-2]": j0_metal,
-        "Contact resistance [Ohm]": RS,
+        "Contact resistance [Ohm]": rs,
         "Electrode height [m]": 1.0e-2,
         "Electrode width [m]": AREA / 1.0e-2,
         "Initial concentration in positive electrode [mol.m-3]": X0 * CMAX,

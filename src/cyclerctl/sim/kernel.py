@@ -29,8 +29,8 @@ R_GAS = 8.314462618
 T_CELL, T_CH, T_SET, PHI, I_LAST, Q_SEI, Q_TRAP, Q_SHORT, CYCLES, LAST_DIR, TIME, Q_PASSED, V_LAST = range(13)
 N_ST = 13
 # per-material state mst[j, ...]
-HYST, PSI, NEQ, IJ = range(4)
-N_MST = 4
+HYST, PSI, NEQ, IJ, FADEF = range(5)
+N_MST = 5
 # per-material parameters mp[j, ...]
 (Q0, RAD, GAP, AS, I0, EA_CT, EA_D, HRATE, FADE_LIN, F1, N1, F2, N2, F3, N3, HAS_HYST) = range(16)
 N_MP = 16
@@ -56,7 +56,7 @@ N_TR_MAT = 7
 R_END, R_STOP, R_FULL, R_DONE = 0, 1, 2, 3
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _interp(tab, x):
     """Linear interpolation on the uniform grid [0, 1] (linear extrapolation outside): value, slope."""
     g = tab.shape[0] - 1
@@ -71,13 +71,17 @@ def _interp(tab, x):
     return tab[i] + fr * d, d * g
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _ocv(utab, stab, j, x, hyst, has_hyst):
     """U_j(x), the slope of the interpolant (for Newton) and the analytic dU/dx (for truth and EIS),
     blending the sodiation (0) and desodiation (1) branches by the hysteresis state."""
+    if has_hyst != 0.0 and hyst > 1.0 - 1e-12:  # on the desodiation branch
+        u1, k1 = _interp(utab[j, 1], x)
+        s1, _d = _interp(stab[j, 1], x)
+        return u1, k1, s1
     u0, k0 = _interp(utab[j, 0], x)
     s0, _d = _interp(stab[j, 0], x)
-    if has_hyst == 0.0:
+    if has_hyst == 0.0 or hyst < -1.0 + 1e-12:
         return u0, k0, s0
     w = 0.5 * (1.0 + hyst)
     u1, k1 = _interp(utab[j, 1], x)
@@ -85,19 +89,19 @@ def _ocv(utab, stab, j, x, hyst, has_hyst):
     return w * u1 + (1.0 - w) * u0, w * k1 + (1.0 - w) * k0, w * s1 + (1.0 - w) * s0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _arr(ea, t, tref):
     return math.exp(-ea / R_GAS * (1.0 / t - 1.0 / tref))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _eta(i, i0a, f):
     """Butler-Volmer overpotential (alpha = 1/2) and its derivative d eta / d i."""
     z = i / (2.0 * i0a)
     return 2.0 / f * math.asinh(z), 1.0 / (f * i0a * math.sqrt(1.0 + z * z))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def diffusivity(dtab, j, xbar):
     nd = dtab.shape[1] - 1
     k = int(round(xbar * nd))
@@ -108,7 +112,7 @@ def diffusivity(dtab, j, xbar):
     return dtab[j, k]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, pj, gj, dj, qj):
     """Per material: D, the free surface value p_j and the gain g_j of the step of length h."""
     m, n = a.shape
@@ -124,16 +128,22 @@ def _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, pj, gj, dj, qj)
             cache[j, 0] = dd
             cache[j, 1] = h
             ex[j, 0] = 1.0
+            gs = 0.0
+            kact = 1
             for k in range(1, n):
                 lam = dd * mu[j, k]
                 e = math.exp(lam * h)
                 ex[j, k] = e
                 fx[j, k] = (e - 1.0) / lam
-        p = 0.0
-        g = 0.0
-        for k in range(n):
+                gs += vs[j, k] * vs[j, k] * fx[j, k]
+                if e > 0.0:
+                    kact = k + 1
+            cache[j, 2] = gs  # gain of the decaying modes
+            cache[j, 3] = kact  # modes beyond this one have decayed completely within h
+        p = a[j, 0] * vs[j, 0]
+        for k in range(1, int(cache[j, 3])):
             p += vs[j, k] * ex[j, k] * a[j, k]
-            g += vs[j, k] * vs[j, k] * fx[j, k]
+        g = vs[j, 0] * vs[j, 0] * h + cache[j, 2]
         r = mp[j, RAD]
         pj[j] = p
         gj[j] = g / q + mp[j, GAP] * r / (3.0 * q * dd)
@@ -141,7 +151,7 @@ def _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, pj, gj, dj, qj)
         qj[j] = q
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _sei_fraction(st, cp):
     if cp[SEI_MAX] <= 0.0:
         return cp[SEI_SLOW]
@@ -151,7 +161,7 @@ def _sei_fraction(st, cp):
     return cp[SEI_RATE] * rem + cp[SEI_SLOW]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _short_current(st, cp):
     if cp[SHORT_AFTER] > 0.0 and st[CYCLES] >= cp[SHORT_AFTER]:
         return st[V_LAST] / cp[R_SHORT]
@@ -159,7 +169,7 @@ def _short_current(st, cp):
 
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, i):
     """Residual U_j(x_s(I)) + eta_j(I) - phi and its slope (> 0) for material j at current I."""
     xs = p - g * i
@@ -168,7 +178,7 @@ def _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, i):
     return u + e - phi, -g * ku + de
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _mat_current(utab, stab, mp, mst, j, p, g, i0a, f, phi, guess, scale):
     """The faradaic current of material j at electrode potential phi: bracketed Newton (monotone)."""
     r, d = _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, guess)
@@ -209,7 +219,7 @@ def _mat_current(utab, stab, mp, mst, j, p, g, i0a, f, phi, guess, scale):
     return i, d
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _total(utab, stab, mp, mst, pj, gj, i0as, f, phi, ij, scale, cdh, phi_old):
     """Sum of faradaic currents and double-layer current at phi, and its slope."""
     s = cdh * (phi - phi_old)
@@ -222,7 +232,7 @@ def _total(utab, stab, mp, mst, pj, gj, i0as, f, phi, ij, scale, cdh, phi_old):
     return s, ds
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _solve_bracketed(utab, stab, mp, mst, pj, gj, i0as, f, phi_old, ij, scale, cdh, mode, target,
                      eps, ish, rs, i0na):
     """Robust fallback: outer safeguarded Newton on phi (the residual is monotone in phi), inner
@@ -274,7 +284,7 @@ def _solve_bracketed(utab, stab, mp, mst, pj, gj, i0as, f, phi_old, ij, scale, c
     return phi
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx, cache, w):
     """Solve one step (not committed). mode 0: current target (A); mode 1: voltage target (V).
     h = 0 evaluates the instantaneous response (double layer holds phi). Returns V, I, phi;
@@ -377,14 +387,15 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
         phi = _solve_bracketed(utab, stab, mp, mst, pj, gj, i0as, f, phi_old, ij, scale * 1e-3, cdh, mode,
                                target, eps, ish, rs, i0na)
         w[10, 0] = -1.0
-    # final consistent values
+        # the values that go with the bracketed solution
+        for j in range(m):
+            xs = pj[j] - gj[j] * ij[j]
+            u, _k, du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
+            w[1, j] = xs
+            w[5, j] = u
+            w[6, j] = du
     s_sum = cdh * (phi - phi_old)
     for j in range(m):
-        xs = pj[j] - gj[j] * ij[j]
-        u, _k, du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
-        w[1, j] = xs
-        w[5, j] = u
-        w[6, j] = du
         s_sum += ij[j]
     if mode == 1:
         e_s = eps if s_sum < 0.0 else 0.0
@@ -393,7 +404,7 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
     return phi + en + iext * rs, iext, phi
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _fade(mp, j, n):
     psi = 1.0 - mp[j, FADE_LIN] * n
     psi *= 1.0 - mp[j, F1] * (1.0 - math.exp(-n / mp[j, N1])) - mp[j, F2] * (1.0 - math.exp(-n / mp[j, N2])) \
@@ -401,7 +412,7 @@ def _fade(mp, j, n):
     return max(psi, 1e-6)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def commit(a, st, mst, mp, vs, cp, h, v, iext, phi, ex, fx, w):
     """Apply a solved step of length h > 0 to the state."""
     m, n = a.shape
@@ -418,11 +429,11 @@ def commit(a, st, mst, mp, vs, cp, h, v, iext, phi, ex, fx, w):
             s = 1.0 if ij > 0.0 else -1.0
             mst[j, HYST] = s + (mst[j, HYST] - s) * math.exp(-mp[j, HRATE] * abs(ij) * h / q)
         if ij < 0.0 and mp[j, FADE_LIN] + mp[j, F1] + mp[j, F2] + mp[j, F3] > 0.0:
-            n_old = mst[j, NEQ]
-            n_new = n_old - ij * h / mp[j, Q0]
-            p_old = _fade(mp, j, n_old) if n_old > 0.0 else 1.0
+            n_new = mst[j, NEQ] - ij * h / mp[j, Q0]
+            p_old = mst[j, FADEF]
             p_new = _fade(mp, j, n_new)
             mst[j, NEQ] = n_new
+            mst[j, FADEF] = p_new
             mst[j, PSI] = mst[j, PSI] * p_new / p_old
             st[Q_TRAP] += mp[j, Q0] * mst[j, PSI] * (p_old / p_new - 1.0) * a[j, 0]
         mst[j, IJ] = ij
@@ -451,7 +462,7 @@ def commit(a, st, mst, mp, vs, cp, h, v, iext, phi, ex, fx, w):
         st[T_CELL] = st[T_CH] + (st[T_CELL] - st[T_CH]) * math.exp(-h / cp[TAU_TH])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def inventory(a, st, mst, mp):
     """Na held by the working electrode (C): in the particles, trapped in faded material, and in SEI."""
     tot = st[Q_TRAP] + st[Q_SEI]
@@ -460,7 +471,7 @@ def inventory(a, st, mst, mp):
     return tot
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _write(out, row, a, st, mst, mp, cp, w, v, iext, phi, step_time):
     m = a.shape[0]
     t = st[T_CELL]
@@ -495,7 +506,7 @@ def _write(out, row, a, st, mst, mp, cp, w, v, iext, phi, step_time):
         out[row, c + TM_I] = w[0, j]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _quantity(code, ss, st, v, iext):
     if code == Q_STEP_TIME:
         return st[TIME] - ss[S_T0]
@@ -512,14 +523,14 @@ def _quantity(code, ss, st, v, iext):
     return ss[S_DVDT]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _target(mode, target, rate, ss, t):
     if rate != 0.0:
         return ss[S_SEG_V0] + rate * (t - ss[S_SEG_T0])
     return target
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, rate, ilimit, ss,
              ex, fx, cache, w):
     tv = _target(mode, target, rate, ss, st[TIME] + h)
@@ -533,7 +544,7 @@ def _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, rate
     return v, iext, phi
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, ilimit, t_stop,
         rec_every, rec_dv, rec_di, e_code, e_op, e_val, e_win, out, ex, fx, cache, w):
     """Advance until an end fires (R_END), t_stop (R_STOP), out is full (R_FULL) or a temperature
@@ -622,7 +633,7 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
         v, iext, phi = _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, rate,
                                 ilimit, ss, ex, fx, cache, w)
         slope = abs(v - v_prev) / h
-        ss[S_HSUB] = min(2.0 * ss[S_HSUB], cp[H_MAX])
+        ss[S_HSUB] = min(4.0 * ss[S_HSUB], cp[H_MAX])  # sub-steps grow geometrically after a setpoint change
         # |dV/dt| over the trailing window (or between internal steps)
         dvdt_ready = False
         if st[TIME] - ss[S_ANC_T] >= max(e_win_max(e_win), 0.0) - 1e-9:
@@ -675,7 +686,7 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
                                               target, rate, ilimit, ss, ex, fx, cache, w)
                         fm = _quantity(code, ss, st, vm, im) - e_val[e]
                         he = hm
-                        tol = 1e-7 if code == Q_VOLTAGE or code == Q_TEMPERATURE else 1e-7 * abs(e_val[e]) + 1e-15
+                        tol = 1e-6 if code == Q_VOLTAGE or code == Q_TEMPERATURE else 1e-7 * abs(e_val[e]) + 1e-15
                         if abs(fm) < tol or hi - lo < 1e-9:
                             break
                         if fm * f1 > 0.0:
@@ -731,7 +742,7 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
         i_prev = iext
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def e_win_max(e_win):
     x = 0.0
     for i in range(e_win.shape[0]):

@@ -29,7 +29,7 @@ END_CODES = {
     "temperature": K.Q_TEMPERATURE,
 }
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 @dataclass
@@ -142,6 +142,7 @@ class CellModel:
         for j, m in enumerate(p.materials):
             self.a[j, 0] = m.initial_stoichiometry
             self.mst[j, K.PSI] = 1.0
+            self.mst[j, K.FADEF] = 1.0
             self.mst[j, K.HYST] = 1.0
         self.st[K.T_CELL] = self.st[K.T_CH] = self.st[K.T_SET] = temperature
         self._scratch()
@@ -156,7 +157,7 @@ class CellModel:
         nm, n = self.a.shape
         self.ex = np.zeros((nm, n))
         self.fx = np.zeros((nm, n))
-        self.cache = np.full((nm, 2), np.nan)
+        self.cache = np.full((nm, 4), np.nan)
         self._out: np.ndarray | None = None  # kernel output buffer, reused
         self.w = np.zeros((12, max(nm, 2)))  # solver workspace
 
