@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,7 +121,8 @@ class ChannelRunner:
     def __init__(self, name: str, program: Program, channel: Channel, journal: Journal, clock: Clock, *,
                  operators: list | None = None, lock: asyncio.Lock | None = None,
                  max_block_span: float = math.inf, watchdog: float = 30.0,
-                 commit_on_step_end: bool = True, state: EngineState | None = None) -> None:
+                 commit_on_step_end: bool = True, state: EngineState | None = None,
+                 inline_commits: bool = True, channel_state_interval: float = 0.0) -> None:
         self.name = name
         self.program = program
         self.channel = channel
@@ -131,6 +133,9 @@ class ChannelRunner:
         self.max_block_span = max_block_span
         self.watchdog = watchdog
         self.commit_on_step_end = commit_on_step_end
+        self.inline_commits = inline_commits  # False: a background committer commits (wall-clock runs)
+        self.channel_state_interval = channel_state_interval  # s of wall time; 0 = at every commit
+        self._last_channel_state = -math.inf
         self.es = state or EngineState()
         self.sm = StateMachine(State(self.es.state))
         self.safety = SafetyMonitor()
@@ -151,6 +156,11 @@ class ChannelRunner:
     def snapshot(self) -> tuple[str, str, bytes | None]:
         self.es.state = self.sm.state.value
         self.es.trailing = dict(self.safety.trailing)
+        if self.channel_state_interval > 0:
+            now = time.monotonic()
+            if now - self._last_channel_state < self.channel_state_interval and self.sm.state == State.RUNNING:
+                return self.es.state, self.es.to_json(), None  # None keeps the journaled channel state
+            self._last_channel_state = now
         try:
             blob = self.channel.save_state()
         except Exception:  # noqa: BLE001 - a channel that cannot save is resumed without its state
@@ -402,7 +412,7 @@ class ChannelRunner:
                     outcome = ("trip", trip)
                 elif block.final:
                     outcome = ("end", block.end)
-                elif self.journal.due():
+                elif self.inline_commits and self.journal.due():
                     await self.journal.commit(wait=False)
                 else:
                     await asyncio.sleep(0)  # cooperative yield, not a wait: other channels, control
@@ -424,7 +434,10 @@ class ChannelRunner:
                 label = step.ends[end_index].label
             self._end_step("end" if end_index is not None else "complete", label)
             es.pc = goto if goto is not None else es.pc + 1
-            if self.commit_on_step_end or self.journal.due():
+            if not self.inline_commits:
+                if self.commit_on_step_end:
+                    self.journal.kick()
+            elif self.commit_on_step_end or self.journal.due():
                 await self.journal.commit(wait=False)
         else:
             await self._interrupted()

@@ -68,6 +68,7 @@ class RunSettings:
     analysis: bool = True
     commit_on_step_end: bool | None = None  # None: in wall-clock runs yes; at max speed by commit_interval
     mqtt_commands: str = "open"
+    channel_state_interval: float = 0.0  # s of wall time between saved channel (simulator) states; 0 = every commit
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -286,7 +287,9 @@ class Session:
             on_step_end = not math.isinf(self.settings.speed)
         runner = ChannelRunner(plan.name, plan.program, channel, self.journal, clock, operators=operators,
                                lock=lock, max_block_span=span, watchdog=self.settings.watchdog,
-                               commit_on_step_end=on_step_end, state=es)
+                               commit_on_step_end=on_step_end, state=es,
+                               inline_commits=math.isinf(self.settings.speed),
+                               channel_state_interval=self.settings.channel_state_interval)
         runner.listeners.append(self._forward)
         self.runners[plan.name] = runner
         descriptor = {
@@ -331,6 +334,10 @@ class Session:
             url = await self._start_broker(stack)
             if url is not None:
                 mqtt_task = self._start_mqtt(url, stop_mqtt)
+            stop_committer = asyncio.Event()
+            committer = None
+            if not math.isinf(self.settings.speed):  # wall clock: acquisition never waits for the disk
+                committer = asyncio.create_task(self.journal.run_committer(stop_committer), name="committer")
             tasks = {ch: asyncio.create_task(r.run(), name=f"channel:{ch}") for ch, r in self.runners.items()}
             try:
                 results = dict(zip(tasks, await asyncio.gather(*tasks.values()), strict=True))
@@ -341,6 +348,10 @@ class Session:
                 self._finish_status()
                 raise
             finally:
+                if committer is not None:
+                    stop_committer.set()
+                    self.journal.kick()
+                    await committer
                 with contextlib.suppress(JournalError):
                     await self.journal.commit()
                 if mqtt_task is not None:

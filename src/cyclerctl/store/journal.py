@@ -79,6 +79,7 @@ class Journal:
         self._insert_sql: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Future | None = None
+        self._kick: asyncio.Event | None = None
         self._db_lock = threading.Lock()
         self._last_commit = time.monotonic()
         self.commits = 0
@@ -131,6 +132,27 @@ class Journal:
                     request_id: str | None, args: dict | None, result: str) -> None:
         self._audit.append((time.time(), ch, action, actor, source, request_id,
                             json.dumps(args or {}), result))
+
+    def kick(self) -> None:
+        """Ask the background committer (run_committer) to commit now."""
+        if self._kick is not None:
+            self._kick.set()
+
+    async def run_committer(self, stop: asyncio.Event) -> None:
+        """Commit every commit_interval seconds of wall time (and when kicked) until `stop` is set.
+        Used in wall-clock runs, so acquisition never waits for the disk. Ends on a JournalError
+        (the runners see `failed` at their next block and go safe)."""
+        self._kick = asyncio.Event()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self._kick.wait(), self.commit_interval)
+            except TimeoutError:
+                pass
+            self._kick.clear()
+            try:
+                await self.commit()
+            except JournalError:
+                return
 
     def due(self) -> bool:
         """True when the last commit is older than commit_interval seconds of wall time."""

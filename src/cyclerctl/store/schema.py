@@ -77,7 +77,8 @@ INSERT_METRIC = (
 )
 UPSERT_STATE = (
     "INSERT INTO engine_state(ch, state, channel_state, unix_time_second, engine) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT(ch) DO UPDATE SET state=excluded.state, channel_state=excluded.channel_state, "
+    "ON CONFLICT(ch) DO UPDATE SET state=excluded.state, "
+    "channel_state=COALESCE(excluded.channel_state, engine_state.channel_state), "
     "unix_time_second=excluded.unix_time_second, engine=excluded.engine"
 )
 INSERT_AUDIT = (
