@@ -15,6 +15,7 @@ from cyclerctl.mqtt.broker import EmbeddedBroker
 from cyclerctl.mqtt.monitor import MonitorModel
 from cyclerctl.mqtt.service import run_mqtt
 
+from .broker import start_mosquitto, stop_mosquitto
 from .conftest import NODE
 
 
@@ -26,11 +27,13 @@ async def monitor_once(url: str, *extra: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_monitor_once_shows_every_channel_of_a_running_node(mosquitto_auth, journal, control):
+async def test_monitor_once_shows_every_channel_of_a_running_node(tmp_path, journal, control):
+    proc, port = start_mosquitto(tmp_path / "broker")  # a broker of its own: no retained channels of others
+    url = f"mqtt://127.0.0.1:{port}"
     journal.write(120)  # three cycles: capacity and CE metrics exist
     journal.set_state("b2", "paused")
     stop = asyncio.Event()
-    task = asyncio.create_task(run_mqtt(journal.path, mosquitto_auth.url(NODE), NODE, control, stop))
+    task = asyncio.create_task(run_mqtt(journal.path, url, NODE, control, stop))
 
     async def keep_writing():
         while not stop.is_set():
@@ -39,11 +42,12 @@ async def test_monitor_once_shows_every_channel_of_a_running_node(mosquitto_auth
 
     writer = asyncio.create_task(keep_writing())
     try:
-        code, out, err = await monitor_once(mosquitto_auth.url("viewer"), "--once", "--window", "1.5")
+        code, out, err = await monitor_once(url, "--once", "--window", "1.5")
     finally:
         stop.set()
         await writer
         await asyncio.wait_for(task, 10)
+        stop_mosquitto(proc)
     assert code == 0, err
     lines = {ln.split("│")[2].strip(): ln for ln in out.splitlines() if ln.count("│") > 10 and NODE in ln}
     assert set(lines) == {"a1", "b2"}

@@ -29,7 +29,7 @@ def test_dumps_writes_null_for_nan_and_infinity():
     assert b"NaN" not in body and b"Infinity" not in body
 
 
-@settings(deadline=None, max_examples=15)
+@settings(deadline=None, max_examples=10)
 @given(st.lists(st.integers(min_value=1, max_value=450), min_size=1, max_size=12))
 def test_batches_cover_every_sample_once_never_span_a_step_and_hold_at_most_200(step_lengths):
     steps = [k + 1 for k, n in enumerate(step_lengths) for _ in range(n)]

@@ -146,7 +146,7 @@ def response_of(message: Message) -> tuple[str | None, bytes | None]:
 
 def new_client(addr: BrokerAddress, *, identifier: str | None = None,
                will: tuple[str, bytes, int, bool] | None = None, persistent: bool = False,
-               session_expiry_s: int = 3600, timeout: float = 10.0, keepalive: int = 15,
+               session_expiry_s: int = 3600, timeout: float = 10.0, keepalive: int = 60,
                max_inflight: int = 64, max_queued_incoming: int | None = None) -> aiomqtt.Client:
     """A fresh aiomqtt Client (create one per connection attempt, inside the running loop).
 

@@ -83,6 +83,7 @@ class Publisher:
         self.max_inflight_seen = 0
         self.published = 0
         self._tokens = 0.0
+        self._bucket_t = 0.0
         self._wake = asyncio.Event()
         self._rebirth = False
         self._more = False
@@ -182,6 +183,7 @@ class Publisher:
                     self._check()
                     before = self.published
                     await self._pump_live()
+                    await self._pump_backlog(time.monotonic(), unthrottled=True)
                     await self._pump_states(time.monotonic(), force=True)
                     if self.published == before:
                         break
@@ -286,10 +288,13 @@ class Publisher:
                     out.live_next[stream] = rows[-1]["seq"] + 1
                     out.state_due = out.state_due or stream == "events"
 
-    async def _pump_backlog(self, now: float) -> None:
-        last = getattr(self, "_bucket_t", now)
+    async def _pump_backlog(self, now: float, unthrottled: bool = False) -> None:
+        """Resend backlog and replay requests at ≤ replay_rate messages/s (token bucket)."""
+        last = self._bucket_t or now
         self._bucket_t = now
         self._tokens = min(self.opt.replay_rate, self._tokens + (now - last) * self.opt.replay_rate)
+        if unthrottled:
+            self._tokens = math.inf
         for out in list(self.channels.values()):
             for queue, replay in ((out.backlog, True), (out.requests, True)):
                 while queue and self._tokens >= 1:

@@ -92,8 +92,13 @@ async def run_mqtt(journal_path: str | Path, url: str | BrokerAddress, node: str
                              open_commands=open_commands)
     client_id = client_id or f"cyclerctl-{node}-{uuid.uuid4().hex[:8]}"
     delay = backoff[0]
+    final_attempt = False
     try:
-        while not stop.is_set():
+        while True:
+            if stop.is_set():  # asked to stop while not connected: one last try to publish what is committed
+                if final_attempt:
+                    break
+                final_attempt = True
             sess = _next_session(status.sess)
             will = (topics.status, payloads.dumps({"v": payloads.VERSION, "state": "lost", "sess": sess}), 1, True)
             client = new_client(addr, identifier=client_id, will=will, max_inflight=opt.max_inflight,
@@ -108,6 +113,7 @@ async def run_mqtt(journal_path: str | Path, url: str | BrokerAddress, node: str
                     await _serve(client, addr, topics, publisher, handler, stop, commands, status)
                     await client.publish(topics.status, payloads.dumps(publisher.status_payload("offline")),
                                          qos=1, retain=True, properties=publish_properties(addr))
+                break  # stopped, and everything committed was published
             except* (MqttError, OSError) as group:
                 exc = group.exceptions[0]
                 status.last_error = str(exc)
@@ -122,7 +128,7 @@ async def run_mqtt(journal_path: str | Path, url: str | BrokerAddress, node: str
                 status.published = publisher.published
                 status.max_inflight_seen = publisher.max_inflight_seen
             if stop.is_set():
-                break
+                continue
             await _sleep_or_stop(stop, delay * random.uniform(0.8, 1.2))
             delay = min(backoff[1], delay * 2)
     finally:
