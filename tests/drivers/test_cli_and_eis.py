@@ -91,3 +91,29 @@ async def test_eis_through_emstat_matches_the_direct_path():
     z = run["columns"]["real_impedance_ohm"] + 1j * run["columns"]["imaginary_impedance_ohm"]
     assert np.all(z_ref.imag[-5:] < 0)  # capacitive/diffusive tail: the arrays are not trivial
     np.testing.assert_allclose(np.abs(z - z_ref) / np.abs(z_ref), 0.0, atol=5e-3)
+
+
+def test_cyclerctl_run_on_the_simulated_keithley(sim_instruments, tmp_path):
+    """The whole stack as a user runs it: `cyclerctl run --instrument keithley2450:... --speed 100`."""
+    import sqlite3
+
+    from cyclerctl.cli import main
+
+    protocol = tmp_path / "short.yaml"
+    protocol.write_text(
+        "cyclerctl: 1\nname: Short GCD on a SourceMeter\n"
+        "cell: {name: hc, active_mass: 3.4 mg, area: 1.131 cm^2, nominal_specific_capacity: 300 mAh/g}\n"
+        "safety: {voltage: [-0.05 V, 3.0 V], current: 5 mA}\n"
+        "record: {every: 10 s}\n"
+        "steps:\n  - Rest for 30 seconds\n  - Discharge at 1C for 3 minutes\n  - Rest for 1 minute\n")
+    run_dir = tmp_path / "run"
+    code = main(["run", str(protocol), "--instrument", sim_instruments["keithley2450"], "--speed", "100",
+                 "--out", str(run_dir), "--no-metrics"])
+    assert code == 0
+    with sqlite3.connect(run_dir / "journal.sqlite") as db:
+        rows = db.execute("SELECT step_count, current_ampere, voltage_volt FROM samples ORDER BY seq").fetchall()
+        kinds = [k for (k,) in db.execute("SELECT kind FROM events ORDER BY seq")]
+    assert {r[0] for r in rows} == {1, 2, 3}
+    currents = {r[0]: r[1] for r in rows}
+    assert currents[1] == 0.0 and currents[2] == pytest.approx(-1.02e-3) and currents[3] == 0.0
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end" and "fault" not in kinds

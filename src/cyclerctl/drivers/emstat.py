@@ -51,6 +51,7 @@ class MethodScriptPort:
     def open(self) -> None:
         import serial
 
+        self.close()
         try:
             self._ser = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0.05,
                                               write_timeout=2.0)

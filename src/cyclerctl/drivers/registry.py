@@ -5,7 +5,11 @@ Spec strings (command line and bench files):
   sim:PRESET                        a shipped preset name (sim/*.yaml) or a path to a preset file
   keithley2450:RESOURCE             a VISA resource, e.g. TCPIP0::10.0.0.5::5025::SOCKET
   emstat:PORT                       a serial port (/dev/ttyACM0) or tcp://host:port
-Thermostat specs (--chamber): sim, espec:tcp://host:port, espec:/dev/ttyUSB0
+Thermostat specs (--chamber): sim, espec:tcp://host:port, espec:/dev/ttyUSB0 (open_thermostat; wrap the
+channel in drivers.thermostat_channel.ThermostatChannel to run SetTemperature steps on the chamber)
+
+Instrument factories identify the instrument when they build the channel, so capabilities.real_hardware
+is known before open(): a simulated instrument (cyclerctl sim-instrument) says real_hardware=False.
 """
 
 from __future__ import annotations
