@@ -96,3 +96,34 @@ async def test_keithley_over_tcp_matches_sim_channel(sim_run):
 async def test_emstat_over_pty_matches_sim_channel(sim_run):
     run = await _emstat_path()
     _compare(sim_run, run, "emstat")
+
+
+def gitt_steps(pulses: int = 3):
+    """GITT as the compiler emits it: constant-current pulses, each followed by a rest."""
+    steps = []
+    for k in range(pulses):
+        steps.append(ConstantCurrent(step_id=2 * k, name=f"pulse {k + 1}", current=-0.1 * I_1C, direction=-1,
+                                     technique="gitt", ends=(End("step_time", ">=", 120.0),),
+                                     record=Record(every=5.0), limits=SAFETY))
+        steps.append(Rest(step_id=2 * k + 1, name=f"relax {k + 1}", technique="gitt",
+                          ends=(End("step_time", ">=", 240.0),), record=Record(every=5.0), limits=SAFETY))
+    return steps
+
+
+async def test_gitt_on_the_keithley_relaxes_like_the_sim_channel():
+    from cyclerctl.sim.channel import SimChannel
+
+    direct = SimChannel("hard_carbon", clock=VirtualClock(), noise=False)
+    await direct.open()
+    ref = await run_steps(direct, gitt_steps())
+    with keithley_server(KEITHLEY_SPEED) as (_dev, resource):
+        ch = Keithley2450Channel(resource, WallClock(KEITHLEY_SPEED), poll_period=0.5)
+        await ch.open()
+        run = await run_steps(ch, gitt_steps())
+        await ch.close()
+    assert [r["end"] for r in run] == [0] * len(run)
+    for k in range(1, len(run), 2):  # the relaxed (quasi-equilibrium) voltage after each pulse
+        v_ref, v = ref[k]["columns"]["voltage_volt"][-1], run[k]["columns"]["voltage_volt"][-1]
+        assert abs(v - v_ref) < 2e-3, f"relaxation {k // 2 + 1}: {v:.4f} V vs {v_ref:.4f} V"
+    steps_down = [run[k]["columns"]["voltage_volt"][-1] for k in range(1, len(run), 2)]
+    assert steps_down[0] > steps_down[1] > steps_down[2]  # each pulse sodiates further
