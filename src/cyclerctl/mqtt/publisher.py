@@ -344,7 +344,8 @@ class Publisher:
             return
         body = payloads.dumps(payloads.metric_payload(out.run, out.ch, row, replay))
         await self._send(self.topics.metric(out.ch, row["kind"]), body, ack=(wm, row["seq"], row["seq"]))
-        await self._send(self.topics.metric_latest(out.ch, row["kind"]), body, retain=True)
+        if not replay:  # a replayed old row must not become the retained "latest"
+            await self._send(self.topics.metric_latest(out.ch, row["kind"]), body, retain=True)
 
     # ---- bounded concurrent QoS 1 publishing ---------------------------------------------
     async def _send(self, topic: str, body: dict | bytes, retain: bool = False,
