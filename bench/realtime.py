@@ -47,7 +47,8 @@ async def one(n: int, seconds: float, args, work: Path) -> dict:
     prog = program(seconds, args.preset)
     plans = [ChannelPlan(f"c{k:04d}", prog, f"sim:{args.preset}", {"noise": True, "seed": k}) for k in range(n)]
     settings = RunSettings(speed=1.0, mqtt="off", export=(), analysis=args.analysis,
-                           commit_interval=args.commit_interval, max_block_span=0.1, watchdog=30.0)
+                           commit_interval=args.commit_interval, max_block_span=0.1, watchdog=30.0,
+                           channel_state_interval=args.channel_state_interval)
     session = Session.create(plans, settings, run_dir)
     journal = session.journal
     offsets = {ch: r._time_offset for ch, r in session.runners.items()}
@@ -93,13 +94,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0, help="test time per channel (wall-clock seconds)")
     ap.add_argument("--commit-interval", type=float, default=0.05)
     ap.add_argument("--analysis", action="store_true", help="run the analysis operators live too")
+    ap.add_argument("--channel-state-interval", type=float, default=1.0,
+                    help="wall seconds between saved simulator states per channel (0: at every commit)")
     ap.add_argument("--preset", default="hard_carbon")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cyclerctl-realtime-"))
     warm = argparse.Namespace(**{**vars(args), "analysis": args.analysis})
     asyncio.run(one(2, 1.0, warm, work))  # compile the simulator's kernels before timing anything
     print(f"real-time: 10 Hz per channel, one sample per block, commit every {args.commit_interval * 1e3:.0f} ms, "
-          f"analysis {'on' if args.analysis else 'off'}, {psutil.cpu_count()} CPUs, {args.seconds:g} s per run")
+          f"analysis {'on' if args.analysis else 'off'}, simulator state saved every "
+          f"{args.channel_state_interval:g} s, {psutil.cpu_count()} CPUs, {args.seconds:g} s per run")
     head = f"{'N':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'samples/s':>10} {'of':>8} {'CPU %':>7} {'commits':>8}"
     print(head)
     best = None

@@ -248,7 +248,7 @@ class ChannelRunner:
                 self.sm.apply("start")
                 self._emit("run_start", {"run": self.program.name, "protocol": self.program.source,
                                          "cell": self.program.cell.name})
-                await self.journal.commit()
+                await self._commit_now()
             while True:
                 st = self.sm.state
                 if st == State.ABORTED and not self.es.status:
@@ -277,7 +277,7 @@ class ChannelRunner:
         st = self.sm.state
         if self._skip and st in (State.RUNNING, State.PAUSED):
             self._do_skip()
-            await self.journal.commit()
+            await self._commit_now()
             return
         if st == State.PAUSED:
             self._wake.clear()
@@ -289,13 +289,13 @@ class ChannelRunner:
             self._paused = True
             self._emit("pause", {})
             self.sm.apply("paused")
-            await self.journal.commit()
+            await self._commit_now()
             return
         if self._paused and st == State.RUNNING:
             self._paused = False
             self._after_pause = True
             self._emit("resume", {})
-            await self.journal.commit()
+            await self._commit_now()
             return
         if st == State.STOPPING:
             await self._end_run("stopped", "finish")
@@ -513,7 +513,7 @@ class ChannelRunner:
         st = self.sm.state
         if self._skip and st == State.RUNNING:
             self._do_skip()
-            await self.journal.commit()
+            await self._commit_now()
         elif st in (State.STOPPING, State.ABORTED):
             await self._safe()
             self._end_step("stop")
@@ -542,6 +542,14 @@ class ChannelRunner:
         self.es.status = status
         self._emit("run_end", {"status": status})
         await self.journal.commit()
+
+    async def _commit_now(self) -> None:
+        """Commit what this channel did (run start, pause, resume, skip): at once at max speed; in
+        wall-clock runs by waking the background committer (acquisition never waits for the disk)."""
+        if self.inline_commits:
+            await self.journal.commit()
+        else:
+            self.journal.kick()
 
     async def _safe(self) -> None:
         try:
