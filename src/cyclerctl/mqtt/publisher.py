@@ -45,7 +45,7 @@ class PublisherOptions:
     replay_rate: float = 200.0      # backlog/replay messages per second (≤ 200 samples each)
     state_interval: float = 1.0     # s, minimum period of a channel's retained state
     outbox_interval: float = 0.5    # s between outbox watermark writes
-    drain_timeout: float = 5.0      # s to publish what is committed when asked to stop
+    drain_timeout: float = 15.0     # s to publish what is committed when asked to stop
     ack_timeout: float = 10.0       # s without any PUBACK while publishes are outstanding: reconnect
     max_replay_requests: int = 16   # pending replay requests per channel
 
