@@ -142,7 +142,11 @@ async def test_replay_serves_a_range_from_the_journal(mosquitto_auth, journal, c
         async with client(mosquitto_auth, "historian") as hist:
             await hist.subscribe(f"{BASE}/ch/b2/replay", qos=1)
             await hist.subscribe(f"{BASE}/reply/#", qos=1)
-            await asyncio.sleep(1.0)  # let the start-up backlog pass
+            async with asyncio.timeout(20):  # let the start-up backlog pass: all 120 samples acknowledged
+                while sqlite3.connect(journal.path).execute(
+                        "SELECT through_seq FROM outbox WHERE ch='b2' AND stream='samples'").fetchone() != (119,):
+                    await asyncio.sleep(0.1)
+            await asyncio.sleep(0.3)
             reply = await ask(hist, f"{BASE}/ch/b2/cmd/replay", command(from_seq=30, to_seq=79), f"{BASE}/reply/h")
             assert reply["ok"] is True
             seqs: list[int] = []

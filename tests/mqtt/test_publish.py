@@ -104,3 +104,31 @@ async def test_retained_topics_give_a_late_subscriber_the_current_picture(mosqui
     assert retained[f"cycler/v1/{NODE}/ch/b2/state"]["seq"] == 29
     assert retained[f"cycler/v1/{NODE}/ch/b2/metric/cycle/latest"]["seq"] == journal.metrics["b2"] - 1
     assert not any(t.endswith("/data") for t in retained)  # data is never retained
+
+
+async def test_a_killed_node_leaves_lost_with_its_own_session(mosquitto_anon, journal, tmp_path):
+    """The last will: status 'lost' carrying the session of the connection that died, so a consumer
+    can tell it from a stale will of an older session."""
+    import os
+    import signal
+    import sys
+
+    journal.write(10)
+    code = ("import asyncio, sys\n"
+            "from cyclerctl.mqtt.service import run_mqtt\n"
+            f"asyncio.run(run_mqtt({str(journal.path)!r}, {mosquitto_anon.url()!r}, 'doomed', None, asyncio.Event()))\n")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+    with MosquittoSub(mosquitto_anon.port, ["cycler/v1/doomed/status"], tmp_path) as sub:
+        async with asyncio.timeout(30):
+            while not any('"online"' in p for _, p in sub.messages()):
+                await asyncio.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        async with asyncio.timeout(10):
+            while not any('"lost"' in p for _, p in sub.messages()):
+                await asyncio.sleep(0.1)
+    statuses = [strict_json(p) for _, p in sub.messages()]
+    online = next(s for s in statuses if s["state"] == "online")
+    lost = statuses[-1]
+    assert lost["state"] == "lost" and lost["sess"] == online["sess"]
+    assert all(schemas.errors("status", s) == [] for s in statuses)
