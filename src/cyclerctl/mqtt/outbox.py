@@ -92,8 +92,8 @@ class JournalSource:
         """(ch, run, descriptor JSON) of every channel, in journal order."""
         return list(self.db.execute("SELECT ch, run, descriptor FROM channels ORDER BY rowid"))
 
-    def channel_names(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT ch FROM channels ORDER BY rowid")]
+    def channel_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM channels").fetchone()[0]
 
     def heads(self, stream: str) -> dict[str, int]:
         """Highest committed seq per channel of a stream."""

@@ -26,7 +26,7 @@ from .. import __version__
 from . import payloads
 from .client import BrokerAddress, MqttError
 from .outbox import STREAMS, JournalSource, OutboxWriter, Watermark
-from .topics import Topics
+from .topics import Topics, topic_id
 
 log = logging.getLogger("cyclerctl.mqtt")
 
@@ -87,6 +87,8 @@ class Publisher:
         self._wake = asyncio.Event()
         self._rebirth = False
         self._more = False
+        self._props = None  # payloads say what they are (v, enc): no per-message MQTT 5 properties
+        self._publish: Publish | None = None
         self._saving: asyncio.Task | None = None
         self.writer = OutboxWriter(source.path)
         self._last_ack = self._last_send = 0.0
@@ -101,11 +103,8 @@ class Publisher:
 
     # ---- channel bookkeeping -------------------------------------------------------------
     def _load_channels(self) -> bool:
-        names = self.source.channel_names()
-        if len(names) == len(self.channels):
+        if self.source.channel_count() == len(self.channels):
             return False
-        from .topics import topic_id
-
         for ch, run, descriptor in self.source.channels():
             if ch not in self.channels:
                 self.channels[ch] = ChannelOut(ch, run, descriptor)
@@ -131,7 +130,6 @@ class Publisher:
     async def serve(self, publish: Publish, addr: BrokerAddress, sess: int, stop: asyncio.Event) -> None:
         """Publish until `stop` is set (then drain and return) or a publish fails (then raise)."""
         self.sess = sess
-        self._props = None  # payloads say what they are (v, enc); no per-message properties to pack
         self._publish = publish
         self._errors = []
         self._tokens = self.opt.replay_rate
