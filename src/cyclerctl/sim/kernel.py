@@ -56,7 +56,7 @@ N_TR_MAT = 7
 R_END, R_STOP, R_FULL, R_DONE = 0, 1, 2, 3
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _interp(tab, x):
     """Linear interpolation on the uniform grid [0, 1] (linear extrapolation outside): value, slope."""
     g = tab.shape[0] - 1
@@ -71,7 +71,7 @@ def _interp(tab, x):
     return tab[i] + fr * d, d * g
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _ocv(utab, stab, j, x, hyst, has_hyst):
     """U_j(x), the slope of the interpolant (for Newton) and the analytic dU/dx (for truth and EIS),
     blending the sodiation (0) and desodiation (1) branches by the hysteresis state."""
@@ -89,19 +89,19 @@ def _ocv(utab, stab, j, x, hyst, has_hyst):
     return w * u1 + (1.0 - w) * u0, w * k1 + (1.0 - w) * k0, w * s1 + (1.0 - w) * s0
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _arr(ea, t, tref):
     return math.exp(-ea / R_GAS * (1.0 / t - 1.0 / tref))
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _eta(i, i0a, f):
     """Butler-Volmer overpotential (alpha = 1/2) and its derivative d eta / d i."""
     z = i / (2.0 * i0a)
     return 2.0 / f * math.asinh(z), 1.0 / (f * i0a * math.sqrt(1.0 + z * z))
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def diffusivity(dtab, j, xbar):
     nd = dtab.shape[1] - 1
     k = int(round(xbar * nd))
@@ -112,7 +112,7 @@ def diffusivity(dtab, j, xbar):
     return dtab[j, k]
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, pj, gj, dj, qj):
     """Per material: D, the free surface value p_j and the gain g_j of the step of length h."""
     m, n = a.shape
@@ -151,7 +151,7 @@ def _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, pj, gj, dj, qj)
         qj[j] = q
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _sei_fraction(st, cp):
     if cp[SEI_MAX] <= 0.0:
         return cp[SEI_SLOW]
@@ -161,7 +161,7 @@ def _sei_fraction(st, cp):
     return cp[SEI_RATE] * rem + cp[SEI_SLOW]
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _short_current(st, cp):
     if cp[SHORT_AFTER] > 0.0 and st[CYCLES] >= cp[SHORT_AFTER]:
         return st[V_LAST] / cp[R_SHORT]
@@ -169,7 +169,7 @@ def _short_current(st, cp):
 
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, i):
     """Residual U_j(x_s(I)) + eta_j(I) - phi and its slope (> 0) for material j at current I."""
     xs = p - g * i
@@ -180,42 +180,31 @@ def _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, i):
 
 @njit(cache=True, error_model="numpy")
 def _mat_current(utab, stab, mp, mst, j, p, g, i0a, f, phi, guess, scale):
-    """The faradaic current of material j at electrode potential phi: bracketed Newton (monotone)."""
-    r, d = _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, guess)
-    if r == 0.0:
-        return guess, d
+    """The faradaic current of material j at electrode potential phi (the residual is monotone in I):
+    expand a bracket from the guess, then Newton kept inside the bracket (bisection otherwise)."""
+    lo = -math.inf
+    hi = math.inf
     step = scale
-    if r > 0.0:
-        hi, lo = guess, guess - step
-        rl, _d = _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, lo)
-        while rl > 0.0:
-            hi = lo
-            step *= 2.0
-            lo = lo - step
-            rl, _d = _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, lo)
-    else:
-        lo, hi = guess, guess + step
-        rh, _d = _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, hi)
-        while rh < 0.0:
-            lo = hi
-            step *= 2.0
-            hi = hi + step
-            rh, _d = _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, hi)
-    i = 0.5 * (lo + hi)
-    for _k in range(200):
+    i = guess
+    d = 1.0
+    for _k in range(400):
         r, d = _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, i)
+        if r == 0.0:
+            return i, d
         if r > 0.0:
             hi = i
         else:
             lo = i
-        nxt = i - r / d if d > 0.0 else 0.5 * (lo + hi)
-        if not (lo < nxt < hi):
-            nxt = 0.5 * (lo + hi)
-        if abs(nxt - i) <= 1e-15 * (abs(i) + scale) or hi - lo <= 1e-15 * (abs(i) + scale):
-            i = nxt
-            break
+        if math.isinf(lo) or math.isinf(hi):
+            nxt = i - step if r > 0.0 else i + step
+            step *= 2.0
+        else:
+            nxt = i - r / d if d > 0.0 else 0.5 * (lo + hi)
+            if not (lo < nxt < hi):
+                nxt = 0.5 * (lo + hi)
+            if abs(nxt - i) <= 1e-15 * (abs(i) + scale) or hi - lo <= 1e-15 * (abs(i) + scale):
+                return nxt, d
         i = nxt
-    r, d = _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, i)
     return i, d
 
 
@@ -233,54 +222,50 @@ def _total(utab, stab, mp, mst, pj, gj, i0as, f, phi, ij, scale, cdh, phi_old):
 
 
 @njit(cache=True, error_model="numpy")
+def _outer(utab, stab, mp, mst, pj, gj, i0as, f, phi_old, ij, scale, cdh, mode, target, eps, ish, rs,
+           i0na, phi):
+    """The cell-level residual at electrode potential phi (monotone increasing) and its slope."""
+    s, ds = _total(utab, stab, mp, mst, pj, gj, i0as, f, phi, ij, scale, cdh, phi_old)
+    if mode == 0:
+        iint = target - ish
+        s_t = iint * (1.0 - eps) if iint < 0.0 else iint
+        return s - s_t, ds
+    e_s = eps if s < 0.0 else 0.0
+    iext = s / (1.0 - e_s) + ish
+    en, den = _eta(iext, i0na, f)
+    return phi + en + iext * rs - target, 1.0 + (den + rs) / (1.0 - e_s) * ds
+
+
+@njit(cache=True, error_model="numpy")
 def _solve_bracketed(utab, stab, mp, mst, pj, gj, i0as, f, phi_old, ij, scale, cdh, mode, target,
                      eps, ish, rs, i0na):
-    """Robust fallback: outer safeguarded Newton on phi (the residual is monotone in phi), inner
-    bracketed solves per material. mode 0: sum = target current; mode 1: terminal voltage = target."""
-
-    def outer(phi):
-        s, ds = _total(utab, stab, mp, mst, pj, gj, i0as, f, phi, ij, scale, cdh, phi_old)
-        if mode == 0:
-            iint = target - ish
-            s_t = iint * (1.0 - eps) if iint < 0.0 else iint
-            return s - s_t, ds
-        e_s = eps if s < 0.0 else 0.0
-        iext = s / (1.0 - e_s) + ish
-        en, den = _eta(iext, i0na, f)
-        return phi + en + iext * rs - target, 1.0 + (den + rs) / (1.0 - e_s) * ds
-
-    r, d = outer(phi_old)
-    lo, hi = phi_old, phi_old
+    """Robust fallback: safeguarded Newton on phi with inner bracketed solves per material.
+    mode 0: the currents add up to the target; mode 1: the terminal voltage is the target.
+    Leaves ij at the solution's currents."""
+    lo = -math.inf
+    hi = math.inf
     step = 0.01
-    if r > 0.0:
-        while r > 0.0:
-            hi = lo
-            lo = lo - step
-            step *= 2.0
-            r, d = outer(lo)
-    elif r < 0.0:
-        while r < 0.0:
-            lo = hi
-            hi = hi + step
-            step *= 2.0
-            r, d = outer(hi)
-    else:
-        return phi_old
-    phi = 0.5 * (lo + hi)
-    for _k in range(200):
-        r, d = outer(phi)
+    phi = phi_old
+    done = False
+    for _k in range(400):
+        r, d = _outer(utab, stab, mp, mst, pj, gj, i0as, f, phi_old, ij, scale, cdh, mode, target, eps, ish,
+                      rs, i0na, phi)
+        if r == 0.0 or done:  # ij now holds the currents at this phi
+            return phi
         if r > 0.0:
             hi = phi
         else:
             lo = phi
-        nxt = phi - r / d if d > 0.0 else 0.5 * (lo + hi)
-        if not (lo < nxt < hi):
-            nxt = 0.5 * (lo + hi)
-        if abs(nxt - phi) < 1e-14 or hi - lo < 1e-14:
-            phi = nxt
-            break
+        if math.isinf(lo) or math.isinf(hi):
+            nxt = phi - step if r > 0.0 else phi + step
+            step *= 2.0
+        else:
+            nxt = phi - r / d if d > 0.0 else 0.5 * (lo + hi)
+            if not (lo < nxt < hi):
+                nxt = 0.5 * (lo + hi)
+            if abs(nxt - phi) < 1e-14 or hi - lo < 1e-14:
+                done = True
         phi = nxt
-    outer(phi)
     return phi
 
 
@@ -404,7 +389,7 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
     return phi + en + iext * rs, iext, phi
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _fade(mp, j, n):
     psi = 1.0 - mp[j, FADE_LIN] * n
     psi *= 1.0 - mp[j, F1] * (1.0 - math.exp(-n / mp[j, N1])) - mp[j, F2] * (1.0 - math.exp(-n / mp[j, N2])) \
@@ -506,7 +491,7 @@ def _write(out, row, a, st, mst, mp, cp, w, v, iext, phi, step_time):
         out[row, c + TM_I] = w[0, j]
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _quantity(code, ss, st, v, iext):
     if code == Q_STEP_TIME:
         return st[TIME] - ss[S_T0]
@@ -523,7 +508,7 @@ def _quantity(code, ss, st, v, iext):
     return ss[S_DVDT]
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _target(mode, target, rate, ss, t):
     if rate != 0.0:
         return ss[S_SEG_V0] + rate * (t - ss[S_SEG_T0])
@@ -531,14 +516,25 @@ def _target(mode, target, rate, ss, t):
 
 
 @njit(cache=True, error_model="numpy")
+def _eval(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, tv, ilimit, ex, fx, cache, w):
+    """Solve a step of length h (not committed) under a current or a voltage with current compliance."""
+    md = 0 if mode == 0 else 1
+    v, iext, phi = 0.0, 0.0, 0.0
+    for _k in range(2):  # a voltage whose current would pass the compliance becomes a current step
+        v, iext, phi = solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, md, tv, ex, fx, cache, w)
+        if md == 1 and abs(iext) > ilimit:
+            md = 0
+            tv = ilimit if iext > 0.0 else -ilimit
+        else:
+            break
+    return v, iext, phi
+
+
+@njit(cache=True, error_model="numpy")
 def _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, rate, ilimit, ss,
              ex, fx, cache, w):
     tv = _target(mode, target, rate, ss, st[TIME] + h)
-    md = 0 if mode == 0 else 1
-    v, iext, phi = solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, md, tv, ex, fx, cache, w)
-    if md == 1 and abs(iext) > ilimit:
-        lim = ilimit if iext > 0.0 else -ilimit
-        v, iext, phi = solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, 0, lim, ex, fx, cache, w)
+    v, iext, phi = _eval(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, tv, ilimit, ex, fx, cache, w)
     ss[S_CHARGE] += iext * h
     commit(a, st, mst, mp, vs, cp, h, v, iext, phi, ex, fx, w)
     return v, iext, phi
@@ -559,11 +555,7 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
     if ss[S_FIRST] != 0.0:
         ss[S_FIRST] = 0.0
         tv = _target(mode, target, rate, ss, st[TIME])
-        md = 0 if mode == 0 else 1
-        v, iext, phi = solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, 0.0, md, tv, ex, fx, cache, w)
-        if md == 1 and abs(iext) > ilimit:
-            lim = ilimit if iext > 0.0 else -ilimit
-            v, iext, phi = solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, 0.0, 0, lim, ex, fx, cache, w)
+        v, iext, phi = _eval(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, 0.0, mode, tv, ilimit, ex, fx, cache, w)
         _write(out, 0, a, st, mst, mp, cp, w, v, iext, phi, st[TIME] - ss[S_T0])
         n_out = 1
         ss[S_RECORDED] = 1.0
@@ -589,7 +581,7 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
         if t >= t_stop - 1e-9:
             # a block ends on a sample: record the present state unless it was just recorded
             if ss[S_RECORDED] == 0.0 and n_out < out.shape[0]:
-                v, iext, phi = solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, 0.0, 0, st[I_LAST],
+                v, iext, phi = _eval(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, 0.0, 0, st[I_LAST], math.inf,
                                      ex, fx, cache, w)
                 v = st[V_LAST]
                 _write(out, n_out, a, st, mst, mp, cp, w, v, iext, phi, st[TIME] - ss[S_T0])
@@ -630,86 +622,91 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
         st0[:] = st
         mst0[:, :] = mst
         ss0[:] = ss
-        v, iext, phi = _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, rate,
-                                ilimit, ss, ex, fx, cache, w)
-        slope = abs(v - v_prev) / h
-        ss[S_HSUB] = min(4.0 * ss[S_HSUB], cp[H_MAX])  # sub-steps grow geometrically after a setpoint change
-        # |dV/dt| over the trailing window (or between internal steps)
-        dvdt_ready = False
-        if st[TIME] - ss[S_ANC_T] >= max(e_win_max(e_win), 0.0) - 1e-9:
-            ss[S_DVDT] = abs(v - ss[S_ANC_V]) / max(st[TIME] - ss[S_ANC_T], 1e-12)
-            ss[S_ANC_T] = st[TIME]
-            ss[S_ANC_V] = v
-            dvdt_ready = True
-        # end conditions: earliest crossing
+        # one step, then (if an end fired inside it) regula falsi (Illinois) on the step length to
+        # locate the crossing: every trial restarts from the saved state; the accepted trial stays
         fired = -1
-        best = h
-        for e in range(n_ends):
-            code = e_code[e]
-            if code == Q_DVDT and not dvdt_ready:
-                continue
-            x1 = _quantity(code, ss, st, v, iext)
-            holds = (e_op[e] > 0 and x1 >= e_val[e]) or (e_op[e] < 0 and x1 <= e_val[e])
-            if not holds:
-                continue
-            if code == Q_STEP_TIME or code == Q_DVDT:
-                he = h
-            else:
-                # locate the crossing inside the step by regula falsi (Illinois) on the step length
-                if code == Q_VOLTAGE:
-                    x0 = v_prev
-                elif code == Q_CURRENT:
-                    x0 = i_prev
-                elif code == Q_ABS_CURRENT:
-                    x0 = abs(i_prev)
-                elif code == Q_ABS_CHARGE:
-                    x0 = abs(ss0[S_CHARGE])
-                else:
-                    x0 = st0[T_CELL]
-                f0 = x0 - e_val[e]
-                f1 = x1 - e_val[e]
-                lo, hi = 0.0, h
-                if f0 * f1 > 0.0:
-                    he = h  # it held already at the start of this step (noise-free: first step)
-                else:
-                    side = 0
-                    he = h
-                    for _it in range(80):
-                        hm = (lo * f1 - hi * f0) / (f1 - f0) if f1 != f0 else 0.5 * (lo + hi)
-                        if not (lo < hm < hi):
-                            hm = 0.5 * (lo + hi)
-                        a[:, :] = a0
-                        st[:] = st0
-                        mst[:, :] = mst0
-                        ss[:] = ss0
-                        vm, im, _p = _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, hm, mode,
-                                              target, rate, ilimit, ss, ex, fx, cache, w)
-                        fm = _quantity(code, ss, st, vm, im) - e_val[e]
-                        he = hm
-                        tol = 1e-6 if code == Q_VOLTAGE or code == Q_TEMPERATURE else 1e-7 * abs(e_val[e]) + 1e-15
-                        if abs(fm) < tol or hi - lo < 1e-9:
-                            break
-                        if fm * f1 > 0.0:
-                            hi, f1 = hm, fm
-                            if side == 1:
-                                f0 *= 0.5
-                            side = 1
-                        else:
-                            lo, f0 = hm, fm
-                            if side == -1:
-                                f1 *= 0.5
-                            side = -1
-            if fired < 0 or he < best:
-                fired = e
-                best = he
-        if fired >= 0:
-            if best != h or (e_code[fired] != Q_STEP_TIME and e_code[fired] != Q_DVDT):
+        code = 0
+        f0 = 0.0
+        f1 = 0.0
+        lo = 0.0
+        hi = h
+        side = 0
+        h_try = h
+        v, iext, phi = 0.0, 0.0, 0.0
+        dvdt_ready = False
+        for trial in range(82):
+            if trial > 0:
                 a[:, :] = a0
                 st[:] = st0
                 mst[:, :] = mst0
                 ss[:] = ss0
-                v, iext, phi = _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, best, mode, target,
-                                        rate, ilimit, ss, ex, fx, cache, w)
+            v, iext, phi = _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h_try, mode, target, rate,
+                                    ilimit, ss, ex, fx, cache, w)
+            if trial == 0:
+                # |dV/dt| over the trailing window (or between internal steps)
+                if st[TIME] - ss[S_ANC_T] >= e_win_max(e_win) - 1e-9:
+                    ss[S_DVDT] = abs(v - ss[S_ANC_V]) / max(st[TIME] - ss[S_ANC_T], 1e-12)
+                    ss[S_ANC_T] = st[TIME]
+                    ss[S_ANC_V] = v
+                    dvdt_ready = True
+                # which end fired first (by the linear estimate of the crossing inside the step)
+                best = 2.0
+                for e in range(n_ends):
+                    c = e_code[e]
+                    if c == Q_DVDT and not dvdt_ready:
+                        continue
+                    x1 = _quantity(c, ss, st, v, iext)
+                    if not ((e_op[e] > 0 and x1 >= e_val[e]) or (e_op[e] < 0 and x1 <= e_val[e])):
+                        continue
+                    if c == Q_STEP_TIME or c == Q_DVDT:
+                        frac = 1.0
+                        g0 = 0.0
+                    else:
+                        if c == Q_VOLTAGE:
+                            x0 = v_prev
+                        elif c == Q_CURRENT:
+                            x0 = i_prev
+                        elif c == Q_ABS_CURRENT:
+                            x0 = abs(i_prev)
+                        elif c == Q_ABS_CHARGE:
+                            x0 = abs(ss0[S_CHARGE])
+                        else:
+                            x0 = st0[T_CELL]
+                        g0 = x0 - e_val[e]
+                        g1 = x1 - e_val[e]
+                        frac = 1.0 if g0 * g1 > 0.0 or g0 == g1 else g0 / (g0 - g1)
+                    if frac < best:
+                        best = frac
+                        fired = e
+                        code = c
+                        f0 = g0
+                        f1 = x1 - e_val[e]
+                if fired < 0 or code == Q_STEP_TIME or code == Q_DVDT or f0 * f1 > 0.0:
+                    break  # nothing fired, or it fired at the step's end, or it already held at its start
+            else:
+                fm = _quantity(code, ss, st, v, iext) - e_val[fired]
+                tol = 1e-6 if code == Q_VOLTAGE or code == Q_TEMPERATURE else 1e-7 * abs(e_val[fired]) + 1e-15
+                if abs(fm) < tol or hi - lo < 1e-9:
+                    break
+                if fm * f1 > 0.0:
+                    hi = h_try
+                    f1 = fm
+                    if side == 1:
+                        f0 *= 0.5
+                    side = 1
+                else:
+                    lo = h_try
+                    f0 = fm
+                    if side == -1:
+                        f1 *= 0.5
+                    side = -1
+            hm = (lo * f1 - hi * f0) / (f1 - f0) if f1 != f0 else 0.5 * (lo + hi)
+            if not (lo < hm < hi):
+                hm = 0.5 * (lo + hi)
+            h_try = hm
+        slope = abs(v - v_prev) / max(st[TIME] - st0[TIME], 1e-12)
+        ss[S_HSUB] = min(4.0 * ss0[S_HSUB], cp[H_MAX])  # sub-steps grow geometrically after a setpoint change
+        if fired >= 0:
             _write(out, n_out, a, st, mst, mp, cp, w, v, iext, phi, st[TIME] - ss[S_T0])
             return n_out + 1, fired, R_END
         rec = False
