@@ -43,7 +43,7 @@ async def test_independent_subscriber_gets_everything_and_payloads_validate(mosq
         await asyncio.wait_for(task, 10)
         await asyncio.sleep(0.3)
     messages = sub.messages()
-    assert status.connects == 1 and status.last_error is None
+    assert status.connects == 1 and status.last_error is None and status.echo
 
     kinds: dict[str, int] = {}
     for topic, text in messages:
@@ -132,3 +132,15 @@ async def test_a_killed_node_leaves_lost_with_its_own_session(mosquitto_anon, jo
     lost = statuses[-1]
     assert lost["state"] == "lost" and lost["sess"] == online["sess"]
     assert all(schemas.errors("status", s) == [] for s in statuses)
+
+
+async def test_a_node_name_the_acl_does_not_allow_is_noticed(mosquitto_auth, journal):
+    """Logged in as test-node but publishing as other-node: mosquitto drops the publishes (ACL), and the
+    node notices that its own status never comes back."""
+    stop, status = asyncio.Event(), MqttStatus()
+    task = asyncio.create_task(run_mqtt(journal.path, mosquitto_auth.url(NODE), "other-node", None, stop,
+                                        status=status))
+    await asyncio.sleep(1.5)
+    stop.set()
+    await asyncio.wait_for(task, 20)
+    assert status.connects == 1 and not status.echo

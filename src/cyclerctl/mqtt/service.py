@@ -36,6 +36,7 @@ class MqttStatus:
     last_error: str | None = None
     published: int = 0
     max_inflight_seen: int = 0
+    echo: bool = False  # our own status came back through the broker (it accepts what we publish)
     history: list[str] = field(default_factory=list)
 
 
@@ -105,7 +106,7 @@ async def run_mqtt(journal_path: str | Path, url: str | BrokerAddress, node: str
                                 max_queued_incoming=1000)
             try:
                 async with client:
-                    status.connected, status.sess = True, sess
+                    status.connected, status.sess, status.echo = True, sess, False
                     status.connects += 1
                     status.history.append("connected")
                     delay = backoff[0]
@@ -122,6 +123,11 @@ async def run_mqtt(journal_path: str | Path, url: str | BrokerAddress, node: str
                     status.history.append("lost")
                 else:
                     log.warning("mqtt: cannot connect to %s: %s; retrying in %.1f s", addr.url(), exc, delay)
+            except* Exception as group:  # a fault of ours must not end publishing for the rest of the run
+                status.last_error = repr(group.exceptions[0])
+                status.history.append("error")
+                log.error("mqtt: publishing failed, starting over: %r", group.exceptions[0],
+                          exc_info=group.exceptions[0])
             finally:
                 status.connected = False
                 await publisher.abandon()
@@ -142,21 +148,38 @@ async def run_mqtt(journal_path: str | Path, url: str | BrokerAddress, node: str
 
 async def _serve(client, addr: BrokerAddress, topics: Topics, publisher: Publisher, handler: CommandHandler,
                  stop: asyncio.Event, commands: str, status: MqttStatus) -> None:
+    await client.subscribe(topics.status, qos=1)  # to see our own "online" come back (ACL check)
     if commands != "off":
         for flt in topics.command_filters:
             await client.subscribe(flt, qos=1)
     async with asyncio.TaskGroup() as tg:
-        if commands != "off":
-            cmd_task = tg.create_task(_commands(client, addr, handler))
+        inbox = tg.create_task(_inbox(client, addr, topics, handler, status))
+        watch = tg.create_task(_check_echo(addr, topics, status))
         await publisher.serve(client.publish, addr, status.sess, stop)
-        if commands != "off":
-            cmd_task.cancel()
+        inbox.cancel()
+        watch.cancel()
 
 
-async def _commands(client, addr: BrokerAddress, handler: CommandHandler) -> None:
+async def _check_echo(addr: BrokerAddress, topics: Topics, status: MqttStatus, within: float = 10.0) -> None:
+    """A broker that refuses our publishes (ACL) still acknowledges them under MQTT 3.1.1, and aiomqtt
+    does not report MQTT 5 refusals: so check that our own status comes back, and say so if not."""
+    await asyncio.sleep(within)
+    if not status.echo:
+        log.error("mqtt: %s does not deliver what this node publishes under %s/ — check the broker's ACL "
+                  "(a node may write only cycler/v1/<its user name>/#; use --node equal to the MQTT user)",
+                  addr.url(), topics.base)
+
+
+async def _inbox(client, addr: BrokerAddress, topics: Topics, handler: CommandHandler, status: MqttStatus) -> None:
     async for message in client.messages:
+        topic = str(message.topic)
+        if topic == topics.status:
+            try:
+                status.echo = status.echo or payloads.loads(message.payload).get("sess") == status.sess
+            except (ValueError, AttributeError):
+                pass
+            continue
         response_topic, correlation = response_of(message)
-        reply_topic, reply = await handler.handle(str(message.topic), bytes(message.payload or b""),
-                                                  response_topic, correlation)
+        reply_topic, reply = await handler.handle(topic, bytes(message.payload or b""), response_topic, correlation)
         props = publish_properties(addr, correlation=correlation)
         await client.publish(reply_topic, payloads.dumps(reply), qos=1, properties=props)
