@@ -56,7 +56,7 @@ N_TR_MAT = 7
 R_END, R_STOP, R_FULL, R_DONE = 0, 1, 2, 3
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _interp(tab, x):
     """Linear interpolation on the uniform grid [0, 1] (linear extrapolation outside): value, slope."""
     g = tab.shape[0] - 1
@@ -71,7 +71,7 @@ def _interp(tab, x):
     return tab[i] + fr * d, d * g
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _ocv(utab, stab, j, x, hyst, has_hyst):
     """U_j(x), the slope of the interpolant (for Newton) and the analytic dU/dx (for truth and EIS),
     blending the sodiation (0) and desodiation (1) branches by the hysteresis state."""
@@ -89,19 +89,19 @@ def _ocv(utab, stab, j, x, hyst, has_hyst):
     return w * u1 + (1.0 - w) * u0, w * k1 + (1.0 - w) * k0, w * s1 + (1.0 - w) * s0
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _arr(ea, t, tref):
     return math.exp(-ea / R_GAS * (1.0 / t - 1.0 / tref))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _eta(i, i0a, f):
     """Butler-Volmer overpotential (alpha = 1/2) and its derivative d eta / d i."""
     z = i / (2.0 * i0a)
     return 2.0 / f * math.asinh(z), 1.0 / (f * i0a * math.sqrt(1.0 + z * z))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def diffusivity(dtab, j, xbar):
     nd = dtab.shape[1] - 1
     k = int(round(xbar * nd))
@@ -112,7 +112,7 @@ def diffusivity(dtab, j, xbar):
     return dtab[j, k]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, pj, gj, dj, qj):
     """Per material: D, the free surface value p_j and the gain g_j of the step of length h."""
     m, n = a.shape
@@ -120,7 +120,11 @@ def _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, pj, gj, dj, qj)
     tref = cp[TREF]
     for j in range(m):
         q = mp[j, Q0] * mst[j, PSI]
-        dd = diffusivity(dtab, j, a[j, 0]) * _arr(mp[j, EA_D], t, tref)
+        if cache[j, 4] != t:
+            cache[j, 4] = t
+            cache[j, 5] = _arr(mp[j, EA_D], t, tref)
+            cache[j, 6] = _arr(mp[j, EA_CT], t, tref)
+        dd = diffusivity(dtab, j, a[j, 0]) * cache[j, 5]
         fx[j, 0] = h  # the inventory mode is always integrated with the exact h
         # the decaying modes reuse the last exponentials when D and h are unchanged (h to 1e-9 relative:
         # record grids make h differ in the last bits from step to step)
@@ -151,7 +155,7 @@ def _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, pj, gj, dj, qj)
         qj[j] = q
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _sei_fraction(st, cp):
     if cp[SEI_MAX] <= 0.0:
         return cp[SEI_SLOW]
@@ -161,7 +165,7 @@ def _sei_fraction(st, cp):
     return cp[SEI_RATE] * rem + cp[SEI_SLOW]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _short_current(st, cp):
     if cp[SHORT_AFTER] > 0.0 and st[CYCLES] >= cp[SHORT_AFTER]:
         return st[V_LAST] / cp[R_SHORT]
@@ -169,7 +173,7 @@ def _short_current(st, cp):
 
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, i):
     """Residual U_j(x_s(I)) + eta_j(I) - phi and its slope (> 0) for material j at current I."""
     xs = p - g * i
@@ -269,7 +273,7 @@ def _solve_bracketed(utab, stab, mp, mst, pj, gj, i0as, f, phi_old, ij, scale, c
     return phi
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx, cache, w):
     """Solve one step (not committed). mode 0: current target (A); mode 1: voltage target (V).
     h = 0 evaluates the instantaneous response (double layer holds phi). Returns V, I, phi;
@@ -278,8 +282,12 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
     t = st[T_CELL]
     tref = cp[TREF]
     f = F_CONST / (R_GAS * t)
-    rs = cp[RS] * math.exp(cp[EA_RS] / R_GAS * (1.0 / t - 1.0 / tref))
-    i0na = cp[I0NA] * _arr(cp[EA_NA], t, tref)
+    if cache[0, 7] != t:
+        cache[0, 7] = t
+        cache[0, 8] = cp[RS] * math.exp(cp[EA_RS] / R_GAS * (1.0 / t - 1.0 / tref))
+        cache[0, 9] = cp[I0NA] * _arr(cp[EA_NA], t, tref)
+    rs = cache[0, 8]
+    i0na = cache[0, 9]
     pj = w[2]
     gj = w[3]
     _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, pj, gj, w[4], w[7])
@@ -312,7 +320,7 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
     i0as = w[11]
     for j in range(m):
         ij[j] = mst[j, IJ]
-        i0as[j] = mp[j, I0] * mp[j, AS] * mst[j, PSI] * _arr(mp[j, EA_CT], t, tref)
+        i0as[j] = mp[j, I0] * mp[j, AS] * mst[j, PSI] * cache[j, 6]
     phi = phi_old
     iext = st[I_LAST]
     for _it in range(30):
@@ -389,15 +397,17 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
     return phi + en + iext * rs, iext, phi
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _fade(mp, j, n):
-    psi = 1.0 - mp[j, FADE_LIN] * n
-    psi *= 1.0 - mp[j, F1] * (1.0 - math.exp(-n / mp[j, N1])) - mp[j, F2] * (1.0 - math.exp(-n / mp[j, N2])) \
-        - mp[j, F3] * (1.0 - math.exp(-n / mp[j, N3]))
-    return max(psi, 1e-6)
+    """Active fraction left after n equivalent cycles of sodiation throughput."""
+    lost = 0.0
+    for kf, kn in ((F1, N1), (F2, N2), (F3, N3)):
+        if mp[j, kf] != 0.0:
+            lost += mp[j, kf] * (1.0 - math.exp(-n / mp[j, kn]))
+    return max((1.0 - mp[j, FADE_LIN] * n) * (1.0 - lost), 1e-6)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def commit(a, st, mst, mp, vs, cp, h, v, iext, phi, ex, fx, w):
     """Apply a solved step of length h > 0 to the state."""
     m, n = a.shape
@@ -462,8 +472,9 @@ def _write(out, row, a, st, mst, mp, cp, w, v, iext, phi, step_time):
     t = st[T_CELL]
     tref = cp[TREF]
     f = F_CONST / (R_GAS * t)
-    rs = cp[RS] * math.exp(cp[EA_RS] / R_GAS * (1.0 / t - 1.0 / tref))
-    en, _d = _eta(iext, cp[I0NA] * _arr(cp[EA_NA], t, tref), f)
+    rs = cp[RS] * math.exp(cp[EA_RS] / R_GAS * (1.0 / t - 1.0 / tref)) if cp[EA_RS] != 0.0 else cp[RS]
+    i0na = cp[I0NA] * _arr(cp[EA_NA], t, tref) if cp[EA_NA] != 0.0 else cp[I0NA]
+    en, _d = _eta(iext, i0na, f)
     out[row, C_T] = st[TIME]
     out[row, C_V] = v
     out[row, C_I] = iext
@@ -491,7 +502,7 @@ def _write(out, row, a, st, mst, mp, cp, w, v, iext, phi, step_time):
         out[row, c + TM_I] = w[0, j]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _quantity(code, ss, st, v, iext):
     if code == Q_STEP_TIME:
         return st[TIME] - ss[S_T0]
@@ -508,14 +519,14 @@ def _quantity(code, ss, st, v, iext):
     return ss[S_DVDT]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _target(mode, target, rate, ss, t):
     if rate != 0.0:
         return ss[S_SEG_V0] + rate * (t - ss[S_SEG_T0])
     return target
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _eval(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, tv, ilimit, ex, fx, cache, w):
     """Solve a step of length h (not committed) under a current or a voltage with current compliance."""
     md = 0 if mode == 0 else 1
@@ -538,6 +549,19 @@ def _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, rate
     ss[S_CHARGE] += iext * h
     commit(a, st, mst, mp, vs, cp, h, v, iext, phi, ex, fx, w)
     return v, iext, phi
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _copy(a_to, a_from, st_to, st_from, mst_to, mst_from, ss_to, ss_from):
+    for j in range(a_to.shape[0]):
+        for k in range(a_to.shape[1]):
+            a_to[j, k] = a_from[j, k]
+        for k in range(mst_to.shape[1]):
+            mst_to[j, k] = mst_from[j, k]
+    for k in range(st_to.shape[0]):
+        st_to[k] = st_from[k]
+    for k in range(ss_to.shape[0]):
+        ss_to[k] = ss_from[k]
 
 
 @njit(cache=True, error_model="numpy")
@@ -618,10 +642,7 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
             h = min(h, max(ss[S_TEMP_FOR] / 20.0, 1e-3))
         if h < 1e-9:
             h = 1e-9
-        a0[:, :] = a
-        st0[:] = st
-        mst0[:, :] = mst
-        ss0[:] = ss
+        _copy(a0, a, st0, st, mst0, mst, ss0, ss)
         # one step, then (if an end fired inside it) regula falsi (Illinois) on the step length to
         # locate the crossing: every trial restarts from the saved state; the accepted trial stays
         fired = -1
@@ -636,10 +657,7 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
         dvdt_ready = False
         for trial in range(82):
             if trial > 0:
-                a[:, :] = a0
-                st[:] = st0
-                mst[:, :] = mst0
-                ss[:] = ss0
+                _copy(a, a0, st, st0, mst, mst0, ss, ss0)
             v, iext, phi = _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h_try, mode, target, rate,
                                     ilimit, ss, ex, fx, cache, w)
             if trial == 0:

@@ -157,7 +157,7 @@ class CellModel:
         nm, n = self.a.shape
         self.ex = np.zeros((nm, n))
         self.fx = np.zeros((nm, n))
-        self.cache = np.full((nm, 4), np.nan)
+        self.cache = np.full((nm, 10), np.nan)  # decay factors and Arrhenius factors, keyed on D, h, T
         self._out: np.ndarray | None = None  # kernel output buffer, reused
         self.w = np.zeros((12, max(nm, 2)))  # solver workspace
 
