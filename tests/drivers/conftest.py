@@ -75,3 +75,15 @@ def _warm_plant():
     p.advance_current(-1e-4, 0.5)
     p.advance_voltage(0.5, 0.5)
     p.impedance([1.0])
+
+
+@contextlib.contextmanager
+def meerstetter_pty(speed: float, faults: tuple[str, ...] = (), plant=None):
+    from cyclerctl.sim.instruments.meerstetter import SimMeerstetter
+
+    dev = SimMeerstetter(WallClock(speed), plant, Faults.parse(list(faults)))
+    pty = PtyDevice(dev.on_line, terminator=b"\r").start()
+    try:
+        yield dev, pty.path
+    finally:
+        pty.stop()

@@ -68,3 +68,33 @@ async def test_a_chamber_that_never_settles_is_a_fault():
     with pytest.raises(InstrumentError) as err:
         await _settle(("unstable",), timeout=3600.0)
     assert "did not settle within ±0.5 K of 35.0 degC" in str(err.value)
+
+
+def test_mecom_frames_match_the_documented_examples():
+    from cyclerctl.drivers.meerstetter import decode_value, frame
+
+    assert frame("#", 1, 1, "?VR03E801") == "#010001?VR03E801FF2C"  # read object temperature
+    assert frame("#", 1, 2, "?VR04B001") == "#010002?VR04B001D1BB"  # read the stable flag
+    assert frame("#", 1, 3, "VS0BB80141C80000") == "#010003VS0BB80141C8000038A1"  # set 25.0 degC
+    assert frame("!", 1, 1, "41C40000") == "!01000141C4000051AD"  # reply 24.5 degC
+    assert decode_value("41C40000", "float") == 24.5
+
+
+async def test_peltier_stage_over_mecom_on_a_pty():
+    from conftest import meerstetter_pty
+
+    plant = make_plant()
+    with meerstetter_pty(SPEED, plant=plant) as (dev, path), emstat_pty(SPEED, plant=plant) as (_e, port):
+        tec = open_thermostat(f"meerstetter:{path}", WallClock(SPEED))
+        await tec.open()
+        assert dev.frames[-1].startswith("#010001?VR270F01")  # asked for the simulated speed
+        ch = ThermostatChannel(EmStatChannel(port, WallClock(SPEED), interval=5.0), tec, poll_period=30.0)
+        await ch.open()
+        [settle] = await run_steps(ch, [SetTemperature(step_id=0, name="Set 40 degC", temperature=313.15,
+                                                       tolerance=0.2, stable_for=300.0, record=Record(every=30.0))])
+        assert settle["end"] is None and abs(settle["columns"]["temperature_t1_celsius"][-1] - 40.0) <= 0.2
+        assert await tec.is_stable()
+        await ch.close()
+        assert not dev.enabled  # safe state: output stage off
+    with pytest.raises(ConfigError, match="TEC stage's range"):
+        await tec.set_temperature(400.0)

@@ -67,7 +67,7 @@ def test_bad_specs_and_options_are_one_line_errors():
         open_channel("gamry:COM3", WallClock(1.0))
     out = subprocess.run([sys.executable, "-m", "cyclerctl.cli", "sim-instrument", "espec", "--pty"],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and out.stderr.strip().startswith("error: --pty is for emstat")
+    assert out.returncode == 2 and out.stderr.strip().startswith("error: --pty is for emstat and meerstetter")
     assert len(out.stderr.strip().splitlines()) == 1
 
 

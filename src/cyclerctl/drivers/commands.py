@@ -10,14 +10,15 @@ import typer
 
 from ..errors import ConfigError
 
-KINDS = ("keithley2450", "emstat", "espec")
+KINDS = ("keithley2450", "emstat", "espec", "meerstetter")
 
 
 def sim_instrument(
     kind: str = typer.Argument(..., help="keithley2450 (SCPI on TCP), emstat (MethodSCRIPT on a pty or TCP) "
-                                         "or espec (chamber protocol on TCP)."),
+                                         "espec (chamber protocol on TCP) or meerstetter "
+                                         "(MeCom TEC stage on a pty or TCP)."),
     port: int = typer.Option(0, "--port", help="TCP port on 127.0.0.1 (0: a free port)."),
-    pty: bool = typer.Option(False, "--pty", help="emstat: a pseudo-terminal instead of TCP."),
+    pty: bool = typer.Option(False, "--pty", help="emstat, meerstetter: a pseudo-terminal instead of TCP."),
     speed: str = typer.Option("1", "--speed", help="Time acceleration N (run the host with the same --speed)."),
     preset: str = typer.Option("hard_carbon", "--preset", help="Cell preset of the simulated cell."),
     fault: list[str] = typer.Option([], "--fault", help="Inject a fault: timeout@N, garble@N, disconnect@N "
@@ -35,8 +36,8 @@ def sim_instrument(
     kind = kind.lower()
     if kind not in KINDS:
         raise ConfigError(f"unknown simulated instrument {kind!r}; use one of {', '.join(KINDS)}")
-    if pty and kind != "emstat":
-        raise ConfigError("--pty is for emstat (a serial device); keithley2450 and espec listen on TCP")
+    if pty and kind not in ("emstat", "meerstetter"):
+        raise ConfigError("--pty is for emstat and meerstetter (serial devices); keithley2450 and espec listen on TCP")
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port} is not a TCP port (0..65535)")
     try:
@@ -78,6 +79,16 @@ def sim_instrument(
         else:
             transport = _tcp(TcpServer, device.on_line, port)
             spec = f"emstat:tcp://127.0.0.1:{transport.port}"
+    elif kind == "meerstetter":
+        from ..sim.instruments.meerstetter import SimMeerstetter
+
+        device = SimMeerstetter(clock, None, faults)
+        if pty:
+            transport = PtyDevice(device.on_line, terminator=b"\r").start()
+            spec = f"meerstetter:{transport.path}"
+        else:
+            transport = _tcp(TcpServer, device.on_line, port, terminator=b"\r")
+            spec = f"meerstetter:tcp://127.0.0.1:{transport.port}"
     else:
         from ..sim.instruments.espec import SimEspec
 
@@ -101,8 +112,8 @@ def sim_instrument(
         transport.stop()
 
 
-def _tcp(server_cls, on_line, port: int):
+def _tcp(server_cls, on_line, port: int, terminator: bytes = b"\n"):
     try:
-        return server_cls(on_line, port=port).start()
+        return server_cls(on_line, port=port, terminator=terminator).start()
     except OSError as exc:
         raise ConfigError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); choose another --port") from exc

@@ -5,7 +5,7 @@ Spec strings (command line and bench files):
   sim:PRESET                        a shipped preset name (sim/*.yaml) or a path to a preset file
   keithley2450:RESOURCE             a VISA resource, e.g. TCPIP0::10.0.0.5::5025::SOCKET
   emstat:PORT                       a serial port (/dev/ttyACM0) or tcp://host:port
-Thermostat specs (--chamber): sim, espec:tcp://host:port, espec:/dev/ttyUSB0 (open_thermostat; wrap the
+Thermostat specs (--chamber): sim, espec:tcp://host:port, espec:/dev/ttyUSB0, meerstetter:/dev/ttyUSB0 (open_thermostat; wrap the
 channel in drivers.thermostat_channel.ThermostatChannel to run SetTemperature steps on the chamber)
 
 Instrument factories identify the instrument when they build the channel, so capabilities.real_hardware
@@ -82,8 +82,13 @@ def open_thermostat(spec: str, clock: Clock, **options):
         from .espec import open_espec
 
         register_thermostat("espec", open_espec)
+    if kind == "meerstetter" and kind not in _THERMOSTATS:
+        from .meerstetter import open_meerstetter
+
+        register_thermostat("meerstetter", open_meerstetter)
     if kind not in _THERMOSTATS:
-        raise ConfigError(f"unknown chamber {kind!r} in {text!r}; known: {', '.join(sorted({'espec', *_THERMOSTATS}))}")
+        known = ", ".join(sorted({"espec", "meerstetter", *_THERMOSTATS}))
+        raise ConfigError(f"unknown chamber {kind!r} in {text!r}; known: {known}")
     return _THERMOSTATS[kind](address, clock, **options)
 
 

@@ -102,7 +102,9 @@ class ThermostatChannel:
         await self.thermostat.safe_state()
 
     async def close(self) -> None:
+        """The channel's close (safe state, release), then the chamber to its safe state and released."""
         await self.channel.close()
+        await self.thermostat.safe_state()
         await self.thermostat.close()
 
     def save_state(self) -> bytes | None:

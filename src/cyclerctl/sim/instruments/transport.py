@@ -51,11 +51,11 @@ def _deliver(on_line: LineHandler, line: str, link: Link) -> None:
         log.exception("simulated instrument failed on %r", line)
 
 
-def _split_lines(buffer: bytearray, chunk: bytes) -> list[str]:
-    """Complete lines (\n-terminated, a trailing \r stripped) taken out of `buffer` + `chunk`."""
+def _split_lines(buffer: bytearray, chunk: bytes, terminator: bytes = b"\n") -> list[str]:
+    """Complete lines (`terminator`-ended, a trailing \r stripped) taken out of `buffer` + `chunk`."""
     buffer.extend(chunk)
     lines = []
-    while (i := buffer.find(b"\n")) >= 0:
+    while (i := buffer.find(terminator)) >= 0:
         lines.append(bytes(buffer[:i]).decode("ascii", "replace").rstrip("\r"))
         del buffer[:i + 1]
     return lines
@@ -64,10 +64,11 @@ def _split_lines(buffer: bytearray, chunk: bytes) -> list[str]:
 class TcpServer:
     """A loopback TCP server, one thread per connection; `port=0` picks a free port."""
 
-    def __init__(self, on_line: LineHandler, port: int = 0, host: str = "127.0.0.1",
+    def __init__(self, on_line: LineHandler, port: int = 0, host: str = "127.0.0.1", terminator: bytes = b"\n",
                  on_connect: Callable[[Link], None] | None = None) -> None:
         self.on_line = on_line
         self.on_connect = on_connect
+        self.terminator = terminator
         self._sock = socket.create_server((host, port), reuse_port=False)
         self.host, self.port = self._sock.getsockname()[:2]
         self._stop = threading.Event()
@@ -119,7 +120,7 @@ class TcpServer:
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
                 if not chunk:
                     break
-                for line in _split_lines(buffer, chunk):
+                for line in _split_lines(buffer, chunk, self.terminator):
                     _deliver(self.on_line, line, link)
         except OSError:
             pass
@@ -144,8 +145,9 @@ class PtyDevice:
     """A pseudo-terminal: the device owns the master, a driver opens `path` (/dev/pts/N) as a serial
     port. Raw mode (no echo, no newline translation); the master stays referenced for the device's life."""
 
-    def __init__(self, on_line: LineHandler) -> None:
+    def __init__(self, on_line: LineHandler, terminator: bytes = b"\n") -> None:
         self.on_line = on_line
+        self.terminator = terminator
         self.master, self._slave = os.openpty()
         tty.setraw(self._slave)
         self.path = os.ttyname(self._slave)
@@ -174,7 +176,7 @@ class PtyDevice:
                 chunk = os.read(self.master, 65536)
             except OSError:
                 return
-            for line in _split_lines(buffer, chunk):
+            for line in _split_lines(buffer, chunk, self.terminator):
                 _deliver(self.on_line, line, self.link)
 
     def stop(self) -> None:
