@@ -65,3 +65,20 @@ def test_sn_hc_capacity_ice_and_rate_table():
 def test_activation_energies_as_given(name, ea):
     m = CellModel(name)
     assert {mat.charge_transfer_activation_energy for mat in m.preset.materials} == {ea}
+
+
+def test_sn_hc_long_cycling_at_1p7_A_g():
+    # two activation cycles at 0.08 A/g, then 12,000 cycles at 1.7 A/g (the whole run, ~2 M samples)
+    m = CellModel("sn_hc")
+    mass = m.cell.active_mass * 1e3
+    win = m.preset.window
+    for _ in range(2):
+        cycle(m, 0.08 * mass, 0.08 * mass, win, every=30.0)
+    caps = {}
+    for k in range(1, 12_001):
+        _d, c = cycle(m, 1.7 * mass, 1.7 * mass, win, every=30.0)
+        if k in (400, 12_000):
+            caps[k] = mah_g(m, c.charge)
+    assert caps[400] == pytest.approx(374, rel=0.10)
+    assert caps[12_000] == pytest.approx(270, rel=0.10)
+    assert caps[12_000] / caps[400] == pytest.approx(0.72, abs=0.05)
