@@ -19,7 +19,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..errors import ConfigError, InstrumentError
-from .envelope import check_speed
+from .envelope import check_speed, load_envelope
 from .retry import retrying
 
 OBJECT_TEMPERATURE = 1000
@@ -87,6 +87,7 @@ class MeerstetterTEC:
         self.timeout = timeout
         self.retries = retries
         self.instrument_speed: float | None = None
+        self.capabilities = load_envelope("meerstetter")
         self._seq = 0
         self._ser: Any = None
         self._lock = threading.Lock()
@@ -165,7 +166,8 @@ class MeerstetterTEC:
         check_speed(self.name, self.instrument_speed, self.clock.speed)
 
     async def set_temperature(self, kelvin: float) -> None:
-        if not 223.15 <= kelvin <= 373.15:
+        lo, hi = self.capabilities.temperature_range or (223.15, 373.15)
+        if not lo <= kelvin <= hi:
             raise ConfigError(f"{kelvin - 273.15:.1f} degC is outside the TEC stage's range [-50, 100] degC")
         await self.put(TARGET_TEMPERATURE, kelvin - 273.15)
         await self.put(OUTPUT_ENABLE, 1, "int")
