@@ -98,3 +98,24 @@ async def test_peltier_stage_over_mecom_on_a_pty():
         assert not dev.enabled  # safe state: output stage off
     with pytest.raises(ConfigError, match="TEC stage's range"):
         await tec.set_temperature(400.0)
+
+
+async def test_settling_on_a_keithley_keeps_time_increasing():
+    from conftest import keithley_server
+
+    from cyclerctl.drivers.keithley2450 import Keithley2450Channel
+
+    plant = make_plant()
+    with espec_server(SPEED, plant=plant, tau=60.0) as (_c, address), keithley_server(200.0, plant=plant) as (_k, res):
+        # a chamber at 1000x and an SMU at 200x would be refused by the engine; here each has its own clock
+        chamber = open_thermostat(f"espec:{address}", WallClock(SPEED))
+        await chamber.open()
+        ch = ThermostatChannel(Keithley2450Channel(res, WallClock(200.0), poll_period=1.0), chamber,
+                               poll_period=30.0)
+        await ch.channel.open()
+        [settle] = await run_steps(ch, [SetTemperature(step_id=0, name="Set 30 degC", temperature=303.15,
+                                                       tolerance=0.5, stable_for=60.0, record=Record(every=10.0))])
+        await ch.close()
+    t = settle["columns"]["test_time_second"]
+    assert len(t) > 5 and (t[1:] > t[:-1]).all()  # strictly increasing across the polling chunks
+    assert (settle["columns"]["current_ampere"] == 0).all()

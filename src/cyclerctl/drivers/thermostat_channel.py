@@ -51,7 +51,10 @@ class ThermostatChannel:
             raise
         step_time, test_time, charge = start.step_time, start.test_time, start.step_charge
         stable_since: float | None = None
+        seen = self.clock.now()  # clock time of the last sample: the next chunk starts later by the gap
         while True:
+            gap = max(0.0, self.clock.now() - seen)
+            step_time, test_time = step_time + gap, test_time + gap
             chunk = Rest(step_id=step.step_id, name=step.name, record=step.record, limits=step.limits,
                          ends=(End("step_time", ">=", step_time + self.poll_period),), technique="temperature")
             sub = StepStart(test_time=test_time, step_time=step_time, step_charge=charge,
@@ -61,6 +64,7 @@ class ThermostatChannel:
                 if len(block):
                     test_time = float(block.time[-1])
                     step_time = float(block.columns.get("step_time_second", block.time)[-1])
+                    seen = self.clock.now()
                 block.final, block.end = False, None
                 self._stamp(block)
                 if last is not None:
