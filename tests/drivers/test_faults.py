@@ -84,7 +84,7 @@ async def test_emstat_silence_or_disconnect_resumes_the_step(transport, caplog):
         [run] = await run_steps(ch, [discharge(60.0)])
         await ch.close()
     t = run["columns"]["step_time_second"]
-    assert run["end"] == 1 and len(dev.scripts) == 2  # the rest of the step ran as a second script
+    assert run["end"] == 1 and len(dev.scripts) >= 2  # the rest of the step ran as a further script
     assert t[-1] >= 59.0 and np.all(np.diff(t) > 0)
     assert any("continuing the step" in r.getMessage() for r in caplog.records)
 
