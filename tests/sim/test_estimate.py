@@ -52,21 +52,22 @@ def direct(n_cycles):
 
 
 def test_short_program_is_simulated_exactly():
-    r = estimate(program(count=3), "hard_carbon")
-    t, n = direct(3)
+    r = estimate(program(count=5), "hard_carbon")
+    t, n = direct(5)
     assert r["duration_s"] == pytest.approx(t, rel=1e-9)
     assert r["samples"] == n
     assert r["bytes"] == 100 * n
-    assert not r["extrapolated"] and r["cycles"] == 3
+    assert not r["extrapolated"] and r["cycles"] == 5
 
 
 def test_long_loop_is_extrapolated_from_its_first_iterations():
-    r = estimate(program(count=12), "hard_carbon")
-    t, n = direct(12)
+    r = estimate(program(count=20), "hard_carbon")
+    t, n = direct(20)
     assert r["extrapolated"]
-    assert r["cycles"] == 12
-    assert r["duration_s"] == pytest.approx(t, rel=0.02)  # fade makes later cycles a little shorter
-    assert r["samples"] == pytest.approx(n, rel=0.02)
+    assert r["cycles"] == 20
+    # the capacity still fades after the warm-up iterations, so later cycles are a little shorter
+    assert r["duration_s"] == pytest.approx(t, rel=0.05)
+    assert r["samples"] == pytest.approx(n, rel=0.05)
     big = estimate(program(count=12_000), "sn_hc")
     assert big["cycles"] == 12_000 and big["samples"] > 1_000_000
 

@@ -29,6 +29,18 @@ def test_hard_carbon_first_cycle_at_30_mA_g():
     assert np.all(np.diff(c.voltage[1:]) > -1e-6)  # desodiation: voltage rises monotonically
 
 
+def test_hard_carbon_200_cycles_at_0p1C():
+    m = CellModel("hard_carbon")
+    i = 30e-3 * m.cell.active_mass * 1e3
+    caps = {}
+    for k in range(1, 201):
+        _d, c = cycle(m, i, i, (0.0, 2.5), every=120.0)
+        if k in (21, 200):
+            caps[k] = mah_g(m, c.charge)
+    assert caps[200] == pytest.approx(203.5, rel=0.10)
+    assert caps[200] / caps[21] == pytest.approx(0.972, abs=0.01)
+
+
 def test_nano_sn_ice_and_anodic_peaks():
     m = CellModel("nano_sn")
     i = 0.08 * m.cell.active_mass * 1e3

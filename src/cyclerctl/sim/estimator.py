@@ -3,8 +3,9 @@
 The estimator walks the Program with the engine's semantics (program counter, gotos of the end
 conditions, repeat loops with their counters and conditions, cycle counting) on a noise-free cell
 model at full speed. Long loops are not simulated to the end: after a few iterations the cost of
-the last one (time and samples) is extrapolated to the remaining count, so a 12,000-cycle protocol
-is estimated in well under a second. Loops whose `until` condition has not held within a budget of
+the last one (time and samples) is extrapolated to the remaining count once it has settled (within
+1 % of the iteration before, or after 60 iterations), so a 12,000-cycle protocol is estimated in
+about a second. Loops whose `until` condition has not held within a budget of
 iterations are extrapolated to their `at_most` bound (the estimate is then an upper bound).
 """
 
@@ -20,7 +21,9 @@ from .preset import Preset
 from .steps import run_step
 
 BYTES_PER_SAMPLE = 100  # journal row of the samples table, indexes included (measured order of magnitude)
-WARMUP = 3  # iterations simulated before a counted loop is extrapolated
+WARMUP = 3  # iterations simulated at least before a counted loop is extrapolated
+SETTLE = 0.01  # ... and until one iteration costs within 1 % of the one before
+BUDGET = 60  # ... or this many iterations have run
 UNTIL_BUDGET = 40  # iterations simulated for an `until` loop before it is extrapolated to at_most
 STEP_CAP = 365 * 86400.0  # a step without a time bound is cut here (the estimate says so)
 
@@ -80,6 +83,7 @@ def estimate(program: Program, preset: Preset | str = "hard_carbon", cell: Cell 
     cycles = _Cycles(starts_on=-1 if program.cycle_starts_on == "discharge" else 1)
     counters: dict[int, int] = {}
     marks: dict[int, tuple[float, int, int]] = {}  # loop start -> (time, samples, cycle) at its last end
+    last_cost: dict[int, float] = {}  # loop start -> duration of its previous iteration
     skipped_time = 0.0
     skipped_samples = 0
     samples = 0
@@ -95,6 +99,7 @@ def estimate(program: Program, preset: Preset | str = "hard_carbon", cell: Cell 
         if isinstance(ins_, LoopStart):
             counters[pc] = 0
             marks[pc] = (model.time + skipped_time, samples + skipped_samples, cycles.count)
+            last_cost.pop(pc, None)
             pc += 1
             continue
         if isinstance(ins_, LoopEnd):
@@ -114,12 +119,18 @@ def estimate(program: Program, preset: Preset | str = "hard_carbon", cell: Cell 
             t_now, s_now, c_now = model.time + skipped_time, samples + skipped_samples, cycles.count
             t_mark, s_mark, c_mark = marks.get(start, (t_now, s_now, c_now))
             marks[start] = (t_now, s_now, c_now)
+            cost = t_now - t_mark
+            prev = last_cost.get(start)
+            last_cost[start] = cost
+            settled = prev is not None and abs(cost - prev) <= SETTLE * max(cost, 1e-9)
             if done:
                 pc = loop.end + 1
                 continue
             bound = loop.count if loop.count is not None else loop.at_most
-            budget = WARMUP if loop.until is None else UNTIL_BUDGET
-            if bound is not None and n >= budget and bound - n > 1:
+            ready = (n >= WARMUP and settled) or n >= BUDGET
+            if loop.until is not None:
+                ready = n >= UNTIL_BUDGET
+            if bound is not None and ready and bound - n > 1:
                 rest = bound - n
                 skipped_time += rest * (t_now - t_mark)
                 skipped_samples += rest * (s_now - s_mark)
