@@ -191,13 +191,20 @@ class Session:
             ],
         }
         journal = Journal(run_dir / JOURNAL_NAME, commit_interval=settings.commit_interval)
-        journal.set_meta(create_meta(run_id, info))
-        write_run_json(run_dir, info)
         s = cls(run_dir, journal, settings, info)
         if operator_factory is not None:
             s.operator_factory = operator_factory
-        for p in plans:
-            s._add_channel(p, EngineState(), None, fresh=True)
+        try:
+            for p in plans:
+                s._add_channel(p, EngineState(), None, fresh=True)
+        except BaseException:
+            journal.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(run_dir / JOURNAL_NAME) + suffix).unlink(missing_ok=True)
+            raise
+        # the whole setup in one transaction, then run.json: a run directory with run.json is resumable
+        journal.write_setup(create_meta(run_id, info))
+        write_run_json(run_dir, info)
         return s
 
     @classmethod
@@ -223,6 +230,9 @@ class Session:
             s.operator_factory = operator_factory
         if meta.get("run_id") != info.get("run_id"):
             raise ConfigError(f"{run_dir}: run.json and the journal belong to different runs")
+        if not chans:
+            raise ConfigError(f"{run_dir}: the run never started (stopped during setup); start it again with "
+                              f"`cyclerctl run`")
         by_name = {c["name"]: c for c in info["channels"]}
         for ch in chans:
             blob = programs.get(ch)
@@ -301,7 +311,7 @@ class Session:
             "columns": BDF_UNITS,
         }
         self.journal.add_channel(plan.name, self.run_info["run_id"], descriptor,
-                                 pickle.dumps(plan.program) if fresh else None, runner.snapshot)
+                                 pickle.dumps(plan.program) if fresh else None, runner.snapshot, defer=fresh)
         if not fresh:
             conn = connect(self.run_dir, readonly=True)
             try:

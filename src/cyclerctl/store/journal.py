@@ -80,6 +80,7 @@ class Journal:
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Future | None = None
         self._kick: asyncio.Event | None = None
+        self._setup: list[tuple] = []
         self._db_lock = threading.Lock()
         self._last_commit = time.monotonic()
         self.commits = 0
@@ -96,17 +97,39 @@ class Journal:
                 [(k, str(v)) for k, v in values.items()]))
 
     def add_channel(self, ch: str, run: str, descriptor: dict, program_blob: bytes | None,
-                    snapshot: Snapshot) -> None:
-        """Declare a channel (idempotent on resume) and the callable that snapshots its state."""
-        with self._db_lock:
-            def write(c: sqlite3.Connection) -> None:
-                c.execute("INSERT INTO channels(ch, run, descriptor) VALUES (?, ?, ?) ON CONFLICT(ch) "
-                          "DO UPDATE SET descriptor=excluded.descriptor", (ch, run, json.dumps(descriptor)))
-                if program_blob is not None:
-                    c.execute("INSERT OR IGNORE INTO programs(ch, program) VALUES (?, ?)", (ch, program_blob))
-            self._write(write)
+                    snapshot: Snapshot, *, defer: bool = False) -> None:
+        """Declare a channel (idempotent on resume) and the callable that snapshots its state.
+        defer=True keeps the rows for write_setup(), which writes a new run's setup in one transaction."""
+        row = (ch, run, json.dumps(descriptor), program_blob)
+        if defer:
+            self._setup.append(row)
+        else:
+            with self._db_lock:
+                self._write(lambda c: self._write_channel(c, row))
         self._snapshots[ch] = snapshot
         self._insert_sql[ch] = schema.INSERT_SAMPLE.replace("VALUES (?, ", f"VALUES ({_sql_text(ch)}, ", 1)
+
+    @staticmethod
+    def _write_channel(c: sqlite3.Connection, row: tuple) -> None:
+        ch, run, descriptor, program_blob = row
+        c.execute("INSERT INTO channels(ch, run, descriptor) VALUES (?, ?, ?) ON CONFLICT(ch) "
+                  "DO UPDATE SET descriptor=excluded.descriptor", (ch, run, descriptor))
+        if program_blob is not None:
+            c.execute("INSERT OR IGNORE INTO programs(ch, program) VALUES (?, ?)", (ch, program_blob))
+
+    def write_setup(self, meta: dict[str, str]) -> None:
+        """The meta rows and every deferred channel of a new run, in one transaction: a journal
+        either has its whole setup or none of it."""
+        rows, self._setup = self._setup, []
+
+        def write(c: sqlite3.Connection) -> None:
+            c.executemany("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                          "value=excluded.value", [(k, str(v)) for k, v in meta.items()])
+            for row in rows:
+                self._write_channel(c, row)
+
+        with self._db_lock:
+            self._write(write)
 
     # ---- staging (event-loop thread, never blocks) -------------------------------------------------
 
