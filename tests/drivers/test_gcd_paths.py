@@ -127,3 +127,37 @@ async def test_gitt_on_the_keithley_relaxes_like_the_sim_channel():
         assert abs(v - v_ref) < 2e-3, f"relaxation {k // 2 + 1}: {v:.4f} V vs {v_ref:.4f} V"
     steps_down = [run[k]["columns"]["voltage_volt"][-1] for k in range(1, len(run), 2)]
     assert steps_down[0] > steps_down[1] > steps_down[2]  # each pulse sodiates further
+
+
+async def test_cv_sweep_on_three_paths():
+    """A slow CV (2 mV/s, 1.0 -> 0.3 -> 1.0 V): the staircase of the Keithley and the EmStat's
+    meas_loop_cv give the sim channel's current away from the switching transient."""
+    import numpy as np
+
+    from cyclerctl.program import Sweep
+
+    step = Sweep(step_id=0, name="CV 2 mV/s", start=1.0, vertices=(0.3, 1.0), scan_rate=2e-3,
+                 record=Record(every=5.0), limits=SAFETY)
+    from cyclerctl.sim.channel import SimChannel
+
+    direct = SimChannel("hard_carbon", clock=VirtualClock(), noise=False)
+    await direct.open()
+    [ref] = await run_steps(direct, [step])
+    with emstat_pty(SPEED) as (_d, port):
+        ch = EmStatChannel(port, WallClock(SPEED))
+        await ch.open()
+        [em] = await run_steps(ch, [step])
+        await ch.close()
+    with keithley_server(200.0) as (_d, resource):  # host-stepped stairs of 1 s: 5 ms of wall time each
+        ch = Keithley2450Channel(resource, WallClock(200.0), sweep_step=2e-3)
+        await ch.open()
+        [kt] = await run_steps(ch, [step])
+        await ch.close()
+    probe = np.array([100.0, 200.0, 300.0, 450.0, 550.0, 650.0])
+    i_ref = np.interp(probe, ref["columns"]["step_time_second"], ref["columns"]["current_ampere"])
+    assert np.all(np.abs(i_ref) > 1e-4)
+    for name, run in (("emstat", em), ("keithley2450", kt)):
+        cols = run["columns"]
+        assert run["end"] is None and set(np.unique(cols["sweep_segment"])) == {0.0, 1.0}
+        i = np.interp(probe, cols["step_time_second"], cols["current_ampere"])
+        np.testing.assert_allclose(i, i_ref, rtol=0.03, atol=2e-5, err_msg=name)  # atol: 1 % of the peak

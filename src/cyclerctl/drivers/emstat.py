@@ -337,6 +337,7 @@ class _Progress:
         if isinstance(step, Sweep):
             seg = [abs(b - a) / step.scan_rate for a, b in step.segments()]
             self.segment_ends = np.cumsum(seg)
+            self.last_segment = max(k for k, d in enumerate(seg) if d > 0) if any(seg) else 0
         self.eis_time0: float | None = None
 
     def script_started(self) -> None:
@@ -386,8 +387,8 @@ class _Progress:
             self.builder.add(tuple(row))
             return None
         if isinstance(self.step, Sweep):
-            row.append(float(min(np.searchsorted(self.segment_ends, self.step_time - 1e-9),
-                                 len(self.segment_ends) - 1)))
+            row.append(float(min(np.searchsorted(self.segment_ends, self.step_time - 1e-6),
+                                 self.last_segment)))
         end = self.watch.feed(self.step_time, voltage, current)
         if end is not None or self.recorder.wants(self.step_time, voltage, current):
             self.recorder.kept(self.step_time, voltage, current)

@@ -350,6 +350,8 @@ class Keithley2450Channel:
         stairs: list[tuple[float, float, int]] = []  # (stair end time in sweep, voltage, segment)
         t = 0.0
         for seg, (a, b) in enumerate(step.segments()):
+            if a == b:
+                continue  # a zero-length segment (the sweep already ends where it started)
             n = max(1, math.ceil(abs(b - a) / self.sweep_step - 1e-9))
             for k in range(1, n + 1):
                 t += abs(b - a) / n / step.scan_rate
@@ -359,13 +361,16 @@ class Keithley2450Channel:
         first_v = todo[0][1] if todo else step.start
         await self._call(self._source_voltage, first_v if done > 0 else step.start, ilim)
         t0 = self.clock.now() - done
+        rel0: float | None = None
         for k, (t_end, v, seg) in enumerate(todo):
             if k > 0:
                 await self._call(lambda v=v: setattr(self.inst, "source_voltage", v))
             await self.clock.sleep_until(t0 + t_end)
             raw = await self._call(self.inst.read)
             voltage, current = self._reading(step, raw)
-            step_time = t_end
+            if rel0 is None:
+                rel0 = raw[2] - t_end
+            step_time = raw[2] - rel0  # the instrument's clock: a host that falls behind shows as such
             test_time = start.test_time + step_time - start.step_time
             end = watch.feed(step_time, voltage, current)
             last = k == len(todo) - 1

@@ -460,6 +460,8 @@ class _Runner:
 
     @staticmethod
     def _ramp(a: float, b: float, estep: float) -> list[float]:
+        if a == b:
+            return []
         n = max(1, int(math.ceil(abs(b - a) / estep - 1e-9)))
         return [a + (b - a) * k / n for k in range(1, n + 1)]
 
