@@ -217,3 +217,12 @@ def test_virtual_clock_advances_and_gap_rests():
     assert math.isclose(clock.now(), t_end + 3610.0)
     assert b[0].voltage[0] > d[-1].voltage[-1] + 0.01  # relaxed towards its open-circuit voltage
     assert b[0].truth["surface_stoichiometry"][0] < d[-1].truth["surface_stoichiometry"][-1]
+
+
+def test_step_that_records_nothing_still_returns_blocks():
+    ch = SimChannel(noise=False)
+    step = Rest(step_id=0, name="r", record=Record(every=None, voltage_change=0.5),
+                ends=(End("step_time", ">=", 3 * 86400.0),))
+    blocks = run(ch, step, StepStart(test_time=0.0))
+    assert len(blocks) >= 3 and blocks[-1].end == 0
+    assert cat(blocks, "step_time_second")[-1] == pytest.approx(3 * 86400.0)
