@@ -130,13 +130,13 @@ async def test_gitt_on_the_keithley_relaxes_like_the_sim_channel():
 
 
 async def test_cv_sweep_on_three_paths():
-    """A slow CV (2 mV/s, 1.0 -> 0.3 -> 1.0 V): the staircase of the Keithley and the EmStat's
+    """A slow CV (2 mV/s, 1.0 -> 0.6 -> 1.0 V): the staircase of the Keithley and the EmStat's
     meas_loop_cv give the sim channel's current away from the switching transient."""
     import numpy as np
 
     from cyclerctl.program import Sweep
 
-    step = Sweep(step_id=0, name="CV 2 mV/s", start=1.0, vertices=(0.3, 1.0), scan_rate=2e-3,
+    step = Sweep(step_id=0, name="CV 2 mV/s", start=1.0, vertices=(0.6, 1.0), scan_rate=2e-3,
                  record=Record(every=5.0), limits=SAFETY)
     from cyclerctl.sim.channel import SimChannel
 
@@ -148,12 +148,12 @@ async def test_cv_sweep_on_three_paths():
         await ch.open()
         [em] = await run_steps(ch, [step])
         await ch.close()
-    with keithley_server(200.0) as (_d, resource):  # host-stepped stairs of 1 s: 5 ms of wall time each
-        ch = Keithley2450Channel(resource, WallClock(200.0), sweep_step=2e-3)
+    with keithley_server(100.0) as (_d, resource):  # host-stepped stairs of 1 s: 10 ms of wall time each
+        ch = Keithley2450Channel(resource, WallClock(100.0), sweep_step=2e-3)
         await ch.open()
         [kt] = await run_steps(ch, [step])
         await ch.close()
-    probe = np.array([100.0, 200.0, 300.0, 450.0, 550.0, 650.0])
+    probe = np.array([50.0, 100.0, 150.0, 240.0, 360.0, 390.0])
     i_ref = np.interp(probe, ref["columns"]["step_time_second"], ref["columns"]["current_ampere"])
     assert np.all(np.abs(i_ref) > 1e-4)
     for name, run in (("emstat", em), ("keithley2450", kt)):
