@@ -14,7 +14,7 @@ KINDS = ("keithley2450", "emstat", "espec", "meerstetter")
 
 
 def sim_instrument(
-    kind: str = typer.Argument(..., help="keithley2450 (SCPI on TCP), emstat (MethodSCRIPT on a pty or TCP) "
+    kind: str = typer.Argument(..., help="keithley2450 (SCPI on TCP), emstat (MethodSCRIPT on a pty or TCP), "
                                          "espec (chamber protocol on TCP) or meerstetter "
                                          "(MeCom TEC stage on a pty or TCP)."),
     port: int = typer.Option(0, "--port", help="TCP port on 127.0.0.1 (0: a free port)."),
