@@ -166,12 +166,14 @@ class Journal:
         Used in wall-clock runs, so acquisition never waits for the disk. Ends on a JournalError
         (the runners see `failed` at their next block and go safe)."""
         self._kick = asyncio.Event()
+        next_at = time.monotonic() + self.commit_interval
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(self._kick.wait(), self.commit_interval)
+            try:  # a fixed rate: the time a commit takes is not added to the interval
+                await asyncio.wait_for(self._kick.wait(), max(0.0, next_at - time.monotonic()))
             except TimeoutError:
                 pass
             self._kick.clear()
+            next_at = time.monotonic() + self.commit_interval
             try:
                 await self.commit()
             except JournalError:
