@@ -530,7 +530,7 @@ def _target(mode, target, rate, ss, t):
     return target
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _eval(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, tv, ilimit, ex, fx, cache, w):
     """Solve a step of length h (not committed) under a current or a voltage with current compliance."""
     md = 0 if mode == 0 else 1

@@ -199,8 +199,8 @@ class CellModel:
     def solve_now(self, current: float | None = None) -> tuple[float, float, float]:
         """Instantaneous terminal voltage, current and phi at the present state (nothing advances)."""
         i = self.current if current is None else current
-        return K.solve(self.a, self.st, self.mst, self.mp, self.mu, self.vs, self.utab, self.stab,
-                       self.dtab, self.cp, 0.0, 0, float(i), self.ex, self.fx, self.cache, self.w)
+        return K._eval(self.a, self.st, self.mst, self.mp, self.mu, self.vs, self.utab, self.stab,
+                       self.dtab, self.cp, 0.0, 0, float(i), math.inf, self.ex, self.fx, self.cache, self.w)
 
     def new_step(self, step_time: float = 0.0, step_charge: float = 0.0, record_first: bool = True,
                  temperature_step: tuple[float, float] | None = None) -> np.ndarray:

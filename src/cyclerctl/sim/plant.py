@@ -71,8 +71,8 @@ class Plant:
         """Hold `voltage` (V) for dt (s); the current (A) at the end."""
         if dt == 0:
             m = self.model
-            _v, i, _phi = K.solve(m.a, m.st, m.mst, m.mp, m.mu, m.vs, m.utab, m.stab, m.dtab, m.cp, 0.0, 1,
-                                  float(voltage), m.ex, m.fx, m.cache, m.w)
+            _v, i, _phi = K._eval(m.a, m.st, m.mst, m.mp, m.mu, m.vs, m.utab, m.stab, m.dtab, m.cp, 0.0, 1,
+                                  float(voltage), math.inf, m.ex, m.fx, m.cache, m.w)
             return self._noisy_i(float(i))
         self._advance(1, float(voltage), dt)
         return self._noisy_i(float(self.model.st[K.I_LAST]))
