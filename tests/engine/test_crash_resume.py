@@ -25,7 +25,7 @@ from cyclerctl.store import read
 from cyclerctl.store.journal import connect
 
 HERE = Path(__file__).parent
-PROTOCOL = HERE / "data" / "crash_cycling.yaml"
+PROTOCOL = HERE / "data" / "crash_long.yaml"
 KILLS = 10
 
 
@@ -85,7 +85,7 @@ async def test_kill_minus_9_and_resume(tmp_path, instrument):
     run_dir = tmp_path / "run"
     rng = random.Random(20261122)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    args = ["run", str(PROTOCOL), "-i", instrument, "--no-noise", "--speed", "max", "--commit-interval", "0.05",
+    args = ["run", str(PROTOCOL), "-i", instrument, "--no-noise", "--speed", "max", "--commit-interval", "0.02",
             "--out", str(run_dir),
             "--no-metrics"]
     kills, last_seen = 0, -1
@@ -101,7 +101,7 @@ async def test_kill_minus_9_and_resume(tmp_path, instrument):
         while proc.poll() is None and committed_samples(run_dir) <= last_seen and time.monotonic() < deadline:
             time.sleep(0.01)
         if proc.poll() is None:
-            time.sleep(rng.uniform(0.0, 0.05))
+            time.sleep(rng.uniform(0.0, 0.03))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
