@@ -707,7 +707,7 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
                     break  # nothing fired, or it fired at the step's end, or it already held at its start
             else:
                 fm = _quantity(code, ss, st, v, iext) - e_val[fired]
-                tol = 1e-6 if code == Q_VOLTAGE or code == Q_TEMPERATURE else 1e-7 * abs(e_val[fired]) + 1e-15
+                tol = 1e-5 if code == Q_VOLTAGE or code == Q_TEMPERATURE else 1e-7 * abs(e_val[fired]) + 1e-15
                 if abs(fm) < tol or hi - lo < 1e-9:
                     break
                 if fm * f1 > 0.0:
