@@ -178,31 +178,59 @@ def export_metrics(conn, run_dir: Path) -> list[Path]:
     mdir = run_dir / "metrics"
     mdir.mkdir(exist_ok=True)
     for kind in kinds:
-        columns: dict[str, list] = {"ch": [], "seq": [], "test_time_second": [], "cycle_count": []}
-        n = 0
-        for ch, seq, t, cyc, data in conn.execute(
-                "SELECT ch, seq, test_time_second, cycle_count, data FROM metrics WHERE kind=? ORDER BY ch, seq",
-                (kind,)):
-            for k, v in (("ch", ch), ("seq", seq), ("test_time_second", t), ("cycle_count", cyc)):
-                columns[k].append(v)
-            for k, v in json.loads(data).items():
-                if k in ("ch", "seq", "test_time_second", "cycle_count"):
-                    continue
-                col = columns.get(k)
-                if col is None:
-                    col = columns[k] = [None] * n
-                col.append(v)
-            n += 1
-            for col in columns.values():
-                if len(col) < n:
-                    col.append(None)
-        table = pa.table({k: _arrow_column(v) for k, v in columns.items()})
+        cur = conn.execute("SELECT ch, seq, test_time_second, cycle_count, data FROM metrics WHERE kind=? "
+                           "ORDER BY ch, seq", (kind,))
+        parts: list[pa.Table] = []
+        while True:  # Python objects only for one batch at a time; the batches are kept as Arrow
+            rows = cur.fetchmany(METRIC_BATCH)
+            if not rows:
+                break
+            parts.append(_metric_batch(rows))
+        try:
+            table = pa.concat_tables(parts, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            table = pa.concat_tables([_as_text(t) for t in parts], promote_options="permissive")
         final = mdir / f"{kind}.parquet"
         tmp = _atomic(final)
         pq.write_table(table, tmp)
         _fsync_replace(tmp, final)
         out.append(final)
     return out
+
+
+METRIC_BATCH = 2000
+
+
+def _metric_batch(rows: list[tuple]) -> pa.Table:
+    columns: dict[str, list] = {"ch": [], "seq": [], "test_time_second": [], "cycle_count": []}
+    n = 0
+    for ch, seq, t, cyc, data in rows:
+        for k, v in (("ch", ch), ("seq", seq), ("test_time_second", t), ("cycle_count", cyc)):
+            columns[k].append(v)
+        for k, v in json.loads(data).items():
+            if k in ("ch", "seq", "test_time_second", "cycle_count"):
+                continue
+            col = columns.get(k)
+            if col is None:
+                col = columns[k] = [None] * n
+            col.append(v)
+        n += 1
+        for col in columns.values():
+            if len(col) < n:
+                col.append(None)
+    return pa.table({k: _arrow_column(v) for k, v in columns.items()})
+
+
+def _as_text(t: pa.Table) -> pa.Table:
+    """Nested columns as JSON text (when batches disagree on a nested type)."""
+    cols = {}
+    for name in t.column_names:
+        col = t.column(name)
+        if pa.types.is_nested(col.type):
+            cols[name] = pa.array([None if v is None else json.dumps(v) for v in col.to_pylist()], type=pa.string())
+        else:
+            cols[name] = col
+    return pa.table(cols)
 
 
 def _arrow_column(values: list) -> pa.Array:
