@@ -4,8 +4,8 @@ ThermostatChannel: wait for stability while the cell rests, a chamber that never
 from __future__ import annotations
 
 import pytest
-from conftest import emstat_pty, espec_server, make_plant
 from driverkit import run_steps
+from instrument_servers import emstat_pty, espec_server, make_plant
 
 from cyclerctl.clock import WallClock
 from cyclerctl.drivers.emstat import EmStatChannel
@@ -81,7 +81,7 @@ def test_mecom_frames_match_the_documented_examples():
 
 
 async def test_peltier_stage_over_mecom_on_a_pty():
-    from conftest import meerstetter_pty
+    from instrument_servers import meerstetter_pty
 
     plant = make_plant()
     with meerstetter_pty(SPEED, plant=plant) as (dev, path), emstat_pty(SPEED, plant=plant) as (_e, port):
@@ -101,7 +101,7 @@ async def test_peltier_stage_over_mecom_on_a_pty():
 
 
 async def test_settling_on_a_keithley_keeps_time_increasing():
-    from conftest import keithley_server
+    from instrument_servers import keithley_server
 
     from cyclerctl.drivers.keithley2450 import Keithley2450Channel
 

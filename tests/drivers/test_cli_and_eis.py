@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import emstat_pty
 from driverkit import run_steps
+from instrument_servers import emstat_pty
 
 from cyclerctl.clock import VirtualClock, WallClock
 from cyclerctl.drivers.emstat import EmStatChannel

@@ -7,8 +7,8 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import emstat_pty, emstat_tcp, keithley_server
 from driverkit import run_steps
+from instrument_servers import emstat_pty, emstat_tcp, keithley_server
 
 from cyclerctl.clock import WallClock
 from cyclerctl.drivers.emstat import EmStatChannel

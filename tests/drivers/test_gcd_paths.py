@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import emstat_pty, keithley_server
 from driverkit import rms_difference, run_steps, step_charge
+from instrument_servers import emstat_pty, keithley_server
 
 from cyclerctl.clock import VirtualClock, WallClock
 from cyclerctl.drivers.emstat import EmStatChannel

@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import emstat_pty
 from driverkit import run_steps
 from hypothesis import given
 from hypothesis import strategies as st
+from instrument_servers import emstat_pty
 
 from cyclerctl.clock import WallClock
 from cyclerctl.drivers.emstat import EmStatChannel

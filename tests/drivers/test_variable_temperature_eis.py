@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import emstat_pty, espec_server, make_plant
 from driverkit import run_steps
+from instrument_servers import emstat_pty, espec_server, make_plant
 
 from cyclerctl.analysis.arrhenius import activation_energy
 from cyclerctl.analysis.eis import EisSettings, analyze_spectrum
