@@ -119,6 +119,7 @@ def capacity_ce(rows: list[MetricRow], out: Path) -> list[Path]:
 
 
 def dqdv(rows: list[MetricRow], out: Path) -> list[Path]:
+    rows = [r for r in rows if r.data.get("voltage_volt") is not None]  # long runs keep selected curves
     if not rows:
         return []
     cycles = sorted({r.data["cycle_count"] for r in rows})
