@@ -130,3 +130,10 @@ def test_ici_two_term_recovers_d_and_resistance():
     assert r["resistance_ohm"] == pytest.approx(15.0, rel=0.01)
     # the one-term √t fit reads D high by the documented amount (about +15 % at 1e-3 τ_d)
     assert 1.05 < r["diffusion_coefficient_one_term_cm2_s"] / (d * 1e4) < 1.25
+
+
+
+def test_pulse_much_longer_than_the_diffusion_time_is_flagged():
+    long_pulse = pulses(30.0, n=2)[0]
+    assert "diffusion_time_unresolved" in long_pulse["flags"] and not long_pulse["valid"]
+    assert "diffusion_time_unresolved" not in pulses(0.1, n=2)[0]["flags"]

@@ -51,6 +51,7 @@ class GittSettings:
     slope_change: float = 0.3  # relative change of dE/dt_eq between pulses flagged as OCV curvature
     sqrt_r2_min: float = 0.995  # R² of E vs √t over the pulse
     two_term_max_ratio: float = 0.03  # τ/τ_d above which the two-term fit is flagged biased
+    sphere_max_ratio: float = 10.0  # τ/τ_d above which the pulse no longer resolves the diffusion time
     min_points: int = 8
 
 
@@ -137,6 +138,8 @@ def analyze_pulse(t: np.ndarray, e: np.ndarray, current: float, e_before: float,
         flags.append("sqrt_t_nonlinear")
     if math.isfinite(u) and u > settings.two_term_max_ratio:
         flags.append("two_term_biased")
+    if math.isfinite(u) and u > settings.sphere_max_ratio:
+        flags.append("diffusion_time_unresolved")  # the particle is near uniform for most of the pulse
     if out["classic_bias_expected"] is not None and out["classic_bias_expected"] < 0.95:
         flags.append("classic_biased")
     if rest_t is not None and rest_e is not None and rest_t.size >= 3:
@@ -154,7 +157,8 @@ def analyze_pulse(t: np.ndarray, e: np.ndarray, current: float, e_before: float,
 
 
 # flags that make the headline (sphere-fit) D invalid; bias flags concern the other estimators
-INVALIDATING = frozenset({"no_open_circuit_potential", "plateau", "not_relaxed", "too_few_points", "fit_failed", "ocv_slope_changing"})
+INVALIDATING = frozenset({"no_open_circuit_potential", "plateau", "not_relaxed", "too_few_points", "fit_failed",
+                          "ocv_slope_changing", "diffusion_time_unresolved"})
 
 
 class GittOperator:
