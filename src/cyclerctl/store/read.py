@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,27 +17,10 @@ from . import schema
 from .journal import iter_rows
 
 
-@dataclass(slots=True)
-class JournalEvent:
-    """An events-table row (same fields as cyclerctl.analysis.base.Event)."""
-
-    kind: str
-    test_time_second: float | None = None
-    cycle_count: int | None = None
-    step_count: int | None = None
-    sample_seq: int | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    ch: str = ""
-    seq: int = 0
-    unix_time_second: float | None = None
-
-
 def event_type():
-    """The Event class the analysis operators expect (theirs when installed, else ours)."""
-    try:
-        from ..analysis.base import Event
-    except ImportError:
-        return JournalEvent
+    """The Event class the analysis operators take (events-table rows)."""
+    from ..analysis.base import Event  # imported late: the journal itself does not need the analysis
+
     return Event
 
 
