@@ -150,9 +150,105 @@ class FitResult:
                 "aic": self.aic, "success": self.success}
 
 
+DIFFUSION = ("W", "Wo", "Ws", "Sph")
+
+
+def _first_valley(mim: np.ndarray, apex: int) -> int | None:
+    """Index of the first local minimum of −Z'' below the arc apex (frequencies descending): where
+    the fastest arc gives way to the next process."""
+    for k in range(apex + 1, len(mim) - 1):
+        if mim[k] <= mim[k - 1] and mim[k] <= mim[k + 1]:
+            return k
+    return None
+
+
+def randles_profile(freq: np.ndarray, z_we: np.ndarray, z_total: np.ndarray) -> tuple[float, float, float] | None:
+    """(C_dl, R_ct, σ) of Z = [jωC_dl + 1/(R_ct + σ(1 − j)ω^-½)]^-1 fitted to the working-electrode
+    part `z_we` of a spectrum, by profiling over C_dl: for a given C_dl, 1/(1/Z − jωC_dl) =
+    R_ct + σ(1 − j)ω^-½ is linear in R_ct and σ (weighted least squares, errors mapped back to Z and
+    taken relative to the whole impedance `z_total`). A semi-infinite Warburg stands in for any
+    diffusion element here; this is a starting point for the full fit, not a result."""
+    w = 2 * np.pi * np.asarray(freq, float)
+    y = 1.0 / z_we
+    c_top = float(np.max(y.imag / w))
+    if not c_top > 0:
+        return None
+    a = np.column_stack([np.r_[np.ones_like(w), np.zeros_like(w)], np.r_[w ** -0.5, -(w ** -0.5)]])
+    best = None
+    with np.errstate(all="ignore"):
+        for c in np.geomspace(c_top * 1e-4, c_top, 160):
+            zf = 1.0 / (y - 1j * w * c)
+            wt = np.abs(z_we / zf) ** 2 / np.abs(z_total)  # dZ = (Z/zf)² d zf
+            wt = np.r_[wt, wt]
+            x, *_ = np.linalg.lstsq(a * wt[:, None], np.r_[zf.real, zf.imag] * wt, rcond=None)
+            if not (x[0] > 0 and x[1] > 0):
+                continue
+            zm = 1.0 / (1j * w * c + 1.0 / (x[0] + x[1] * (1 - 1j) / np.sqrt(w)))
+            cost = float(np.sum(np.abs((zm - z_we) / z_total) ** 2))
+            if np.isfinite(cost) and (best is None or cost < best[0]):
+                best = (cost, float(c), float(x[0]), float(x[1]))
+    return None if best is None else best[1:]
+
+
+def _physical_starts(circuit: Circuit, f: np.ndarray, zz: np.ndarray, apex: int) -> list[np.ndarray]:
+    """Starts for circuits with an arc in front of a diffusion element (R_ct − W/Sph ∥ C_dl), from the
+    spectrum itself: the fastest arc (a counter electrode) fitted above the first valley of −Z'',
+    then the working-electrode Randles part by `randles_profile`; diffusion times from
+    semi-infinite (the window shows only the √ω region) to about the lowest frequency."""
+    kinds, names = circuit.kinds, circuit.names
+    r_idx = [i for i, k in enumerate(kinds) if k == "R"]
+    c_idx = [i for i, k in enumerate(kinds) if k == "C"]
+    d_idx = [i for i, k in enumerate(kinds) if k in DIFFUSION]
+    if not d_idx or not c_idx or len(r_idx) < 2 or any(k in ("CPE", "L") for k in kinds):
+        return []
+    w = 2 * np.pi * f
+    r_s = max(float(zz.real[0]), 1e-6)
+    z_front = np.full(f.shape, r_s, dtype=complex)
+    front: list[float] = []
+    lo = np.ones(f.shape, bool)
+    if len(c_idx) >= 2:  # R0-p(R1,C1)-...: the first arc is fitted on its own
+        valley = _first_valley(-zz.imag, apex)
+        if valley is None or valley < 3 or len(f) - valley < 4:
+            return []
+        hi = f >= f[valley]
+        ce = fit_circuit("R0-p(R1,C1)", f[hi], zz[hi])
+        if not np.all(np.isfinite(ce.values)):
+            return []
+        r_s, r1, c1 = (float(v) for v in ce.values)
+        z_front = r_s + 1.0 / (1.0 / r1 + 1j * w * c1)
+        front = [r1, c1]
+        lo = f < f[valley]
+    prof = randles_profile(f[lo], (zz - z_front)[lo], zz[lo])
+    if prof is None:
+        return []
+    c_dl, r_ct, sigma = prof
+    w_low = float(w.min())
+    starts = []
+    for tau in (1e3 / w_low, 30.0 / w_low, 1.0 / w_low):
+        b = np.empty(len(names))
+        b[r_idx[0]] = r_s
+        if front:
+            b[r_idx[1]], b[c_idx[0]] = front
+        for i in r_idx[1 + bool(front):]:
+            b[i] = r_ct
+        for i in c_idx[bool(front):]:
+            b[i] = c_dl
+        for i in d_idx:
+            if kinds[i] == "W":
+                b[i] = sigma
+            elif names[i].endswith("_tau"):
+                b[i] = tau
+                b[i - 1] = sigma * math.sqrt(2 * tau)  # Z0 or A: the √ω limit is σ = A/√(2τ)
+        starts.append(b)
+        if not any(names[i].endswith("_tau") for i in d_idx):
+            break
+    return starts
+
+
 def initial_guess(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> list[np.ndarray]:
-    """Starting points from the spectrum's shape: R_s at high f, the arc diameter and apex, the
-    low-frequency tail. Several starts for the diffusion time constants."""
+    """Starting points from the spectrum's shape. First those of `_physical_starts` (counter-electrode
+    arc above the first valley of −Z'', Randles part profiled over C_dl); then generic ones: R_s at
+    high f, the arc diameter and apex, the low-frequency tail, several diffusion time constants."""
     order = np.argsort(freq)[::-1]
     f, zz = freq[order], z[order]
     r_s = max(float(zz.real[0]), 1e-6)
@@ -186,7 +282,7 @@ def initial_guess(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> list[np.
             base.append(1.0 / w_low)
         else:  # Z0 / A amplitudes
             base.append(sigma * np.sqrt(2.0 / w_low))
-    starts = [np.array(base)]
+    starts = _physical_starts(circuit, f, zz, apex) + [np.array(base)]
     if n_c >= 2:  # the slower arc (e.g. a working electrode behind the counter-electrode arc) may be hidden
         for scale in (1e2, 1e4):
             b = np.array(base)
@@ -194,7 +290,7 @@ def initial_guess(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> list[np.
             b[last_c] *= scale
             starts.append(b)
     if any(nm.endswith("_tau") for nm in circuit.names):
-        for b0 in list(starts):
+        for b0 in list(starts[-(3 if n_c >= 2 else 1):]):
             for scale in (1e-2, 1e2, 1e4):
                 b = b0.copy()
                 for i, nm in enumerate(circuit.names):
