@@ -18,7 +18,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..errors import ConfigError, InstrumentError
-from .envelope import check_speed, load_envelope
+from .envelope import check_speed, load_envelope, simulated
 from .retry import retrying
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,11 @@ class EspecChamber:
         except (serial.SerialException, OSError, ValueError) as exc:
             raise InstrumentError(f"cannot connect ({str(exc).splitlines()[0]})", self.url, transient=True) from exc
 
+    def disconnect(self) -> None:
+        """Close the link now (blocking; e.g. after identify() when the run is refused)."""
+        with self._lock:
+            self._drop()
+
     def _drop(self) -> None:
         ser, self._ser = self._ser, None
         if ser is not None:
@@ -107,10 +112,19 @@ class EspecChamber:
 
     # ---- Thermostat ----------------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        rom = await self._call("ROM?")
+    def _identity(self, rom: str) -> None:
         m = _SIM_SPEED.search(rom)
         self.instrument_speed = (math.inf if m.group(1) == "max" else float(m.group(1))) if m else None
+        if self.instrument_speed is not None and self.capabilities.real_hardware:
+            self.capabilities = simulated(self.capabilities)
+
+    def identify(self) -> None:
+        """Ask the controller who it is (blocking, once, before the run): a simulated chamber
+        advertises its --speed in `ROM?`, and the capabilities then say real_hardware=False."""
+        self._identity(self._ask("ROM?"))
+
+    async def open(self) -> None:
+        self._identity(await self._call("ROM?"))
         check_speed(self.name, self.instrument_speed, self.clock.speed)
 
     async def set_temperature(self, kelvin: float) -> None:

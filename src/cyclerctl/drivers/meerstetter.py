@@ -19,7 +19,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..errors import ConfigError, InstrumentError
-from .envelope import check_speed, load_envelope
+from .envelope import check_speed, load_envelope, simulated
 from .retry import retrying
 
 OBJECT_TEMPERATURE = 1000
@@ -102,6 +102,11 @@ class MeerstetterTEC:
             except (serial.SerialException, OSError, ValueError) as exc:
                 raise InstrumentError(f"cannot connect ({str(exc).splitlines()[0]})", self.url, transient=True) from exc
 
+    def disconnect(self) -> None:
+        """Close the link now (blocking; e.g. after identify() when the run is refused)."""
+        with self._lock:
+            self._drop()
+
     def _drop(self) -> None:
         ser, self._ser = self._ser, None
         if ser is not None:
@@ -155,14 +160,29 @@ class MeerstetterTEC:
 
     # ---- Thermostat ----------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    def _identity(self, speed: int | None) -> None:
+        self.instrument_speed = None if speed is None else speed / 1000.0
+        if self.instrument_speed is not None and self.capabilities.real_hardware:
+            self.capabilities = simulated(self.capabilities)
+
+    def identify(self) -> None:
+        """Ask the controller (blocking, once, before the run) for the parameter a simulated stage
+        advertises its --speed in; a real controller answers "parameter not available"."""
         try:
-            speed = await self.get(SIM_SPEED, "int")
-            self.instrument_speed = speed / 1000.0
+            m = self._transact(f"?VR{SIM_SPEED:04X}{self.instance:02X}")
+            self._identity(int(decode_value(m.group("body"), "int")))
         except InstrumentError as exc:
             if "not available" not in exc.message:
                 raise
-            self.instrument_speed = None  # a real controller has no such parameter
+            self._identity(None)
+
+    async def open(self) -> None:
+        try:
+            self._identity(int(await self.get(SIM_SPEED, "int")))
+        except InstrumentError as exc:
+            if "not available" not in exc.message:
+                raise
+            self._identity(None)  # a real controller has no such parameter
         check_speed(self.name, self.instrument_speed, self.clock.speed)
 
     async def set_temperature(self, kelvin: float) -> None:

@@ -5,8 +5,10 @@ Spec strings (command line and bench files):
   sim:PRESET                        a shipped preset name (sim/*.yaml) or a path to a preset file
   keithley2450:RESOURCE             a VISA resource, e.g. TCPIP0::10.0.0.5::5025::SOCKET
   emstat:PORT                       a serial port (/dev/ttyACM0) or tcp://host:port
-Thermostat specs (--chamber): sim, espec:tcp://host:port, espec:/dev/ttyUSB0, meerstetter:/dev/ttyUSB0 (open_thermostat; wrap the
-channel in drivers.thermostat_channel.ThermostatChannel to run SetTemperature steps on the chamber)
+Thermostat specs (--chamber, bench `chamber:`): espec:tcp://host:port, espec:/dev/ttyUSB0,
+meerstetter:/dev/ttyUSB0, meerstetter:tcp://host:port (open_thermostat); the engine wraps the channel in
+drivers.thermostat_channel.ThermostatChannel to run SetTemperature steps on the chamber. `sim` names
+the simulated cycler's built-in chamber (nothing to open).
 
 Instrument factories identify the instrument when they build the channel, so capabilities.real_hardware
 is known before open(): a simulated instrument (cyclerctl sim-instrument) says real_hardware=False.
@@ -73,11 +75,22 @@ def register_thermostat(kind: str, factory) -> None:
     _THERMOSTATS[kind] = factory
 
 
-def open_thermostat(spec: str, clock: Clock, **options):
-    """Build (not yet open) the Thermostat for a --chamber spec such as espec:tcp://host:port."""
+def check_thermostat_spec(spec: str) -> tuple[str, str]:
+    """(kind, address) of a chamber spec; ConfigError (one line) for an unknown kind or no address."""
     text = spec.strip()
     kind, _, address = text.partition(":")
     kind = kind.lower()
+    _load_thermostats(kind)
+    if kind not in _THERMOSTATS:
+        known = ", ".join(sorted({"espec", "meerstetter", *_THERMOSTATS}))
+        raise ConfigError(f"unknown chamber {kind!r} in {text!r}; known: {known} (e.g. espec:tcp://HOST:10001, "
+                          f"espec:/dev/ttyUSB0, meerstetter:/dev/ttyUSB0)")
+    if not address.strip():
+        raise ConfigError(f"chamber {text!r} needs an address, e.g. {kind}:tcp://HOST:PORT or {kind}:/dev/ttyUSB0")
+    return kind, address.strip()
+
+
+def _load_thermostats(kind: str) -> None:
     if kind == "espec" and kind not in _THERMOSTATS:
         from .espec import open_espec
 
@@ -86,9 +99,11 @@ def open_thermostat(spec: str, clock: Clock, **options):
         from .meerstetter import open_meerstetter
 
         register_thermostat("meerstetter", open_meerstetter)
-    if kind not in _THERMOSTATS:
-        known = ", ".join(sorted({"espec", "meerstetter", *_THERMOSTATS}))
-        raise ConfigError(f"unknown chamber {kind!r} in {text!r}; known: {known}")
+
+
+def open_thermostat(spec: str, clock: Clock, **options):
+    """Build (not yet open) the Thermostat for a --chamber spec such as espec:tcp://host:port."""
+    kind, address = check_thermostat_spec(spec)
     return _THERMOSTATS[kind](address, clock, **options)
 
 

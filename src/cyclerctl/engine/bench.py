@@ -12,6 +12,8 @@
       - name: A2
         instrument: keithley2450:TCPIP0::10.0.0.5::5025::SOCKET
         protocol: protocols/hc_gitt_second_cycle.yaml
+        chamber: espec:tcp://10.0.0.7:10001  # temperature steps on this chamber; channels naming the
+                                             # same chamber share it (one link, one lock)
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import yaml
 
 from ..errors import ConfigError
 
-CHANNEL_KEYS = {"name", "instrument", "protocol", "cell", "mass", "area", "nominal_capacity", "seed", "noise"}
+CHANNEL_KEYS = {"name", "instrument", "chamber", "protocol", "cell", "mass", "area", "nominal_capacity", "seed",
+                "noise"}
 
 
 @dataclass
@@ -33,6 +36,7 @@ class BenchChannel:
     instrument: str
     protocol: str
     cell: str | None = None
+    chamber: str | None = None  # thermostat spec; channels naming the same chamber share it
     overrides: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -50,6 +54,21 @@ def _resolve(base: Path, value: str | None) -> str | None:
     if not p.is_absolute() and (base / p).exists():
         return str(base / p)
     return value
+
+
+def _chamber(path: Path, k: int, value) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text.lower() == "sim":
+        return text
+    from ..drivers.registry import check_thermostat_spec
+
+    try:
+        check_thermostat_spec(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: channel #{k + 1}: {exc}") from None
+    return text
 
 
 def load_bench(path: str | Path) -> Bench:
@@ -81,6 +100,7 @@ def load_bench(path: str | Path) -> Bench:
         out.append(BenchChannel(
             name=str(c["name"]), instrument=str(c.get("instrument", "sim")),
             protocol=_resolve(base, str(c["protocol"])), cell=_resolve(base, c.get("cell")),
+            chamber=_chamber(path, k, c.get("chamber")),
             overrides={key if key != "mass" else "active_mass": str(c[key]) for key in ("mass", "area")
                        if c.get(key) is not None}
             | ({"nominal_specific_capacity": str(c["nominal_capacity"])} if c.get("nominal_capacity") else {}),

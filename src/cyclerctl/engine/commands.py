@@ -117,7 +117,12 @@ def run(
     cell: str | None = typer.Option(None, "--cell", help="Cell file (same keys as the protocol's cell block)."),
     instrument: str = typer.Option("sim", "--instrument", "-i",
                                    help="sim, sim:PRESET, keithley2450:RESOURCE or emstat:PORT."),
-    chamber: str | None = typer.Option(None, "--chamber", help="Climate chamber (e.g. sim, espec:tcp://host:port)."),
+    chamber: str | None = typer.Option(
+        None, "--chamber",
+        help="Chamber for the protocol's temperature steps: espec:tcp://HOST:PORT, espec:/dev/ttyUSB0, "
+             "meerstetter:PORT (a serial port or tcp://HOST:PORT), or sim (the simulator's built-in chamber, "
+             "the default with -i sim). Real hardware runs only at --speed 1; a simulated chamber "
+             "(cyclerctl sim-instrument espec) at the run's --speed."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default runs/DATE_NAME)."),
     speed: str = typer.Option("max", "--speed", help="'max' (simulated time, as fast as possible) or N x real time."),
     mqtt: str | None = typer.Option(None, "--mqtt", help="off (default), embedded, or a broker URL mqtt://host:port."),
@@ -133,11 +138,18 @@ def run(
 ) -> None:
     """Run a protocol on a cell: live progress, journal, exports at the end.
 
-    Example: cyclerctl run hc_formation_cycling --instrument sim:hard_carbon --speed max"""
+    Examples: cyclerctl run hc_formation_cycling --instrument sim:hard_carbon --speed max;
+    cyclerctl run snhc_eis_temperature -i emstat:/dev/ttyACM0 --chamber espec:tcp://10.0.0.7:10001 --speed 1"""
     _logging()
-    if chamber is not None and chamber.strip().lower() not in ("sim",):
-        raise ConfigError("--chamber: only the simulated chamber (sim) is driven by this version; temperature "
-                          "steps on real hardware are not supported yet")
+    if chamber is not None and bench is not None:
+        raise ConfigError("--chamber is for single-channel runs; in a bench file give each channel (or the "
+                          "defaults) a 'chamber:' key")
+    if chamber is not None:
+        chamber = chamber.strip()
+        if chamber.lower() != "sim":
+            from ..drivers.registry import check_thermostat_spec
+
+            check_thermostat_spec(chamber)
     if not 0 < commit_interval <= 1.0:
         raise ConfigError("--commit-interval must be > 0 and at most 1 s")
     settings = RunSettings(speed=parse_speed(speed), mqtt=_mqtt_mode(mqtt, "off"), node=node,
@@ -152,13 +164,13 @@ def run(
         for c in b.channels:
             program, path = _compile(c.protocol, c.cell, c.overrides)
             opts = _sim_options(c.instrument, c.options.get("seed", seed), c.options.get("noise", not no_noise))
-            plans.append(ChannelPlan(c.name, program, c.instrument, opts, str(path), c.cell or ""))
+            plans.append(ChannelPlan(c.name, program, c.instrument, opts, str(path), c.cell or "", c.chamber or ""))
     else:
         if not protocol:
             raise ConfigError("give a PROTOCOL (file or shipped name) or --bench BENCH.yaml")
         program, path = _compile(protocol, cell)
         plans.append(ChannelPlan(channel, program, instrument, _sim_options(instrument, seed, not no_noise),
-                                 str(path), cell or ""))
+                                 str(path), cell or "", chamber or ""))
     session = Session.create(plans, settings, out)
     _run_session(session, metric_lines=metrics, announce_mqtt=settings.mqtt == "embedded")
 

@@ -26,7 +26,9 @@ from typing import Any
 
 from .. import __version__
 from ..clock import Clock, VirtualClock, WallClock
-from ..drivers.registry import InstrumentSpec, open_channel
+from ..drivers.envelope import check_speed
+from ..drivers.registry import InstrumentSpec, open_channel, open_thermostat
+from ..drivers.thermostat_channel import SharedThermostat, ThermostatChannel
 from ..errors import ConfigError, JournalError
 from ..program import Program
 from ..store import read
@@ -54,6 +56,7 @@ class ChannelPlan:
     options: dict[str, Any] = field(default_factory=dict)  # e.g. seed, noise (passed to the channel)
     protocol_path: str = ""
     cell_file: str = ""
+    chamber: str = ""  # thermostat spec (espec:..., meerstetter:...); "" or "sim": the simulator's own
 
 
 @dataclass
@@ -183,7 +186,7 @@ class Session:
             "status": "running",
             "settings": settings.to_json(),
             "channels": [
-                {"name": p.name, "instrument": p.instrument, "options": p.options,
+                {"name": p.name, "instrument": p.instrument, "chamber": p.chamber, "options": p.options,
                  "protocol": {"name": p.program.name, "path": p.protocol_path or p.program.source,
                               "sha256": p.program.protocol_hash},
                  "cell_file": p.cell_file, "cell": cell_dict(p.program)}
@@ -245,7 +248,7 @@ class Session:
                                    f"it was written by another cyclerctl version") from exc
             c = by_name.get(ch, {})
             plan = ChannelPlan(ch, program, c.get("instrument", "sim"), c.get("options", {}),
-                               c.get("protocol", {}).get("path", ""), c.get("cell_file", ""))
+                               c.get("protocol", {}).get("path", ""), c.get("cell_file", ""), c.get("chamber", ""))
             es_dict, blob_state = states[ch]
             es = EngineState.from_dict(es_dict) if es_dict else EngineState()
             if es.state == State.PAUSING.value:
@@ -273,6 +276,11 @@ class Session:
 
     def _add_channel(self, plan: ChannelPlan, es: EngineState, channel_state: bytes | None, *, fresh: bool) -> None:
         spec = InstrumentSpec.parse(plan.instrument)
+        chamber = (plan.chamber or "").strip()
+        if chamber.lower() == "sim" and spec.kind != "sim":
+            raise ConfigError(f"channel {plan.name}: chamber 'sim' is the simulated cycler's built-in chamber; "
+                              f"with {plan.instrument} give a real one (espec:tcp://HOST:PORT, espec:/dev/ttyUSB0, "
+                              f"meerstetter:PORT)")
         clock = self._make_clock(es.test_time)
         self.clocks[plan.name] = clock
         options = dict(plan.options)
@@ -285,6 +293,8 @@ class Session:
         if channel.capabilities.real_hardware and self.settings.speed != 1.0:
             raise ConfigError(f"channel {plan.name}: {plan.instrument} is real hardware; it runs only at "
                               f"--speed 1")
+        if chamber and chamber.lower() != "sim":
+            channel = ThermostatChannel(channel, self._chamber(plan.name, chamber, clock))
         if channel_state is not None:
             channel.load_state(channel_state)
         lock = self._instrument_lock(spec, plan.name)
@@ -306,7 +316,7 @@ class Session:
             "cell": cell_dict(plan.program),
             "protocol": {"name": plan.program.name, "path": plan.protocol_path or plan.program.source,
                          "sha256": plan.program.protocol_hash},
-            "instrument": plan.instrument, "kind": spec.kind, "preset": spec.address if spec.kind == "sim" else None,
+            "instrument": plan.instrument, "chamber": plan.chamber or None, "kind": spec.kind, "preset": spec.address if spec.kind == "sim" else None,
             "model": channel.capabilities.model, "options": plan.options,
             "columns": BDF_UNITS,
         }
@@ -320,6 +330,33 @@ class Session:
                 conn.close()
 
     _locks: dict[str, asyncio.Lock]
+    _chambers: dict[str, SharedThermostat]
+
+    def _chamber(self, ch: str, text: str, clock: Clock) -> SharedThermostat:
+        """The chamber of a --chamber / bench `chamber:` spec, one per physical chamber (channels naming
+        the same one share it and its lock). Identified before the run: real hardware runs only at
+        --speed 1, a simulated chamber at the run's --speed."""
+        if not hasattr(self, "_chambers"):
+            self._chambers = {}
+        kind, _, address = text.partition(":")
+        key = f"{kind.lower()}:{address.strip()}"
+        shared = self._chambers.get(key)
+        if shared is not None:
+            return shared
+        thermostat = open_thermostat(text, clock)
+        try:
+            thermostat.identify()
+            speed = self.settings.speed
+            if thermostat.capabilities.real_hardware:
+                if speed != 1.0:
+                    raise ConfigError(f"channel {ch}: the chamber {text} is real hardware; it runs only at --speed 1")
+            else:
+                check_speed(f"chamber {text}", thermostat.instrument_speed, speed)
+        except BaseException:
+            thermostat.disconnect()
+            raise
+        shared = self._chambers[key] = SharedThermostat(thermostat)
+        return shared
 
     def _instrument_lock(self, spec: InstrumentSpec, ch: str) -> asyncio.Lock | None:
         """One lock per physical instrument; each simulated channel is its own instrument."""

@@ -58,6 +58,13 @@ class SimChannel:
     async def open(self) -> None:
         """Nothing to connect; the cell is at open circuit."""
 
+    def set_ambient(self, kelvin: float) -> None:
+        """The air around the cell is at `kelvin` (a chamber the engine drives, read by
+        ThermostatChannel); the cell follows with its thermal time constant."""
+        if not 150.0 < kelvin < 500.0:
+            raise ValueError(f"ambient temperature {kelvin!r} K is out of range")
+        self.model.set_chamber(float(kelvin), immediate=True)
+
     async def safe_state(self) -> None:
         """Open circuit. The cell rests from now on until the next step starts."""
 
