@@ -12,7 +12,8 @@ reading, so the simulated cell follows the real chamber with its own thermal lag
 
 Several channels may share one chamber (`SharedThermostat`): it is opened once, every exchange with
 it holds one lock, and it goes to its safe state when it fails or when the last channel using it is
-closed. A channel alone on its chamber also puts the chamber in its safe state with its own."""
+closed. A channel alone on its chamber also puts the chamber in its safe state with its own (pause,
+stop, fault); the next step after that (a resumed channel) gives the chamber its last set point again."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ class SharedThermostat:
         self.users = 0
         self._opened = False
         self._closed = False
+        self._safe = False  # in its safe state since the last set point (asked once, not per caller)
+        self.setpoint: float | None = None  # K, the last set point given
 
     def attach(self) -> SharedThermostat:
         self.users += 1
@@ -58,15 +61,26 @@ class SharedThermostat:
 
     async def set_temperature(self, kelvin: float) -> None:
         async with self.lock:
+            self._safe = False
+            self.setpoint = kelvin
             await self.thermostat.set_temperature(kelvin)
+
+    async def restore(self) -> None:
+        """Back to the last set point after a safe state (a paused channel resumed)."""
+        if self._safe and self.setpoint is not None and not self._closed:
+            await self.set_temperature(self.setpoint)
 
     async def read_temperature(self) -> float:
         async with self.lock:
             return await self.thermostat.read_temperature()
 
     async def safe_state(self) -> None:
+        """The chamber's safe state (standby, output off), once until the next set point: a failing
+        chamber is not asked again by every caller (each attempt may take its full retries)."""
         async with self.lock:
-            await self.thermostat.safe_state()
+            if not self._safe:
+                self._safe = True
+                await self.thermostat.safe_state()
 
     async def release(self) -> None:
         """One user is done; the last one puts the chamber in its safe state and closes the link."""
@@ -162,6 +176,11 @@ class ThermostatChannel:
     # ---- steps ----------------------------------------------------------------------------------
 
     async def _delegate(self, step: Step, start: StepStart) -> AsyncIterator[Block]:
+        try:
+            await self.thermostat.restore()
+        except InstrumentError:
+            await self._chamber_failed()
+            raise
         await self._poll_in_background()
         async for block in self.channel.run_step(step, start):
             await self._poll_in_background()
