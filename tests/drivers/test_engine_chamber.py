@@ -206,3 +206,39 @@ async def test_a_paused_channel_gives_its_chamber_the_set_point_back_on_resume()
         assert 27.0 < rest["columns"]["temperature_t1_celsius"][-1] < 30.5  # the cell warms on (its own lag)
         await ch.close()
         assert dev.mode == "STANDBY"
+
+
+def test_variable_temperature_eis_through_the_engine(tmp_path):
+    """EmStat (pty) + Espec (TCP), both simulated on one cell, run by the engine with the live analysis:
+    the EIS rows carry the chamber's temperature and the Arrhenius row gives the preset's charge-transfer
+    activation energy (13.94 kJ/mol, hard_carbon)."""
+    import asyncio
+
+    from instrument_servers import emstat_pty, make_plant
+
+    from cyclerctl.engine.session import ChannelPlan, RunSettings, Session
+    from cyclerctl.protocol import compile_file
+
+    p = tmp_path / "vt.yaml"
+    p.write_text(
+        "cyclerctl: 1\nname: VT EIS\n"
+        "cell: {name: hc, active_mass: 3.4 mg, area: 1.131 cm^2, nominal_specific_capacity: 300 mAh/g}\n"
+        "safety: {voltage: [-0.05 V, 3.0 V], current: 5 mA, temperature: [0 degC, 60 degC]}\n"
+        "record: {every: 300 s}\n"
+        "steps:\n"
+        "  - for_each: {temperature: [15, 25, 35, 45], unit: degC}\n"
+        "    steps:\n"
+        "      - temperature: {set: $temperature, within: 0.3 K, stable_for: 20 min, timeout: 4 h}\n"
+        "      - eis: {bias: ocv, amplitude: 5 mV, from: 100 kHz, to: 100 mHz, per_decade: 8}\n")
+    speed = 2000.0
+    plant = make_plant()
+    with espec_server(speed, plant=plant) as (_c, address), emstat_pty(speed, plant=plant) as (_e, port):
+        session = Session.create([ChannelPlan("ch1", compile_file(p), f"emstat:{port}", {}, str(p), "",
+                                              f"espec:{address}")], RunSettings(speed=speed), tmp_path / "vt_run")
+        assert asyncio.run(session.execute()) == {"ch1": "done"}
+    with sqlite3.connect(tmp_path / "vt_run" / "journal.sqlite") as db:
+        rows = [(k, json.loads(d)) for k, d in db.execute("SELECT kind, data FROM metrics ORDER BY seq")]
+    eis = [d for k, d in rows if k == "eis"]
+    assert [round(d["temperature_kelvin"] - 273.15) for d in eis] == [15, 25, 35, 45]
+    arr = [d for k, d in rows if k == "arrhenius"][-1]
+    assert abs(arr["activation_energy_kj_mol"] - 13.94) <= 1.0, arr["activation_energy_kj_mol"]
