@@ -110,6 +110,8 @@ def test_speed_rules_for_simulated_and_real_chambers(tmp_path, capsys):
     with sim_espec() as spec:
         assert run(tmp_path, str(protocol(tmp_path)), "--chamber", spec, "--speed", "100") == 2
         assert "runs at --speed 200 but this run at 100" in capsys.readouterr().err
+        assert run(tmp_path, str(protocol(tmp_path)), "--chamber", spec) == 2  # --speed max: simulated time
+        assert "runs at --speed 200 but this run at max; start both with the same --speed" in capsys.readouterr().err
     from cyclerctl.clock import WallClock
     from cyclerctl.sim.instruments.espec import SimEspec
     from cyclerctl.sim.instruments.transport import TcpServer

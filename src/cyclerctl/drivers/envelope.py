@@ -61,5 +61,6 @@ def check_speed(name: str, instrument_speed: float | None, clock_speed: float) -
         if clock_speed != 1:
             raise ConfigError(f"{name} is real hardware: it runs only at --speed 1")
     elif not (instrument_speed == clock_speed or math.isclose(instrument_speed, clock_speed, rel_tol=1e-9)):
+        run = "max" if math.isinf(clock_speed) else f"{clock_speed:g}"
         raise ConfigError(f"the simulated instrument {name} runs at --speed {instrument_speed:g} but this run "
-                          f"at {clock_speed:g}; start both with the same --speed")
+                          f"at {run}; start both with the same --speed")
