@@ -48,8 +48,8 @@ def test_synthetic_gitt_as_bdf_parquet_with_machine_names(tmp_path):
     assert main(["analyze", str(path), "--cell", str(tmp_path / "cell.yaml")]) == 0
     rows = read_metric_table(tmp_path / "x.metrics" / "gitt.parquet")
     assert len(rows) == 4
+    assert [row["valid"] for row in rows] == [False, True, True, True]  # the first: OCV curvature unknown
     for row in rows:
-        assert row["valid"]
         assert row["diffusion_coefficient_cm2_s"] == pytest.approx(d * 1e4, rel=0.02)
 
 

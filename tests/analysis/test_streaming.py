@@ -50,7 +50,7 @@ def same(a, b, path="row"):
 def test_the_mixed_run_produces_every_kind():
     for kind in ("cycle", "rate", "dqdv", "gitt", "cv", "eis"):
         assert BATCH[kind], kind
-    assert all(r.data["valid"] for r in BATCH["gitt"])
+    assert [r.data["valid"] for r in BATCH["gitt"]] == [False, True, True]  # the first: OCV curvature unknown
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])

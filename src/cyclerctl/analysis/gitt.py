@@ -53,6 +53,7 @@ class GittSettings:
     two_term_max_ratio: float = 0.03  # τ/τ_d above which the two-term fit is flagged biased
     sphere_max_ratio: float = 10.0  # τ/τ_d above which the pulse no longer resolves the diffusion time
     min_points: int = 8
+    fit_delay: bool = True  # the sphere fit also fits the faradaic response delay t₀ ≈ R_ct·C_dl
 
 
 @dataclass
@@ -72,9 +73,16 @@ class _Pulse:
 
 def analyze_pulse(t: np.ndarray, e: np.ndarray, current: float, e_before: float, e_after: float,
                   settings: GittSettings, rest_t: np.ndarray | None = None,
-                  rest_e: np.ndarray | None = None, tau: float | None = None) -> dict:
+                  rest_e: np.ndarray | None = None, tau: float | None = None,
+                  ocv_curvature: float | None = None) -> dict:
     """All three estimators for one pulse. `t` is time since the pulse start (s), `e` the potential (V);
-    `rest_t`/`rest_e` the following rest (time since the rest start) for the relaxation check."""
+    `rest_t`/`rest_e` the following rest (time since the rest start) for the relaxation check.
+
+    `ocv_curvature` is d²E/dQ² of the relaxed potentials (V/C², e.g. from the previous pulse's
+    relaxed points). With it the sphere and two-term fits use the OCV tangent at the pulse start,
+    dE/dt_0 = ΔE_s/τ − ½·(d²E/dQ²)·I²·τ, and the sphere fit follows the curved OCV to second order
+    (the surface travels ~h(u)/(3u) times further than the mean, into a different OCV slope);
+    without it the OCV is taken as linear and the row is flagged `ocv_curvature_unknown`."""
     tau = float(tau if tau is not None else t[-1])
     flags: list[str] = []
     if not (math.isfinite(e_before) and math.isfinite(e_after)):
@@ -82,6 +90,10 @@ def analyze_pulse(t: np.ndarray, e: np.ndarray, current: float, e_before: float,
                 "valid": False, "potential_before_volt": e_before, "potential_after_volt": e_after}
     de_s = e_after - e_before
     slope = de_s / tau if tau > 0 else math.nan
+    if ocv_curvature is not None and not math.isfinite(ocv_curvature):
+        ocv_curvature = None
+    k_t = ocv_curvature * current * current if ocv_curvature is not None else 0.0  # d²E/dt², V/s²
+    slope0 = slope - 0.5 * k_t * tau  # OCV tangent at the pulse start, V/s
     r = settings.particle_radius
     l_eff = settings.l_eff if settings.l_eff is not None else (r / 3.0 if r else None)
     w = t >= settings.t_min
@@ -90,6 +102,8 @@ def analyze_pulse(t: np.ndarray, e: np.ndarray, current: float, e_before: float,
         "pulse_duration_second": tau, "current_ampere": current,
         "potential_before_volt": e_before, "potential_after_volt": e_after,
         "delta_e_s_volt": de_s, "relaxed_slope_volt_per_second": slope,
+        "ocv_tangent_slope_volt_per_second": slope0,
+        "ocv_curvature_volt_per_coulomb2": ocv_curvature,
         "ir_drop_volt": float(e[0] - e_before) if e.size else None,
         "n_points": int(tw.size),
     }
@@ -111,11 +125,11 @@ def analyze_pulse(t: np.ndarray, e: np.ndarray, current: float, e_before: float,
     a, b, c, r2 = fit_two_term(tw, ew)
     _, _, r2_sqrt = fit_sqrt(tw, ew)
     de_t = float(ew[-1] - a)
-    tau_d, a_sph, rms = fit_sphere(tw, ew, slope)
+    tau_d, a_sph, rms, delay = fit_sphere(tw, ew, slope0, k_t, delay=settings.fit_delay)
     out.update({
         "e0_volt": a, "sqrt_slope_volt_per_sqrt_second": b, "linear_slope_volt_per_second": c,
         "two_term_r2": r2, "sqrt_t_r2": r2_sqrt, "delta_e_tau_volt": de_t,
-        "diffusion_time_second": tau_d, "sphere_fit_rms_volt": rms,
+        "diffusion_time_second": tau_d, "sphere_fit_rms_volt": rms, "response_delay_second": delay,
         "tau_over_diffusion_time": tau / tau_d if tau_d and math.isfinite(tau_d) else None,
         "surface_excursion_volt": abs(de_t),
     })
@@ -123,7 +137,7 @@ def analyze_pulse(t: np.ndarray, e: np.ndarray, current: float, e_before: float,
     out["classic_bias_expected"] = classic_bias(u) if math.isfinite(u) else None
     if r:
         d_sph = r * r / tau_d if math.isfinite(tau_d) else math.nan
-        d_two = sqrt_t_diffusion(r, slope, b)
+        d_two = sqrt_t_diffusion(r, slope0, b)
         out["diffusion_coefficient_cm2_s"] = d_sph * M2_TO_CM2
         out["diffusion_coefficient_two_term_cm2_s"] = d_two * M2_TO_CM2
     else:
@@ -134,6 +148,8 @@ def analyze_pulse(t: np.ndarray, e: np.ndarray, current: float, e_before: float,
     out["l_eff_m"] = l_eff
     if not math.isfinite(tau_d):
         flags.append("fit_failed")
+    if ocv_curvature is None:
+        flags.append("ocv_curvature_unknown")
     if r2_sqrt < settings.sqrt_r2_min:
         flags.append("sqrt_t_nonlinear")
     if math.isfinite(u) and u > settings.two_term_max_ratio:
@@ -158,7 +174,7 @@ def analyze_pulse(t: np.ndarray, e: np.ndarray, current: float, e_before: float,
 
 # flags that make the headline (sphere-fit) D invalid; bias flags concern the other estimators
 INVALIDATING = frozenset({"no_open_circuit_potential", "plateau", "not_relaxed", "too_few_points", "fit_failed",
-                          "ocv_slope_changing", "diffusion_time_unresolved"})
+                          "ocv_slope_changing", "diffusion_time_unresolved", "ocv_curvature_unknown"})
 
 
 class GittOperator:
@@ -177,6 +193,7 @@ class GittOperator:
         self._pulse: _Pulse | None = None
         self._n = 0
         self._prev_slope: float | None = None
+        self._prev_pulse: tuple[int, float, float] | None = None  # (index, E_before, charge) of the last pulse
         self.ocv_slope_per_coulomb: float | None = None  # dU/dQ (V/C) of the latest pulse off a plateau
         self.relaxed_points: list[tuple[float, float]] = []  # (charge passed in GITT so far, E relaxed)
         self._q = 0.0
@@ -248,6 +265,18 @@ class GittOperator:
             return a + b * t_start
         return self._last_v
 
+    def _curvature(self, index: int, e_before: float, e_after: float, q: float) -> float | None:
+        """d²E/dQ² (V/C²) of the relaxed potentials through the previous pulse's start, this pulse's
+        start and end (a parabola through three relaxed points), if the previous pulse came just
+        before and went the same way; None otherwise."""
+        if self._prev_pulse is None:
+            return None
+        i_prev, e_prev, q_prev = self._prev_pulse
+        if i_prev != index - 1 or q_prev == 0 or q == 0 or (q_prev > 0) != (q > 0):
+            return None
+        c = 2.0 * ((e_after - e_before) / q - (e_before - e_prev) / q_prev) / (q + q_prev)
+        return c if math.isfinite(c) else None
+
     def _finish(self) -> list[MetricRow]:
         p, mode = self._pulse, self._mode
         self._pulse, self._mode = None, None
@@ -265,7 +294,10 @@ class GittOperator:
         if tail.sum() >= 3 and np.ptp(rest_t[tail]) > 0:
             a, b = fit_line(rest_t[tail], rest_e[tail])
             e_after = a + b * float(rest_t[-1])
-        res = analyze_pulse(t, e, current, p.e_before, e_after, self.s, rest_t, rest_e, tau=tau)
+        q_pulse = current * tau
+        res = analyze_pulse(t, e, current, p.e_before, e_after, self.s, rest_t, rest_e, tau=tau,
+                            ocv_curvature=self._curvature(p.index, p.e_before, e_after, q_pulse))
+        self._prev_pulse = (p.index, p.e_before, q_pulse)
         slope = res.get("relaxed_slope_volt_per_second")
         if self._prev_slope is not None and slope and np.sign(slope) == np.sign(self._prev_slope):
             if abs(slope / self._prev_slope - 1.0) > self.s.slope_change:
