@@ -127,15 +127,21 @@ async def run(args) -> dict:
     try:
         session = Session.create([plan], settings, run_dir)
         session.listeners.append(on)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         await session.execute()
-        t_run = time.perf_counter() - t0
+        t_run, cpu_run = time.perf_counter() - t0, time.process_time() - c0
         peak_run = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         files = export_run(run_dir, formats=args.export.split(","))
-        t_export = time.perf_counter() - t1
+        t_export, cpu_export = time.perf_counter() - t1, time.process_time() - c1
     finally:
+        broker_cpu = None
         if broker is not None:
+            try:
+                ct = psutil.Process(broker.pid).cpu_times()
+                broker_cpu = ct.user + ct.system
+            except psutil.Error:
+                pass
             broker.terminate()
             broker.wait()
     r = session.runners["ch1"]
@@ -145,7 +151,8 @@ async def run(args) -> dict:
     raw_rows, raw_s = raw_insert(run_dir, work, max(1, samples // commits))
     return {
         "dir": run_dir, "cycles": r.es.cycle_count, "samples": samples, "status": r.es.status,
-        "run_s": t_run, "export_s": t_export, "files": len(files), "commits": commits,
+        "run_s": t_run, "export_s": t_export, "cpu_run_s": cpu_run, "cpu_export_s": cpu_export,
+        "broker_cpu_s": broker_cpu, "files": len(files), "commits": commits,
         "published": published, "raw_rows": raw_rows, "raw_s": raw_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_trace": rss_trace,
         "peak_run_mb": peak_run,
@@ -177,6 +184,8 @@ def main() -> None:
         ("run wall time (engine+journal+analysis+MQTT)", f"{res['run_s']:.1f} s"),
         ("export wall time", f"{res['export_s']:.1f} s ({res['files']} files)"),
         ("total wall time", f"{total:.1f} s"),
+        ("CPU time, this process (run / export)", f"{res['cpu_run_s']:.1f} s / {res['cpu_export_s']:.1f} s"),
+        ("CPU time, mosquitto", "-" if res["broker_cpu_s"] is None else f"{res['broker_cpu_s']:.1f} s"),
         ("samples/s (total)", f"{res['samples'] / total:,.0f}"),
         ("peak RSS (run / whole benchmark)", f"{res['peak_run_mb']:.0f} MB / {res['peak_rss_mb']:.0f} MB"),
         ("journal size", f"{res['journal_mb']:.0f} MB"),

@@ -32,7 +32,7 @@ from ..drivers.thermostat_channel import SharedThermostat, ThermostatChannel
 from ..errors import ConfigError, JournalError
 from ..program import Program
 from ..store import read
-from ..store.journal import JOURNAL_NAME, Journal, connect, create_meta, read_meta
+from ..store.journal import JOURNAL_NAME, CommittedFeed, Journal, connect, create_meta, read_meta
 from .control import RunControl
 from .runner import ChannelRunner, EngineState
 from .states import State
@@ -438,8 +438,11 @@ class Session:
             self.notes.append("MQTT: the publisher is not available in this installation")
             return None
         self.mqtt_status = MqttStatus()
+        feed = CommittedFeed()
+        self.journal.feeds.append(feed)
         return asyncio.create_task(run_mqtt(self.run_dir / JOURNAL_NAME, url, self.settings.node, self.control,
-                                            stop, status=self.mqtt_status, commands=self.settings.mqtt_commands),
+                                            stop, status=self.mqtt_status, commands=self.settings.mqtt_commands,
+                                            feed=feed),
                                    name="mqtt")
 
     def _finish_status(self) -> None:

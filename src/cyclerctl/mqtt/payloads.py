@@ -12,6 +12,10 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
+
+from ..store import schema
+
 VERSION = 1
 MAX_BATCH_SAMPLES = 200
 MAX_BATCH_BYTES = 64_000
@@ -98,6 +102,101 @@ def encode_batches(run: str, ch: str, sess: int, columns: Sequence[str], rows: S
             yield from encode_batches(run, ch, sess, columns, chunk, replay, max(1, len(chunk) // 2))
             continue
         yield chunk[0][1], chunk[-1][1], body
+
+
+def array_row(columns: Sequence[str], row: np.ndarray, ch: str) -> tuple:
+    """A row of an array batch (schema.SAMPLE_COLUMNS order) as the journal returns it, in the order
+    of `columns` (those of the samples table: ch, seq, ...)."""
+    index = {c: k for k, c in enumerate(schema.SAMPLE_COLUMNS)}
+    out: list[Any] = []
+    for name in columns:
+        if name == "ch":
+            out.append(ch)
+            continue
+        k = index.get(name)
+        v = None if k is None else float(row[k])
+        if v is not None and math.isnan(v):
+            v = None
+        elif v is not None and name in schema.INTEGER_SAMPLE_COLUMNS:
+            v = int(v)
+        elif v is not None:
+            v += 0.0
+        out.append(v)
+    return tuple(out)
+
+
+def encode_array_batches(run: str, ch: str, sess: int, columns: Sequence[str], rows: np.ndarray,
+                         replay: bool = False,
+                         max_samples: int = MAX_BATCH_SAMPLES) -> Iterator[tuple[int, int, bytes]]:
+    """encode_batches for committed rows held as a 2-D float64 array (columns schema.SAMPLE_COLUMNS,
+    NaN = NULL, as the engine journals them): the same batches and the same payloads, without
+    reading the rows back from the journal. Values are those the journal returns: None for NULL,
+    int in INTEGER columns, 0.0 for -0.0 (SQLite stores an integral REAL as an integer)."""
+    n = len(rows)
+    if n == 0:
+        return
+    index = {c: k for k, c in enumerate(schema.SAMPLE_COLUMNS)}
+    present = ["seq"] + [name for name in columns[2:] if name in index]
+    keys = [index[k] for k in STEP_KEYS if k in present]
+    if keys:
+        k = rows[:, keys]
+        change = np.flatnonzero(np.any(k[1:] != k[:-1], axis=1)) + 1
+    else:
+        change = np.empty(0, dtype=np.int64)
+    bounds = np.r_[0, change, n].tolist()
+    starts = [a for a0, b0 in zip(bounds[:-1], bounds[1:], strict=True) for a in range(a0, b0, max_samples)]
+    stops = starts[1:] + [n]
+    # per column: its values as Python objects once for the whole block, and per batch whether any
+    # value is NULL (a column NULL throughout a batch is left out)
+    values: dict[str, list] = {}
+    nulls: dict[str, np.ndarray | None] = {}
+    for name in present:
+        a = rows[:, index[name]]
+        null = np.isnan(a)
+        if name in schema.INTEGER_SAMPLE_COLUMNS:
+            v = np.where(null, 0, a).astype(np.int64).tolist()
+        else:
+            v = (a + 0.0).tolist()
+        if null.any():
+            for j in np.flatnonzero(null).tolist():
+                v[j] = None
+            nulls[name] = np.add.reduceat(null, starts)
+        else:
+            nulls[name] = None
+        values[name] = v
+    seq = values["seq"]
+    lengths = [b - a for a, b in zip(starts, stops, strict=True)]
+    for m, (a, b) in enumerate(zip(starts, stops, strict=True)):
+        scalars: dict[str, Any] = {}
+        cols: dict[str, list] = {}
+        for name in present:
+            if name == "seq":
+                continue
+            v = values[name]
+            if name in STEP_KEYS:
+                scalars[name] = v[a] if nulls[name] is None or v[a] is not None else None
+                continue
+            nn = nulls[name]
+            if nn is not None and nn[m] == lengths[m]:
+                continue
+            cols[name] = v[a:b]
+        yield from _array_payload(run, ch, sess, seq[a], b - a, scalars, cols, replay)
+
+
+def _array_payload(run: str, ch: str, sess: int, first: int, n: int, scalars: dict, cols: dict[str, list],
+                   replay: bool) -> Iterator[tuple[int, int, bytes]]:
+    payload = {"v": VERSION, "enc": "json", "run": run, "ch": ch, "sess": sess,
+               "seq": first, "n": n, **scalars, "cols": cols}
+    if replay:
+        payload["replay"] = True
+    body = dumps(payload)
+    if len(body) > MAX_BATCH_BYTES and n > 1:  # as encode_batches: halves, each checked again
+        half = max(1, n // 2)
+        for a in range(0, n, half):
+            part = {k: v[a:a + half] for k, v in cols.items() if any(x is not None for x in v[a:a + half])}
+            yield from _array_payload(run, ch, sess, first + a, min(half, n - a), scalars, part, replay)
+        return
+    yield first, first + n - 1, body
 
 
 def _json_field(text: str | None) -> Any:

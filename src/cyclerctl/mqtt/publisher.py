@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .. import __version__
+from ..store.journal import CommittedFeed
 from . import payloads
 from .client import BrokerAddress, MqttError
 from .outbox import STREAMS, JournalSource, OutboxWriter, Watermark
@@ -42,6 +43,7 @@ class PublisherOptions:
     max_batch: int = payloads.MAX_BATCH_SAMPLES
     max_inflight: int = 64          # outstanding QoS 1 publishes (memory bound)
     read_limit: int = 2000          # rows read per channel and stream per poll
+    feed_limit: int = 20_000        # rows taken per channel and poll from the in-process commit feed
     replay_rate: float = 200.0      # backlog/replay messages per second (≤ 200 samples each)
     state_interval: float = 1.0     # s, minimum period of a channel's retained state
     outbox_interval: float = 0.5    # s between outbox watermark writes
@@ -70,8 +72,10 @@ class ChannelOut:
 class Publisher:
     """Publishes one run journal. Survives reconnects: `serve` is called once per connection."""
 
-    def __init__(self, source: JournalSource, topics: Topics, options: PublisherOptions | None = None) -> None:
+    def __init__(self, source: JournalSource, topics: Topics, options: PublisherOptions | None = None,
+                 feed: CommittedFeed | None = None) -> None:
         self.source = source
+        self.feed = feed  # committed rows handed over by the journal writer in this process
         self.topics = topics
         self.opt = options or PublisherOptions()
         self.channels: dict[str, ChannelOut] = {}
@@ -270,13 +274,23 @@ class Publisher:
     async def _pump_live(self, all_streams: bool = True) -> None:
         self._more = False  # set when a read hit read_limit: more is waiting, poll again at once
         for out in list(self.channels.values()):
-            rows = self.source.samples(out.ch, out.live_next["samples"], limit=self.opt.read_limit)
-            self._more = self._more or len(rows) == self.opt.read_limit
-            if rows:
-                await self._send_samples(out, rows, replay=False)
-                out.live_next["samples"] = rows[-1][1] + 1
-                out.last_sample = rows[-1]
+            block = None
+            if self.feed is not None:
+                block = self.feed.take(out.ch, out.live_next["samples"], self.opt.feed_limit)
+            if block is not None:
+                self._more = self._more or len(block) == self.opt.feed_limit
+                out.live_next["samples"] = int(block[-1, 0]) + 1
+                out.last_sample = payloads.array_row(self.columns, block[-1], out.ch)
                 out.state_due = True
+                await self._send_array(out, block)
+            else:
+                rows = self.source.samples(out.ch, out.live_next["samples"], limit=self.opt.read_limit)
+                self._more = self._more or len(rows) == self.opt.read_limit
+                if rows:
+                    await self._send_samples(out, rows, replay=False)
+                    out.live_next["samples"] = rows[-1][1] + 1
+                    out.last_sample = rows[-1]
+                    out.state_due = True
             for stream in ("events", "metrics") if all_streams else ():
                 rows = self.source.rows(stream, out.ch, out.live_next[stream], limit=self.opt.read_limit)
                 self._more = self._more or len(rows) == self.opt.read_limit
@@ -333,6 +347,12 @@ class Publisher:
             await self._send(topic, body, ack=(out.marks["samples"], lo, hi))
             count += 1
         return count
+
+    async def _send_array(self, out: ChannelOut, block) -> None:
+        topic = self.topics.data(out.ch)
+        for lo, hi, body in payloads.encode_array_batches(out.run, out.ch, self.sess, self.columns, block,
+                                                          max_samples=self.opt.max_batch):
+            await self._send(topic, body, ack=(out.marks["samples"], lo, hi))
 
     async def _send_row(self, out: ChannelOut, stream: str, row: dict, replay: bool) -> None:
         wm = out.marks[stream]

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..store.journal import CommittedFeed
 from . import payloads
 from .client import BrokerAddress, MqttError, new_client, parse_url, publish_properties, response_of
 from .control import CommandHandler, RunControl
@@ -67,12 +68,14 @@ async def run_mqtt(journal_path: str | Path, url: str | BrokerAddress, node: str
                    stop: asyncio.Event, *, root: str = ROOT, commands: str = "auth",
                    options: PublisherOptions | None = None, status: MqttStatus | None = None,
                    backoff: tuple[float, float] = (0.5, 10.0), client_id: str | None = None,
-                   **tuning) -> MqttStatus:
+                   feed: CommittedFeed | None = None, **tuning) -> MqttStatus:
     """Publish `journal_path` to the broker at `url` as node `node` and serve commands via `control`.
 
     commands: "auth" (default) refuses commands unless our own broker connection is authenticated;
     "open" also accepts them on an anonymous connection, but only to a broker on loopback (the demo's
     embedded broker); "off" does not subscribe to commands at all.
+    feed: the journal writer's CommittedFeed when the engine runs in this process (live samples are
+    then published from the committed rows it hands over instead of being read back from the disk).
     tuning: PublisherOptions fields (poll_interval, max_inflight, replay_rate, ...)."""
     addr = parse_url(url) if isinstance(url, str) else url
     topics = Topics(node, root)
@@ -85,7 +88,7 @@ async def run_mqtt(journal_path: str | Path, url: str | BrokerAddress, node: str
     source = await _wait_for_journal(Path(journal_path), stop)
     if source is None:
         return status
-    publisher = Publisher(source, topics, opt)
+    publisher = Publisher(source, topics, opt, feed=feed)
     open_commands = commands == "open" and addr.loopback  # "open" never applies to a lab broker
     if commands == "open" and not addr.loopback:
         log.info("mqtt: commands need an authenticated connection to %s (open applies on loopback only)", addr.host)

@@ -19,6 +19,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,59 @@ class _Pending:
     events: list[tuple] = field(default_factory=list)
     metrics: list[tuple] = field(default_factory=list)
     n_samples: int = 0
+
+
+class CommittedFeed:
+    """Sample rows of the latest commits for an in-process reader (the MQTT publisher), handed over
+    only after their COMMIT returned (journal first, publish second), so the reader need not read them
+    back from the disk. Bounded: beyond `max_rows` the oldest blocks are dropped; a reader that fell
+    that far behind reads those rows from the journal, as after a reconnect."""
+
+    def __init__(self, max_rows: int = 200_000) -> None:
+        self.max_rows = int(max_rows)
+        self._blocks: dict[str, deque[np.ndarray]] = {}
+        self._rows = 0
+        self._lock = threading.Lock()
+
+    def push(self, ch: str, rows: np.ndarray) -> None:
+        """rows: committed samples of `ch` (columns schema.SAMPLE_COLUMNS, consecutive seq)."""
+        with self._lock:
+            self._blocks.setdefault(ch, deque()).append(rows)
+            self._rows += len(rows)
+            while self._rows > self.max_rows:  # drop the oldest block of the longest queue
+                longest = max(self._blocks.values(), key=lambda q: sum(len(a) for a in q))
+                if not longest:
+                    break
+                self._rows -= len(longest.popleft())
+
+    def take(self, ch: str, first_seq: int, limit: int) -> np.ndarray | None:
+        """Up to `limit` committed rows of `ch` starting exactly at `first_seq` (older rows are
+        discarded), or None when the feed does not hold that seq (read it from the journal)."""
+        with self._lock:
+            q = self._blocks.get(ch)
+            parts: list[np.ndarray] = []
+            n = 0
+            nxt = first_seq
+            while q and n < limit:
+                a = q[0]
+                lo = int(a[0, 0])
+                hi = lo + len(a)  # seq are consecutive within a commit
+                if hi <= nxt:
+                    self._rows -= len(q.popleft())
+                    continue
+                if lo > nxt:
+                    break
+                part = a[nxt - lo:nxt - lo + limit - n]
+                parts.append(part)
+                n += len(part)
+                nxt += len(part)
+                if nxt >= hi:
+                    self._rows -= len(q.popleft())
+                else:
+                    break
+            if not parts:
+                return None
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -87,6 +141,7 @@ class Journal:
         self.rows_committed = 0
         self.failed: JournalError | None = None
         self.on_commit: list[Callable[[dict[str, int]], None]] = []  # callbacks: samples committed per ch
+        self.feeds: list[CommittedFeed] = []  # committed sample rows for in-process readers
 
     # ---- setup ---------------------------------------------------------------------------------
 
@@ -235,9 +290,9 @@ class Journal:
         self._last_commit = time.monotonic()
         return batch, audit, states
 
-    def _insert(self, batch: dict[str, _Pending], audit: list[tuple], states: dict) -> dict[str, int]:
-        """BEGIN and every INSERT of one commit; returns samples per channel."""
-        counts: dict[str, int] = {}
+    def _insert(self, batch: dict[str, _Pending], audit: list[tuple], states: dict) -> dict[str, np.ndarray]:
+        """BEGIN and every INSERT of one commit; returns the sample rows per channel."""
+        counts: dict[str, np.ndarray] = {}
         c = self._conn
         with self._db_lock:
             try:
@@ -246,7 +301,7 @@ class Journal:
                     if p.samples:
                         rows = p.samples[0] if len(p.samples) == 1 else np.concatenate(p.samples)
                         c.executemany(self._insert_sql[ch], rows.tolist())
-                        counts[ch] = len(rows)
+                        counts[ch] = rows
                     if p.events:
                         c.executemany(schema.INSERT_EVENT, [(ch, *e) for e in p.events])
                     if p.metrics:
@@ -259,15 +314,19 @@ class Journal:
                 self._fail(exc)
         return counts
 
-    def _sync(self, counts: dict[str, int]) -> None:
-        """COMMIT (the WAL is synced to disk here: synchronous=FULL)."""
+    def _sync(self, committed: dict[str, np.ndarray]) -> None:
+        """COMMIT (the WAL is synced to disk here: synchronous=FULL), then hand the rows to the feeds."""
         with self._db_lock:
             try:
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._fail(exc)
+        counts = {ch: len(rows) for ch, rows in committed.items()}
         self.commits += 1
         self.rows_committed += sum(counts.values())
+        for feed in self.feeds:
+            for ch, rows in committed.items():
+                feed.push(ch, rows)
         for cb in self.on_commit:
             cb(counts)
 
