@@ -29,7 +29,8 @@ END_CODES = {
     "temperature": K.Q_TEMPERATURE,
 }
 
-_STATE_VERSION = 2
+_STATE_VERSION = 3  # 2: the same arrays in an .npz (still read)
+_STATE_MAGIC = b"cyclerctl-sim-state\n"
 
 
 @dataclass
@@ -343,18 +344,35 @@ class CellModel:
     # ---- state ---------------------------------------------------------------------------------
 
     def save_state(self, extra: dict | None = None) -> bytes:
-        """Full model state (bit-exact) plus an optional JSON-able `extra` (e.g. RNG state)."""
-        buf = io.BytesIO()
-        meta = json.dumps({"version": _STATE_VERSION, "preset": self.preset.name, "extra": extra or {}})
-        np.savez(buf, a=self.a, st=self.st, mst=self.mst, meta=np.frombuffer(meta.encode(), dtype=np.uint8))
-        return buf.getvalue()
+        """Full model state (bit-exact) plus an optional JSON-able `extra` (e.g. RNG state): a short
+        JSON header and the raw float64 arrays (cheap enough to journal with every commit)."""
+        meta = json.dumps({"version": _STATE_VERSION, "preset": self.preset.name, "extra": extra or {}}).encode()
+        return b"".join((_STATE_MAGIC, len(meta).to_bytes(4, "little"), meta, self.a.tobytes(), self.st.tobytes(),
+                         self.mst.tobytes()))
 
     def load_state(self, data: bytes) -> dict:
-        """Restore save_state(); returns its `extra`."""
+        """Restore save_state() (or the earlier .npz form); returns its `extra`."""
         try:
-            z = np.load(io.BytesIO(data), allow_pickle=False)
-            meta = json.loads(bytes(z["meta"]).decode())
-            a, st, mst = z["a"], z["st"], z["mst"]
+            if data[:len(_STATE_MAGIC)] == _STATE_MAGIC:
+                k = len(_STATE_MAGIC)
+                size = int.from_bytes(data[k:k + 4], "little")
+                meta = json.loads(data[k + 4:k + 4 + size].decode())
+                raw = np.frombuffer(data, dtype=np.float64, offset=k + 4 + size)
+                na, nst = self.a.size, self.st.size
+                if raw.size != na + nst + self.mst.size:
+                    raise ConfigError(f"simulator state does not fit preset {self.preset.name!r} (saved for "
+                                      f"{meta.get('preset')!r})")
+                a = raw[:na].reshape(self.a.shape)
+                st = raw[na:na + nst]
+                mst = raw[na + nst:].reshape(self.mst.shape)
+            else:
+                z = np.load(io.BytesIO(data), allow_pickle=False)
+                meta = json.loads(bytes(z["meta"]).decode())
+                a, st, mst = z["a"], z["st"], z["mst"]
+                if meta.get("version") == 2:
+                    meta["version"] = _STATE_VERSION
+        except ConfigError:
+            raise
         except Exception as exc:  # corrupt bytes
             raise ConfigError(f"simulator state cannot be read: {exc}") from None
         if meta.get("version") != _STATE_VERSION or a.shape != self.a.shape or mst.shape != self.mst.shape:
