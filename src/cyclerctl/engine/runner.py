@@ -83,13 +83,16 @@ class EngineState:
     trailing: dict[str, int] = field(default_factory=dict)  # safety debounce carry
 
     def to_json(self) -> str:
-        d = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
-        return json.dumps(d, allow_nan=False)
+        return _STATE_JSON.encode({k: getattr(self, k) for k in _STATE_FIELDS})
 
     @classmethod
     def from_dict(cls, d: dict) -> EngineState:
         names = set(cls.__slots__)  # type: ignore[attr-defined]
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+_STATE_FIELDS: tuple[str, ...] = EngineState.__slots__  # type: ignore[attr-defined]
+_STATE_JSON = json.JSONEncoder(allow_nan=False)  # one encoder (journaled with every commit)
 
 
 def step_parameters(step: Step) -> dict[str, Any]:
