@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Protocol, runtime_checkable
 
@@ -60,14 +61,23 @@ class VirtualClock:
 
 
 class WallClock:
-    """Monotonic wall time, scaled by `speed` (1 = real time)."""
+    """Monotonic wall time, scaled by `speed` (1 = real time).
 
-    def __init__(self, speed: float = 1.0) -> None:
+    tick: wall seconds of wake-up granularity. 0: every sleeper has its own timer. > 0: sleepers
+    due in the same tick share one timer that wakes them all (many channels sampling at the same
+    rate cost one timer per tick instead of one each); a wake-up is then up to one tick late."""
+
+    def __init__(self, speed: float = 1.0, tick: float = 0.0) -> None:
         if not speed > 0:
             raise ValueError("clock speed must be > 0")
+        if not tick >= 0:
+            raise ValueError("clock tick must be >= 0")
         self.speed = float(speed)
+        self.tick = float(tick)
         self._mono0 = time.monotonic()
         self._unix0 = time.time()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._due: dict[int, list[asyncio.Future]] = {}  # tick number -> sleepers woken by its timer
 
     def now(self) -> float:
         return (time.monotonic() - self._mono0) * self.speed
@@ -80,7 +90,28 @@ class WallClock:
             remaining = (t - self.now()) / self.speed
             if remaining <= 0:
                 return
-            await asyncio.sleep(remaining)
+            if self.tick > 0:
+                await self._wait_tick(remaining)
+            else:
+                await asyncio.sleep(remaining)
 
     async def sleep(self, dt: float) -> None:
         await self.sleep_until(self.now() + max(0.0, dt))
+
+    def _wait_tick(self, remaining: float) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._due = loop, {}
+        key = math.ceil((loop.time() + remaining) / self.tick)
+        sleepers = self._due.get(key)
+        if sleepers is None:
+            sleepers = self._due[key] = []
+            loop.call_at(key * self.tick, self._wake, key)
+        fut = loop.create_future()
+        sleepers.append(fut)
+        return fut
+
+    def _wake(self, key: int) -> None:
+        for fut in self._due.pop(key, ()):
+            if not fut.done():
+                fut.set_result(None)

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,9 @@ _COL = {name: i for i, name in enumerate(schema.SAMPLE_COLUMNS)}
 _NCOL = len(schema.SAMPLE_COLUMNS)
 _BLOCK_TO_JOURNAL = ("voltage_volt", "current_ampere", "temperature_t1_celsius", "frequency_hertz",
                      "real_impedance_ohm", "imaginary_impedance_ohm", "sweep_segment")
+_BLOCK_TO_JOURNAL_COL = tuple((name, _COL[name]) for name in _BLOCK_TO_JOURNAL)
+_SEQ, _T, _UNIX, _ST = _COL["seq"], _COL["test_time_second"], _COL["unix_time_second"], _COL["step_time_second"]
+_CYCLE, _STEP, _STEP_ID = _COL["cycle_count"], _COL["step_count"], _COL["step_id"]
 
 
 @dataclass(slots=True)
@@ -79,13 +83,16 @@ class EngineState:
     trailing: dict[str, int] = field(default_factory=dict)  # safety debounce carry
 
     def to_json(self) -> str:
-        d = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
-        return json.dumps(d, allow_nan=False)
+        return _STATE_JSON.encode({k: getattr(self, k) for k in _STATE_FIELDS})
 
     @classmethod
     def from_dict(cls, d: dict) -> EngineState:
         names = set(cls.__slots__)  # type: ignore[attr-defined]
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+_STATE_FIELDS: tuple[str, ...] = EngineState.__slots__  # type: ignore[attr-defined]
+_STATE_JSON = json.JSONEncoder(allow_nan=False)  # one encoder (journaled with every commit)
 
 
 def step_parameters(step: Step) -> dict[str, Any]:
@@ -136,6 +143,7 @@ class ChannelRunner:
         self.inline_commits = inline_commits  # False: a background committer commits (wall-clock runs)
         self.channel_state_interval = channel_state_interval  # s of wall time; 0 = at every commit
         self._last_channel_state = -math.inf
+        self._state_phase = channel_state_interval * (zlib.crc32(name.encode()) / 2**32)
         self.es = state or EngineState()
         self.sm = StateMachine(State(self.es.state))
         self.safety = SafetyMonitor()
@@ -146,7 +154,13 @@ class ChannelRunner:
         self._skip = False
         self._after_pause = False
         self._paused = self.es.state == State.PAUSED.value
-        self._timeout: asyncio.Timeout | None = None
+        self._task: asyncio.Task | None = None  # the task running run()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dog: asyncio.TimerHandle | None = None  # the watchdog timer
+        self._waiting = False  # in a block wait, since loop time _wait_since
+        self._wait_since = 0.0
+        self._interrupt = False  # the wait in progress was cancelled by the watchdog or a request
+        self._cancelling = 0
         self._time_offset = self.es.test_time - clock.now()  # test time = clock.now() + offset
         self._Event = event_type()
         self.current_step: Step | None = None
@@ -160,7 +174,10 @@ class ChannelRunner:
             now = time.monotonic()
             if now - self._last_channel_state < self.channel_state_interval and self.sm.state == State.RUNNING:
                 return self.es.state, self.es.to_json(), None  # None keeps the journaled channel state
-            self._last_channel_state = now
+            # the first save is at once; later ones at a phase of the interval fixed per channel, so a
+            # rack started together does not save every channel in the same commit
+            first = self._last_channel_state == -math.inf
+            self._last_channel_state = now - (self._state_phase if first else 0.0)
         try:
             blob = self.channel.save_state()
         except Exception:  # noqa: BLE001 - a channel that cannot save is resumed without its state
@@ -173,8 +190,7 @@ class ChannelRunner:
     def poke(self) -> None:
         """Wake the runner: a request changed the state or asked for a skip."""
         self._wake.set()
-        if self._timeout is not None:
-            self._timeout.reschedule(asyncio.get_running_loop().time())
+        self._interrupt_wait()
 
     def request_skip(self) -> None:
         self._skip = True
@@ -267,6 +283,9 @@ class ChannelRunner:
             log.exception("channel %s: unexpected error", self.name)
             await self._fault(f"internal error: {exc!r}", "internal")
         finally:
+            if self._dog is not None:
+                self._dog.cancel()
+                self._dog = None
             try:
                 await self.channel.close()
             except Exception:  # noqa: BLE001
@@ -444,18 +463,30 @@ class ChannelRunner:
 
     async def _next_block(self, it) -> Block | None:
         """The next block, or None when an operator request interrupted the wait.
-        Raises InstrumentError when the instrument does not answer within the watchdog."""
+        Raises InstrumentError when the instrument does not answer within the watchdog.
+
+        The watchdog is one timer per channel, armed at most once per watchdog period (not one
+        timer per block): each wait only notes when it began; the timer, when it fires, checks
+        whether the wait in progress is older than the watchdog and otherwise re-arms itself."""
+        task = self._task
+        if task is None:
+            task = self._task = asyncio.current_task()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        self._wait_since = loop.time()
+        self._cancelling = task.cancelling()
+        if self._dog is None:
+            self._dog = loop.call_at(self._wait_since + self.watchdog, self._check_watchdog)
+        self._waiting = True
         try:
-            async with asyncio.timeout(self.watchdog) as cm:
-                self._timeout = cm
-                try:
-                    if self.lock is not None:
-                        async with self.lock:
-                            return await anext(it)
+            if self.lock is not None:
+                async with self.lock:
                     return await anext(it)
-                finally:
-                    self._timeout = None
-        except TimeoutError:
+            return await anext(it)
+        except asyncio.CancelledError:
+            if not self._interrupt or task.uncancel() > self._cancelling:
+                raise  # cancelled from outside (the session is shutting down)
             if self.sm.state != State.RUNNING or self._skip:
                 return None
             raise InstrumentError(f"no answer from the instrument within {self.watchdog:g} s",
@@ -463,6 +494,25 @@ class ChannelRunner:
         except StopAsyncIteration:
             raise InstrumentError("the instrument ended a step without a final block",
                                   resource=getattr(self.channel, "name", "")) from None
+        finally:
+            self._waiting = False
+            self._interrupt = False
+
+    def _check_watchdog(self) -> None:
+        self._dog = None
+        if not self._waiting or self._loop is None:
+            return
+        due = self._wait_since + self.watchdog
+        if self._loop.time() >= due:
+            self._interrupt_wait()
+        else:
+            self._dog = self._loop.call_at(due, self._check_watchdog)
+
+    def _interrupt_wait(self) -> None:
+        """End the block wait in progress (watchdog, or an operator request)."""
+        if self._waiting and not self._interrupt and self._task is not None:
+            self._interrupt = True
+            self._task.cancel()
 
     def _take_block(self, step: Step, block: Block, seg_t0: float, seg_st0: float) -> Trip | None:
         """Safety check, journal rows, operator feed and counters for one block (no awaits)."""
@@ -471,6 +521,8 @@ class ChannelRunner:
         if n == 0:
             return None
         cols = block.columns
+        if n == 1:
+            return self._take_sample(step, cols, seg_t0, seg_st0)
         t = np.asarray(cols["test_time_second"], dtype=np.float64)
         st = cols.get("step_time_second")
         st = seg_st0 + (t - seg_t0) if st is None else np.asarray(st, dtype=np.float64)
@@ -509,6 +561,49 @@ class ChannelRunner:
         self._notify("block", n)
         return trip
 
+    def _take_sample(self, step: Step, cols: dict[str, np.ndarray], seg_t0: float, seg_st0: float) -> Trip | None:
+        """_take_block for a block of one sample (real-time acquisition): the same checks, row,
+        charge integration and counters, on Python floats instead of array operations."""
+        es = self.es
+        t = float(cols["test_time_second"][0])
+        sta = cols.get("step_time_second")
+        if sta is None:
+            st = seg_st0 + (t - seg_t0)
+            sta = np.array((st,))
+        else:
+            st = float(sta[0])
+        trip = self.safety.check(step.limits, cols, sta)
+        row = [math.nan] * _NCOL
+        row[_SEQ] = es.seq
+        row[_T] = t
+        row[_UNIX] = es.unix_origin + t
+        row[_ST] = st
+        for name, k in _BLOCK_TO_JOURNAL_COL:
+            a = cols.get(name)
+            if a is not None:
+                row[k] = a[0]
+        row[_CYCLE] = es.cycle_count
+        row[_STEP] = es.step_count
+        row[_STEP_ID] = step.step_id
+        rows = np.array((row,), dtype=np.float64)
+        self.journal.stage_samples(self.name, rows)
+        es.seq += 1
+        if not isinstance(step, Impedance):
+            i = float(cols["current_ampere"][0])
+            if es.last_t is not None:
+                dq = 0.5 * (i + es.last_i) * (t - es.last_t)
+                es.step_charge += dq
+                es.total_charge += dq
+            es.last_t, es.last_i = t, i
+        es.test_time = t
+        es.step_time = st
+        if self.operators:
+            view = {name: rows[:, k] for name, k in _COL.items()}
+            for op in self.operators:
+                self._metrics(op.feed_samples(view))
+        self._notify("block", 1)
+        return trip
+
     async def _interrupted(self) -> None:
         st = self.sm.state
         if self._skip and st == State.RUNNING:
@@ -541,7 +636,7 @@ class ChannelRunner:
             self.sm.apply(action)
         self.es.status = status
         self._emit("run_end", {"status": status})
-        await self.journal.commit()
+        await self.journal.flush()
 
     async def _commit_now(self) -> None:
         """Commit what this channel did (run start, pause, resume, skip): at once at max speed; in
@@ -571,7 +666,7 @@ class ChannelRunner:
         self._emit("fault", {"message": message, "kind": kind})
         self._emit("run_end", {"status": "faulted"})
         try:
-            await self.journal.commit()
+            await self.journal.flush()
         except JournalError as exc:
             self.es.fault = f"{message}; and {exc}"
 

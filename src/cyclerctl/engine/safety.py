@@ -49,8 +49,10 @@ class SafetyMonitor:
 
     def check(self, limits: Limits, columns: dict[str, np.ndarray], step_time: np.ndarray | None) -> Trip | None:
         """The first trip in the block (by sample index), or None."""
-        trips: list[Trip] = []
         v = columns.get("voltage_volt")
+        if v is not None and len(v) == 1 and "frequency_hertz" not in columns:
+            return self._check_one(limits, columns, step_time)
+        trips: list[Trip] = []
         i = columns.get("current_ampere")
         t = columns.get("temperature_t1_celsius")
         eis = "frequency_hertz" in columns and np.isfinite(columns["frequency_hertz"]).any()
@@ -70,6 +72,47 @@ class SafetyMonitor:
                 k = int(over[0])
                 trips.append(Trip("step_duration_max", float(step_time[k]), limits.step_duration_max, k))
         return min(trips, key=lambda tr: tr.index) if trips else None
+
+    def _check_one(self, limits: Limits, columns: dict[str, np.ndarray], step_time: np.ndarray | None
+                   ) -> Trip | None:
+        """check() for a block of one sample (real-time acquisition), on Python floats: the same
+        rules as the vectorized path, in the same order (all candidate trips have index 0)."""
+        v = float(columns["voltage_volt"][0])
+        trip = self._one("voltage_min", v, limits.voltage_min, -1, VOLTAGE_MARGIN)
+        c = self._one("voltage_max", v, limits.voltage_max, +1, VOLTAGE_MARGIN)
+        trip = trip or c
+        i = columns.get("current_ampere")
+        if i is not None and math.isfinite(limits.current_max):
+            c = self._one("current_max", abs(float(i[0])), limits.current_max, +1,
+                          CURRENT_MARGIN * limits.current_max)
+            trip = trip or c
+        t = columns.get("temperature_t1_celsius")
+        if t is not None:
+            tk = float(t[0]) + KELVIN
+            c = self._one("temperature_min", tk, limits.temperature_min, -1, TEMPERATURE_MARGIN)
+            trip = trip or c
+            c = self._one("temperature_max", tk, limits.temperature_max, +1, TEMPERATURE_MARGIN)
+            trip = trip or c
+        if trip is None and step_time is not None and len(step_time) and math.isfinite(limits.step_duration_max):
+            st = float(step_time[0])
+            if st > limits.step_duration_max:
+                trip = Trip("step_duration_max", st, limits.step_duration_max, 0)
+        return trip
+
+    def _one(self, name: str, x: float, bound: float, sign: int, margin: float) -> Trip | None:
+        """_side() for one sample: trips when outside by more than `margin`, or outside with the
+        previous sample outside too; keeps the trailing run length."""
+        if not math.isfinite(bound):
+            return None
+        excess = (x - bound) * sign
+        if not excess > 0:  # inside, or NaN
+            self.trailing[name] = 0
+            return None
+        prev = self.trailing.get(name, 0)
+        self.trailing[name] = prev + 1
+        if excess > margin or prev >= 1:
+            return Trip(name, x, bound, 0)
+        return None
 
     def _side(self, trips: list[Trip], name: str, x: np.ndarray, bound: float, sign: int, margin: float) -> None:
         if not math.isfinite(bound) or len(x) == 0:

@@ -40,6 +40,7 @@ from .states import State
 log = logging.getLogger(__name__)
 
 RUN_JSON = "run.json"
+WAKE_TICK = 1e-3  # s of wall time: channels due in the same millisecond share one timer
 BDF_UNITS = {"test_time_second": "s", "unix_time_second": "s", "step_time_second": "s", "voltage_volt": "V",
              "current_ampere": "A", "temperature_t1_celsius": "degC", "frequency_hertz": "Hz",
              "real_impedance_ohm": "ohm", "imaginary_impedance_ohm": "ohm", "cycle_count": "1",
@@ -270,7 +271,7 @@ class Session:
             return VirtualClock(start=test_time)
         shared = self.clocks.get("__wall__")
         if shared is None:
-            shared = WallClock(self.settings.speed)
+            shared = WallClock(self.settings.speed, tick=WAKE_TICK)
             self.clocks["__wall__"] = shared
         return shared
 

@@ -85,6 +85,9 @@ class SimChannel:
         n = len(cols["test_time_second"])
         if not self.noise or n == 0:
             return
+        if n == 1 and "real_impedance_ohm" not in cols:
+            self._noisy_one(cols)
+            return
         v = cols["voltage_volt"] + self.rng.normal(0.0, p.noise_voltage, n)
         i = cols["current_ampere"]
         i = i + self.rng.normal(0.0, 1.0, n) * (p.noise_current + p.noise_current_relative * np.abs(i))
@@ -100,6 +103,24 @@ class SimChannel:
             mag = np.hypot(re, im) * p.noise_impedance_relative
             cols["real_impedance_ohm"] = re + self.rng.normal(0.0, 1.0, n) * mag
             cols["imaginary_impedance_ohm"] = im + self.rng.normal(0.0, 1.0, n) * mag
+
+    def _noisy_one(self, cols: dict[str, np.ndarray]) -> None:
+        """_noisy for a block of one sample (real-time pacing), in place on Python floats: the same
+        draws from the generator in the same order, so the same values as the array path."""
+        p = self.preset
+        temp = cols.get("temperature_t1_celsius")
+        z = self.rng.standard_normal(2 if temp is None else 3).tolist()
+        vv, ii = cols["voltage_volt"], cols["current_ampere"]
+        v = float(vv[0]) + p.noise_voltage * z[0]
+        i = float(ii[0])
+        i = i + z[1] * (p.noise_current + p.noise_current_relative * abs(i))
+        if p.voltage_resolution > 0 and math.isfinite(v):
+            v = round(v / p.voltage_resolution) * p.voltage_resolution
+        if p.current_resolution > 0 and math.isfinite(i):
+            i = round(i / p.current_resolution) * p.current_resolution
+        vv[0], ii[0] = v, i
+        if temp is not None:
+            temp[0] = float(temp[0]) + p.noise_temperature * z[2]
 
     async def run_step(self, step: Step, start: StepStart) -> AsyncIterator[Block]:
         """Run `step` from `start`; yields Blocks (the last one final=True, with `end` set)."""

@@ -29,7 +29,8 @@ END_CODES = {
     "temperature": K.Q_TEMPERATURE,
 }
 
-_STATE_VERSION = 2
+_STATE_VERSION = 3  # 2: the same arrays in an .npz (still read)
+_STATE_MAGIC = b"cyclerctl-sim-state\n"
 
 
 @dataclass
@@ -159,6 +160,7 @@ class CellModel:
         self.fx = np.zeros((nm, n))
         self.cache = np.full((nm, 10), np.nan)  # decay factors and Arrhenius factors, keyed on D, h, T
         self._out: np.ndarray | None = None  # kernel output buffer, reused
+        self._ends: tuple | None = None  # (ends, their arrays for the kernel) of the last call
         self.w = np.zeros((12, max(nm, 2)))  # solver workspace
 
     @property
@@ -230,10 +232,15 @@ class CellModel:
         ss's segment start at `rate` V/s) until an end fires, t_stop, or max_samples are recorded."""
         if rate:
             ss[K.S_SEG_V0] = target  # a sweep starts its segment at `target` at ss's segment time
-        e_code = np.array([END_CODES[e.quantity] for e in ends], dtype=np.int64)
-        e_op = np.array([1 if e.op == ">=" else -1 for e in ends], dtype=np.int64)
-        e_val = np.array([e.value for e in ends], dtype=np.float64)
-        e_win = np.array([e.window for e in ends], dtype=np.float64)
+        cached = self._ends
+        if cached is not None and cached[0] is ends:  # the same step again (one call per block)
+            e_code, e_op, e_val, e_win = cached[1]
+        else:
+            e_code = np.array([END_CODES[e.quantity] for e in ends], dtype=np.int64)
+            e_op = np.array([1 if e.op == ">=" else -1 for e in ends], dtype=np.int64)
+            e_val = np.array([e.value for e in ends], dtype=np.float64)
+            e_win = np.array([e.window for e in ends], dtype=np.float64)
+            self._ends = (ends, (e_code, e_op, e_val, e_win))
         rows = max(2, max_samples)
         if self._out is None or self._out.shape[0] < rows:
             self._out = np.empty((rows, self.n_columns))
@@ -343,18 +350,35 @@ class CellModel:
     # ---- state ---------------------------------------------------------------------------------
 
     def save_state(self, extra: dict | None = None) -> bytes:
-        """Full model state (bit-exact) plus an optional JSON-able `extra` (e.g. RNG state)."""
-        buf = io.BytesIO()
-        meta = json.dumps({"version": _STATE_VERSION, "preset": self.preset.name, "extra": extra or {}})
-        np.savez(buf, a=self.a, st=self.st, mst=self.mst, meta=np.frombuffer(meta.encode(), dtype=np.uint8))
-        return buf.getvalue()
+        """Full model state (bit-exact) plus an optional JSON-able `extra` (e.g. RNG state): a short
+        JSON header and the raw float64 arrays (cheap enough to journal with every commit)."""
+        meta = json.dumps({"version": _STATE_VERSION, "preset": self.preset.name, "extra": extra or {}}).encode()
+        return b"".join((_STATE_MAGIC, len(meta).to_bytes(4, "little"), meta, self.a.tobytes(), self.st.tobytes(),
+                         self.mst.tobytes()))
 
     def load_state(self, data: bytes) -> dict:
-        """Restore save_state(); returns its `extra`."""
+        """Restore save_state() (or the earlier .npz form); returns its `extra`."""
         try:
-            z = np.load(io.BytesIO(data), allow_pickle=False)
-            meta = json.loads(bytes(z["meta"]).decode())
-            a, st, mst = z["a"], z["st"], z["mst"]
+            if data[:len(_STATE_MAGIC)] == _STATE_MAGIC:
+                k = len(_STATE_MAGIC)
+                size = int.from_bytes(data[k:k + 4], "little")
+                meta = json.loads(data[k + 4:k + 4 + size].decode())
+                raw = np.frombuffer(data, dtype=np.float64, offset=k + 4 + size)
+                na, nst = self.a.size, self.st.size
+                if raw.size != na + nst + self.mst.size:
+                    raise ConfigError(f"simulator state does not fit preset {self.preset.name!r} (saved for "
+                                      f"{meta.get('preset')!r})")
+                a = raw[:na].reshape(self.a.shape)
+                st = raw[na:na + nst]
+                mst = raw[na + nst:].reshape(self.mst.shape)
+            else:
+                z = np.load(io.BytesIO(data), allow_pickle=False)
+                meta = json.loads(bytes(z["meta"]).decode())
+                a, st, mst = z["a"], z["st"], z["mst"]
+                if meta.get("version") == 2:
+                    meta["version"] = _STATE_VERSION
+        except ConfigError:
+            raise
         except Exception as exc:  # corrupt bytes
             raise ConfigError(f"simulator state cannot be read: {exc}") from None
         if meta.get("version") != _STATE_VERSION or a.shape != self.a.shape or mst.shape != self.mst.shape:

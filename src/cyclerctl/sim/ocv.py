@@ -37,8 +37,20 @@ def dxdu(u: np.ndarray, sites, temperature: float = 298.15) -> np.ndarray:
     return -(xx * f / w * e / (1.0 + e) ** 2).sum(-1) / xx.sum()
 
 
+_TABLES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
 def table(sites, temperature: float = 298.15) -> tuple[np.ndarray, np.ndarray]:
-    """U and dU/dx on the uniform grid x = linspace(0, 1, GRID)."""
+    """U and dU/dx on the uniform grid x = linspace(0, 1, GRID) (computed once per site set and
+    temperature in a process: a rack of channels on the same preset shares it; copies returned)."""
+    key = (tuple(tuple(float(c) for c in site) for site in sites), float(temperature))
+    hit = _TABLES.get(key)
+    if hit is None:
+        hit = _TABLES[key] = _table(sites, temperature)
+    return hit[0].copy(), hit[1].copy()
+
+
+def _table(sites, temperature: float) -> tuple[np.ndarray, np.ndarray]:
     u = np.linspace(_U_HI, _U_LO, _U_N)  # x increases along u decreasing
     x = stoichiometry(u, sites, temperature)
     slope = 1.0 / np.minimum(dxdu(u, sites, temperature), -1e-300)

@@ -399,4 +399,12 @@ def load_preset(name_or_path: str | Path) -> Preset:
             known = "none"
         raise ConfigError(f"unknown simulator preset {str(name_or_path)!r}: give a preset file path "
                           f"or one of: {known}") from None
-    return parse_preset(path.read_text(encoding="utf-8"), str(path))
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    preset = _PRESETS.get(key)
+    if preset is None:  # parsed once per file version (a rack of channels shares the frozen preset)
+        preset = _PRESETS[key] = parse_preset(path.read_text(encoding="utf-8"), str(path))
+    return preset
+
+
+_PRESETS: dict[tuple[str, int, int], Preset] = {}

@@ -134,6 +134,7 @@ class Journal:
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Future | None = None
         self._kick: asyncio.Event | None = None
+        self._waiters: list[asyncio.Future] = []  # flush() callers served by the next commit
         self._setup: list[tuple] = []
         self._db_lock = threading.Lock()
         self._last_commit = time.monotonic()
@@ -222,17 +223,48 @@ class Journal:
         (the runners see `failed` at their next block and go safe)."""
         self._kick = asyncio.Event()
         next_at = time.monotonic() + self.commit_interval
-        while not stop.is_set():
-            try:  # a fixed rate: the time a commit takes is not added to the interval
-                await asyncio.wait_for(self._kick.wait(), max(0.0, next_at - time.monotonic()))
-            except TimeoutError:
-                pass
-            self._kick.clear()
-            next_at = time.monotonic() + self.commit_interval
-            try:
-                await self.commit()
-            except JournalError:
-                return
+        try:
+            while not stop.is_set():
+                try:  # a fixed rate: the time a commit takes is not added to the interval
+                    await asyncio.wait_for(self._kick.wait(), max(0.0, next_at - time.monotonic()))
+                except TimeoutError:
+                    pass
+                self._kick.clear()
+                next_at = time.monotonic() + self.commit_interval
+                try:
+                    await self.commit()
+                except JournalError:
+                    return
+        finally:
+            self._kick = None
+            if self._waiters and self.failed is None:
+                try:
+                    await self.commit()  # flush() callers that came after the last commit
+                except JournalError:
+                    pass
+            self._release(self._waiters, self.failed)
+            self._waiters = []
+
+    async def flush(self) -> None:
+        """Return once everything staged so far is committed. With the background committer
+        running this asks it to commit now and waits for that commit, so channels ending at the same
+        moment share one transaction instead of queueing one each; otherwise it commits itself."""
+        if self._kick is None:
+            await self.commit()
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._kick.set()
+        await fut
+
+    @staticmethod
+    def _release(waiters: list[asyncio.Future], exc: BaseException | None) -> None:
+        for f in waiters:
+            if not f.done():
+                if exc is None:
+                    f.set_result(None)
+                else:
+                    f.set_exception(exc)
 
     def due(self) -> bool:
         """True when the last commit is older than commit_interval seconds of wall time."""
@@ -257,11 +289,20 @@ class Journal:
             if prev is not None:
                 self._inflight = None
                 await prev
-            batch, audit, states = self._take()
-            if not (batch or audit):
-                return
-            counts = self._insert(batch, audit, states)
+            waiters, self._waiters = self._waiters, []
+            try:
+                batch, audit, states = self._take()
+                if not (batch or audit):
+                    self._release(waiters, None)
+                    return
+                counts = self._insert(batch, audit, states)
+            except JournalError as exc:
+                self._release(waiters, exc)
+                raise
             fut = asyncio.ensure_future(asyncio.to_thread(self._sync, counts))
+            if waiters:
+                fut.add_done_callback(lambda f: self._release(
+                    waiters, asyncio.CancelledError() if f.cancelled() else f.exception()))
             if wait:
                 await fut
             else:
