@@ -231,7 +231,7 @@ class ThermostatChannel:
                     last.final = True
                     yield last
                 return
-            if step_time - start.step_time >= step.timeout:
+            if step_time >= step.timeout:  # the step's own time (pause excluded), across a resume too
                 await self._chamber_failed()
                 raise InstrumentError(
                     f"the chamber did not settle within ±{step.tolerance:g} K of {step.temperature - 273.15:.1f} degC "
