@@ -244,3 +244,53 @@ def test_variable_temperature_eis_through_the_engine(tmp_path):
     assert [round(d["temperature_kelvin"] - 273.15) for d in eis] == [15, 25, 35, 45]
     arr = [d for k, d in rows if k == "arrhenius"][-1]
     assert abs(arr["activation_energy_kj_mol"] - 13.94) <= 1.0, arr["activation_energy_kj_mol"]
+
+
+def test_pause_and_crash_resume_give_the_chamber_its_set_point_back(tmp_path):
+    """Pause during the temperature step (the chamber goes to standby with the channel), resume; then an
+    interruption during the next rest and `Session.resume`: the chamber gets its set point again."""
+    import asyncio
+
+    from cyclerctl.engine.session import ChannelPlan, RunSettings, Session
+    from cyclerctl.engine.states import State
+    from cyclerctl.program import SetTemperature
+    from cyclerctl.protocol import compile_file
+
+    p = protocol(tmp_path)
+    run_dir = tmp_path / "paused"
+
+    async def until(cond, timeout=60.0):
+        async with asyncio.timeout(timeout):
+            while not cond():
+                await asyncio.sleep(0.005)
+
+    async def scenario(dev, spec):
+        session = Session.create([ChannelPlan("ch1", compile_file(p), "sim:hard_carbon", {"noise": False}, str(p),
+                                              "", spec)], RunSettings(speed=1000.0), run_dir)
+        task = asyncio.create_task(session.execute())
+        r = session.runners["ch1"]
+        await until(lambda: isinstance(r.current_step, SetTemperature) and r.es.step_time > 120.0)
+        assert (await session.control.pause("ch1"))[0]
+        await until(lambda: r.sm.state == State.PAUSED)
+        assert dev.mode == "STANDBY"
+        assert (await session.control.resume("ch1"))[0]
+        await until(lambda: r.es.step_count == 3 and r.es.step_time > 60.0)
+        assert dev.mode == "CONSTANT"
+        task.cancel()  # the process is interrupted in the rest after the temperature step
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        session.journal.close()
+        assert dev.mode == "STANDBY"
+        resumed = Session.resume(run_dir)
+        assert await resumed.execute() == {"ch1": "done"}
+
+    with espec_server(1000.0, tau=60.0) as (dev, address):
+        asyncio.run(scenario(dev, f"espec:{address}"))
+        assert dev.commands.count("TEMP, S35.0") == 3  # set, again after the pause, again after the resume
+        assert dev.commands[-1] == "MODE,STANDBY"
+    rows, events = journal(run_dir)
+    kinds = [k for k, _d in events]
+    assert "pause" in kinds and "resume" in kinds and kinds[-1] == "run_end"
+    settle = rows[rows[:, 0] == 2]
+    assert np.all(np.diff(settle[:, 1]) > 0)  # the step's time continues across the pause
+    assert abs(settle[-1, 2] - 35.0) <= 0.5

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pickle
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -46,6 +47,7 @@ class SharedThermostat:
         self._closed = False
         self._safe = False  # in its safe state since the last set point (asked once, not per caller)
         self.setpoint: float | None = None  # K, the last set point given
+        self._pending = False  # a resumed run's set point, not yet given to this chamber
 
     def attach(self) -> SharedThermostat:
         self.users += 1
@@ -61,13 +63,19 @@ class SharedThermostat:
 
     async def set_temperature(self, kelvin: float) -> None:
         async with self.lock:
-            self._safe = False
+            self._safe = self._pending = False
             self.setpoint = kelvin
             await self.thermostat.set_temperature(kelvin)
 
+    def resume_at(self, kelvin: float | None) -> None:
+        """A resumed run: the chamber's set point before the interruption, given again by `restore`."""
+        if kelvin is not None:
+            self.setpoint = float(kelvin)
+            self._pending = True
+
     async def restore(self) -> None:
-        """Back to the last set point after a safe state (a paused channel resumed)."""
-        if self._safe and self.setpoint is not None and not self._closed:
+        """Back to the last set point after a safe state (a paused channel resumed) or in a resumed run."""
+        if (self._safe or self._pending) and self.setpoint is not None and not self._closed:
             await self.set_temperature(self.setpoint)
 
     async def read_temperature(self) -> float:
@@ -231,7 +239,7 @@ class ThermostatChannel:
                     last.final = True
                     yield last
                 return
-            if step_time - start.step_time >= step.timeout:
+            if step_time >= step.timeout:  # the step's own time (pause excluded), across a resume too
                 await self._chamber_failed()
                 raise InstrumentError(
                     f"the chamber did not settle within ±{step.tolerance:g} K of {step.temperature - 273.15:.1f} degC "
@@ -264,7 +272,20 @@ class ThermostatChannel:
             await self.thermostat.release()
 
     def save_state(self) -> bytes | None:
-        return self.channel.save_state()
+        """The channel's state and the chamber's last set point (journaled with each commit, so a
+        resumed run gives the chamber its set point back before the next step)."""
+        if self.thermostat.setpoint is None:
+            return self.channel.save_state()
+        return _STATE_TAG + pickle.dumps({"channel": self.channel.save_state(), "setpoint": self.thermostat.setpoint})
 
     def load_state(self, state: bytes) -> None:
-        self.channel.load_state(state)
+        if not state.startswith(_STATE_TAG):
+            self.channel.load_state(state)
+            return
+        saved = pickle.loads(state[len(_STATE_TAG):])
+        if saved.get("channel") is not None:
+            self.channel.load_state(saved["channel"])
+        self.thermostat.resume_at(saved.get("setpoint"))
+
+
+_STATE_TAG = b"cyclerctl-thermostat-channel/1\n"

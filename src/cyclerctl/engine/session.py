@@ -317,7 +317,8 @@ class Session:
             "cell": cell_dict(plan.program),
             "protocol": {"name": plan.program.name, "path": plan.protocol_path or plan.program.source,
                          "sha256": plan.program.protocol_hash},
-            "instrument": plan.instrument, "chamber": plan.chamber or None, "kind": spec.kind, "preset": spec.address if spec.kind == "sim" else None,
+            "instrument": plan.instrument, "chamber": plan.chamber or None, "kind": spec.kind,
+            "preset": spec.address if spec.kind == "sim" else None,
             "model": channel.capabilities.model, "options": plan.options,
             "columns": BDF_UNITS,
         }
