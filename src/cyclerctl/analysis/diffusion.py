@@ -100,31 +100,46 @@ def classic_bias(u: float) -> float:
 
 
 def fit_two_term(t: np.ndarray, e: np.ndarray) -> tuple[float, float, float, float]:
-    """Least squares E = a + b√t + c·t (centred columns). Returns (a, b, c, R²)."""
+    """Least squares E = a + b√t + c·t (centred columns, 2×2 normal equations scaled to unit
+    diagonal; a rank-deficient window falls back to the minimum-norm solution). Returns (a, b, c, R²)."""
     x1, x2 = np.sqrt(t), t
     m1, m2, me = x1.mean(), x2.mean(), e.mean()
-    a_mat = np.column_stack([x1 - m1, x2 - m2])
-    (b, c), *_ = np.linalg.lstsq(a_mat, e - me, rcond=None)
+    u1, u2, y = x1 - m1, x2 - m2, e - me
+    s11, s22, s12 = float(u1 @ u1), float(u2 @ u2), float(u1 @ u2)
+    y1, y2 = float(u1 @ y), float(u2 @ y)
+    det = 1.0 - s12 * s12 / (s11 * s22) if s11 > 0 and s22 > 0 else 0.0
+    if det > 1e-10:  # Cramer's rule on the correlation form (condition 1/det)
+        n1, n2 = math.sqrt(s11), math.sqrt(s22)
+        r, z1, z2 = s12 / (n1 * n2), y1 / n1, y2 / n2
+        b, c = (z1 - r * z2) / det / n1, (z2 - r * z1) / det / n2
+    else:
+        (b, c), *_ = np.linalg.lstsq(np.column_stack([u1, u2]), y, rcond=None)
     a = me - b * m1 - c * m2
-    return float(a), float(b), float(c), _r2(e, a_mat @ np.array([b, c]) + me)
+    ss = float(y @ y)
+    res = y - b * u1 - c * u2
+    return float(a), float(b), float(c), 1.0 - float(res @ res) / ss if ss > 0 else 1.0
+
+
+def _line(x: np.ndarray, e: np.ndarray) -> tuple[float, float, float]:
+    """Least squares e = a + b·x in closed form (centred). Returns (a, b, R²)."""
+    mx, me = x.mean(), e.mean()
+    u, y = x - mx, e - me
+    uu = float(u @ u)
+    b = float(u @ y) / uu if uu > 0 else 0.0
+    ss = float(y @ y)
+    res = y - b * u
+    return float(me - b * mx), b, 1.0 - float(res @ res) / ss if ss > 0 else 1.0
 
 
 def fit_sqrt(t: np.ndarray, e: np.ndarray) -> tuple[float, float, float]:
     """Least squares E = a + b√t. Returns (a, b, R²)."""
-    x = np.sqrt(t)
-    b, a = np.polyfit(x, e, 1)
-    return float(a), float(b), _r2(e, a + b * x)
+    return _line(np.sqrt(t), e)
 
 
 def fit_line(t: np.ndarray, e: np.ndarray) -> tuple[float, float]:
     """Least squares E = a + b·t. Returns (a, b)."""
-    b, a = np.polyfit(t - t.mean(), e, 1)
-    return float(a - b * t.mean()), float(b)
-
-
-def _r2(e: np.ndarray, fit: np.ndarray) -> float:
-    ss = float(((e - e.mean()) ** 2).sum())
-    return 1.0 - float(((e - fit) ** 2).sum()) / ss if ss > 0 else 1.0
+    a, b, _r2 = _line(t, e)
+    return a, b
 
 
 def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.0,
