@@ -64,21 +64,27 @@ def sphere_h(u: np.ndarray, n_roots: int = N_ROOTS) -> np.ndarray:
 
 def sphere_h_and_slope(u: np.ndarray, n_roots: int = N_ROOTS) -> tuple[np.ndarray, np.ndarray]:
     """h(u) and dh/du (u > 0): dh/du = h + 1 + 1/√(πu) at short times, 3 + 2 Σ exp(−λ_n² u) by the
-    series (tail by the same integral as h)."""
+    series (tail by the same integral as h); one exponential table for both."""
     u = np.maximum(np.atleast_1d(np.asarray(u, dtype=np.float64)), 1e-300)
-    h = sphere_h(u, n_roots)
+    h = np.empty_like(u)
     dh = np.empty_like(u)
     short = u <= U_SHORT
     if short.any():
         us = u[short]
+        h[short] = np.exp(us) * erfc(-np.sqrt(us)) - 1.0
         dh[short] = h[short] + 1.0 + 1.0 / np.sqrt(np.pi * us)
     if (~short).any():
         ul = u[~short]
         n = min(n_roots, int(math.sqrt(750.0 / float(ul.min())) / math.pi) + 3)
         lam2 = sphere_roots(n) ** 2
+        ex = np.exp(-lam2[None, :] * ul[:, None])
+        a = n + 1.0
         su = np.sqrt(ul) * np.pi
-        tail = erfc(su * (n + 1.0)) / np.sqrt(np.pi * ul)  # 2 ∫_{N+1}^∞ exp(−π²u y²) dy
-        dh[~short] = 3.0 + 2.0 * np.exp(-lam2[None, :] * ul[:, None]).sum(axis=1) + tail
+        g = np.exp(-(su * a) ** 2)
+        ec = erfc(su * a)
+        tail = (g / a - np.sqrt(np.pi) * su * ec) / np.pi**2
+        h[~short] = 3.0 * ul + 0.2 - 2.0 * ((ex / lam2[None, :]).sum(axis=1) + tail)
+        dh[~short] = 3.0 + 2.0 * ex.sum(axis=1) + ec / np.sqrt(np.pi * ul)  # + 2 ∫_{N+1}^∞ exp(−π²u y²) dy
     return h, dh
 
 
