@@ -105,10 +105,13 @@ def classic_bias(u: float) -> float:
     return 4.0 * u / (math.pi * h * h)
 
 
-def fit_two_term(t: np.ndarray, e: np.ndarray) -> tuple[float, float, float, float]:
+def fit_two_term(t: np.ndarray, e: np.ndarray, delay: float = 0.0) -> tuple[float, float, float, float]:
     """Least squares E = a + b√t + c·t (centred columns, 2×2 normal equations scaled to unit
-    diagonal; a rank-deficient window falls back to the minimum-norm solution). Returns (a, b, c, R²)."""
+    diagonal; a rank-deficient window falls back to the minimum-norm solution). With a response
+    delay t0 the √t column is √t − t0/(2√t) (√(t − t0) to first order). Returns (a, b, c, R²)."""
     x1, x2 = np.sqrt(t), t
+    if delay:
+        x1 = x1 - 0.5 * delay / x1
     m1, m2, me = x1.mean(), x2.mean(), e.mean()
     u1, u2, y = x1 - m1, x2 - m2, e - me
     s11, s22, s12 = float(u1 @ u1), float(u2 @ u2), float(u1 @ u2)
@@ -142,6 +145,21 @@ def fit_sqrt(t: np.ndarray, e: np.ndarray) -> tuple[float, float, float]:
     return _line(np.sqrt(t), e)
 
 
+def line_at(t: np.ndarray, e: np.ndarray, t_star: float) -> tuple[float, float]:
+    """The least-squares line E = a + b·t evaluated at t_star, and the standard error of that value
+    from the residual scatter, σ·√(1/n + (t_star − t̄)²/Σ(t − t̄)²). Returns (E(t_star), se)."""
+    mt = t.mean()
+    u = t - mt
+    uu = float(u @ u)
+    a, b, _r2 = _line(t, e)
+    n = t.size
+    if n < 3 or uu <= 0:
+        return a + b * t_star, math.nan
+    res = e - (a + b * t)
+    sigma2 = float(res @ res) / (n - 2)
+    return a + b * t_star, math.sqrt(sigma2 * (1.0 / n + (t_star - mt) ** 2 / uu))
+
+
 def fit_line(t: np.ndarray, e: np.ndarray) -> tuple[float, float]:
     """Least squares E = a + b·t. Returns (a, b)."""
     a, b, _r2 = _line(t, e)
@@ -162,9 +180,9 @@ def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.
     √(t − t₀) with t₀ = 2·R_ct·C_dl (0.2 s for the hard-carbon cell; uncorrected it reads D 2 % low
     on a 40 s pulse, 5 % with the two-term fit). To first order slope·θ(t − t₀) = slope·θ(t) −
     slope·t₀·θ'(t), a linear term; `delay=False` fixes t₀ = 0.
-    Returns (τ_d [s], a [V], rms residual [V], t₀ [s])."""
+    Returns (τ_d [s], a [V], rms residual [V], t₀ [s], standard error of t₀ [s])."""
     if slope == 0 or t.size < 3:
-        return math.nan, math.nan, math.nan, math.nan
+        return math.nan, math.nan, math.nan, math.nan, math.nan
     half_k = 0.5 * curvature
 
     def parts(tt: np.ndarray, ee: np.ndarray, tau_d: float) -> tuple[np.ndarray, np.ndarray | None]:
@@ -202,7 +220,12 @@ def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.
     theta = tau_d / 3.0 * sphere_h(t / tau_d)
     model = slope * theta + half_k * theta * theta + (0.0 if g is None else b * g)
     a = float((e - model).mean())
-    return float(tau_d), a, float(np.sqrt((rr**2).mean())), -b / slope
+    rms = float(np.sqrt((rr**2).mean()))
+    if g is None:
+        return float(tau_d), a, rms, 0.0, 0.0
+    gc = g - g.mean()
+    se = rms * math.sqrt(t.size / max(t.size - 3, 1) / float(gc @ gc)) / abs(slope)
+    return float(tau_d), a, rms, -b / slope, se
 
 
 def weppner_huggins(tau: float, l_eff: float, de_s: float, de_t: float) -> float:
