@@ -167,7 +167,7 @@ def fit_line(t: np.ndarray, e: np.ndarray) -> tuple[float, float]:
 
 
 def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.0,
-               delay: bool = True) -> tuple[float, float, float, float]:
+               delay: bool = True, near: float | None = None) -> tuple[float, float, float, float, float]:
     """Fit E(t) = a + slope·θ(t − t₀) + ½·curvature·θ², θ(t) = (τ_d/3)·h(t/τ_d), for τ_d (variable
     projection: a and the delay term are linear).
 
@@ -180,6 +180,7 @@ def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.
     √(t − t₀) with t₀ = 2·R_ct·C_dl (0.2 s for the hard-carbon cell; uncorrected it reads D 2 % low
     on a 40 s pulse, 5 % with the two-term fit). To first order slope·θ(t − t₀) = slope·θ(t) −
     slope·t₀·θ'(t), a linear term; `delay=False` fixes t₀ = 0.
+    `near`: a τ_d expected within a factor 2 (a refit), searched there first.
     Returns (τ_d [s], a [V], rms residual [V], t₀ [s], standard error of t₀ [s])."""
     if slope == 0 or t.size < 3:
         return math.nan, math.nan, math.nan, math.nan, math.nan
@@ -207,13 +208,20 @@ def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.
         r, _b = project(r, g)
         return float(r @ r)
 
-    span = float(t.max())
-    grid = np.linspace(math.log10(span) - 3.0, math.log10(span) + 7.0, 31)
-    sub = np.unique(np.linspace(0, t.size - 1, min(t.size, 200)).astype(np.int64))  # coarse search on a subset
-    costs = [cost(g, t[sub], e[sub]) for g in grid]
-    k = int(np.argmin(costs))
-    lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
-    res = minimize_scalar(cost, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
+    res = None
+    if near is not None and math.isfinite(near) and near > 0:
+        lo, hi = math.log10(near) - 0.3, math.log10(near) + 0.3
+        res = minimize_scalar(cost, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
+        if min(res.x - lo, hi - res.x) < 1e-3:  # ran into the bracket: search the whole range
+            res = None
+    if res is None:
+        span = float(t.max())
+        grid = np.linspace(math.log10(span) - 3.0, math.log10(span) + 7.0, 31)
+        sub = np.unique(np.linspace(0, t.size - 1, min(t.size, 200)).astype(np.int64))  # coarse search on a subset
+        costs = [cost(g, t[sub], e[sub]) for g in grid]
+        k = int(np.argmin(costs))
+        lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
+        res = minimize_scalar(cost, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
     tau_d = 10.0**res.x
     rc, g = parts(t, e, tau_d)
     rr, b = project(rc, g)

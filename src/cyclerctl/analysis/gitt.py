@@ -128,7 +128,7 @@ def analyze_pulse(t: np.ndarray, e: np.ndarray, current: float, e_before: float,
     tau_d, a_sph, rms, delay, delay_se = fit_sphere(tw, ew, slope0, k_t, delay=settings.fit_delay)
     resolved = math.isfinite(delay) and 0.0 < delay < 0.5 * settings.t_min and delay > 3.0 * delay_se
     if settings.fit_delay and not resolved:  # noise, not a delay: the extra term would only add scatter
-        tau_d, a_sph, rms, delay, delay_se = fit_sphere(tw, ew, slope0, k_t, delay=False)
+        tau_d, a_sph, rms, delay, delay_se = fit_sphere(tw, ew, slope0, k_t, delay=False, near=tau_d)
     # the two-term fit takes the sphere fit's response delay t0 to the same first order,
     # A·√(t − t0) ≈ A·(√t − t0/(2√t)); without it the delay reads as a smaller √t slope (12 % low D
     # on an 18 s hard-carbon pulse)
