@@ -7,13 +7,17 @@ E_after: ΔE_s = E_after − E_before, dE/dt_eq = ΔE_s/τ (secant slope of the 
   with m_B V_M/(M_B S) = L_eff (R_p/3 for spheres unless given) and ΔE_τ = E(τ) − E(0⁺), E(0⁺) the
   IR-free start (intercept of the two-term fit). Biased low for spheres by classic_bias(τ/τ_d)
   (0.83 at τ/τ_d = 0.01); the expected factor is reported beside it.
-- two_term: fit E = a + A√t + B·t over the pulse (t ≥ t_min) and D = 4/(9π)·R²·(dE/dt_eq / A)²;
+- two_term: fit E = a + A√t + B·t over the pulse (t ≥ t_min) and D = 4/(9π)·R²·(dE/dt₀ / A)²;
   exact in the short-time limit, biased for τ/τ_d ≳ 0.03.
 - sphere: fit of the exact constant-flux sphere solution to the whole pulse (one parameter τ_d);
   D = R²/τ_d; stays exact for long pulses. This is the reported `diffusion_coefficient_cm2_s`.
 
-All assume a single sphere size, constant D over the pulse, a linear OCV across the pulse and a
-constant IR/kinetic overpotential after the initial jump. Flags say when the data break them.
+dE/dt₀ is the OCV tangent at the pulse start: the secant ΔE_s/τ corrected by the OCV curvature
+d²E/dQ² from three relaxed points (the operator: previous pulse start, this pulse's start and end),
+which the sphere fit also follows to second order across the surface excursion. Both fits allow for
+the double-layer delay of the diffusion response, √t → √t − t₀/(2√t), t₀ = 2·R_ct·C_dl (fitted).
+All assume a single sphere size, constant D over the pulse and a constant IR/kinetic overpotential
+after the initial jump. Flags say when the data break them.
 """
 
 from __future__ import annotations
