@@ -147,6 +147,39 @@ def timed(ops, stream) -> tuple[float, float, int]:
     return time.process_time() - c0, time.perf_counter() - t0, rows
 
 
+def eis_rates(cols, events) -> str:
+    """Points, spectra, circuit fits and least-squares runs (multi-start) per CPU second of the EIS
+    operator alone."""
+    import scipy.optimize
+
+    from cyclerctl.analysis import circuits
+
+    runs = [0]
+    inner = scipy.optimize.least_squares
+
+    def counted(*a, **k):
+        runs[0] += 1
+        return inner(*a, **k)
+
+    ops = operators_for(CELL)
+    op = ops[[o.kind for o in ops].index("eis")]
+    saved = circuits.least_squares
+    circuits.least_squares = counted
+    try:
+        c0 = time.process_time()
+        rows = []
+        for kind, item in blocks(cols, events, 1000):
+            rows += op.feed_samples(item) if kind == "samples" else op.feed_event(item)
+        cpu = time.process_time() - c0
+    finally:
+        circuits.least_squares = saved
+    n_fits = sum(len(r.data.get("fits") or []) for r in rows)
+    n = cols["test_time_second"].size
+    return (f"eis: {len(rows)} spectra of {n // max(len(rows), 1)} points in {cpu:.2f} CPU s: {n / cpu:,.0f} points/s, "
+            f"{len(rows) / cpu:.2f} spectra/s, {n_fits / cpu:.1f} circuit fits/s ({runs[0] / cpu:.0f} least-squares "
+            f"runs/s, {runs[0] / max(n_fits, 1):.1f} starts per fit)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--block", type=int, nargs="+", default=[1000, 100_000], help="samples per block")
@@ -170,6 +203,7 @@ def main() -> None:
                 print(f"{name:<8} {op_name:<11} {block:>7} {n:>10} {rows:>6} {cpu:>7.3f} {wall:>7.3f} "
                       f"{n / max(cpu, 1e-9):>13,.0f}")
         print()
+    print(eis_rates(*workloads["eis"]))
 
 
 if __name__ == "__main__":

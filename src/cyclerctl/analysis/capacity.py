@@ -97,7 +97,7 @@ class CycleOperator:
         out: list[MetricRow] = []
         cyc_filled = np.where(np.isfinite(cyc), cyc, 1.0).astype(np.int64)
         change = np.flatnonzero(np.diff(cyc_filled)) + 1
-        bounds = np.r_[0, change, cyc_filled.size]
+        bounds = np.concatenate(([0], change, [cyc_filled.size]))
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             c = int(cyc_filled[a])
             if self._open is None or self._open.cycle != c:

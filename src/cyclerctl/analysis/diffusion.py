@@ -64,21 +64,27 @@ def sphere_h(u: np.ndarray, n_roots: int = N_ROOTS) -> np.ndarray:
 
 def sphere_h_and_slope(u: np.ndarray, n_roots: int = N_ROOTS) -> tuple[np.ndarray, np.ndarray]:
     """h(u) and dh/du (u > 0): dh/du = h + 1 + 1/√(πu) at short times, 3 + 2 Σ exp(−λ_n² u) by the
-    series (tail by the same integral as h)."""
+    series (tail by the same integral as h); one exponential table for both."""
     u = np.maximum(np.atleast_1d(np.asarray(u, dtype=np.float64)), 1e-300)
-    h = sphere_h(u, n_roots)
+    h = np.empty_like(u)
     dh = np.empty_like(u)
     short = u <= U_SHORT
     if short.any():
         us = u[short]
+        h[short] = np.exp(us) * erfc(-np.sqrt(us)) - 1.0
         dh[short] = h[short] + 1.0 + 1.0 / np.sqrt(np.pi * us)
     if (~short).any():
         ul = u[~short]
         n = min(n_roots, int(math.sqrt(750.0 / float(ul.min())) / math.pi) + 3)
         lam2 = sphere_roots(n) ** 2
+        ex = np.exp(-lam2[None, :] * ul[:, None])
+        a = n + 1.0
         su = np.sqrt(ul) * np.pi
-        tail = erfc(su * (n + 1.0)) / np.sqrt(np.pi * ul)  # 2 ∫_{N+1}^∞ exp(−π²u y²) dy
-        dh[~short] = 3.0 + 2.0 * np.exp(-lam2[None, :] * ul[:, None]).sum(axis=1) + tail
+        g = np.exp(-(su * a) ** 2)
+        ec = erfc(su * a)
+        tail = (g / a - np.sqrt(np.pi) * su * ec) / np.pi**2
+        h[~short] = 3.0 * ul + 0.2 - 2.0 * ((ex / lam2[None, :]).sum(axis=1) + tail)
+        dh[~short] = 3.0 + 2.0 * ex.sum(axis=1) + ec / np.sqrt(np.pi * ul)  # + 2 ∫_{N+1}^∞ exp(−π²u y²) dy
     return h, dh
 
 
@@ -99,36 +105,69 @@ def classic_bias(u: float) -> float:
     return 4.0 * u / (math.pi * h * h)
 
 
-def fit_two_term(t: np.ndarray, e: np.ndarray) -> tuple[float, float, float, float]:
-    """Least squares E = a + b√t + c·t (centred columns). Returns (a, b, c, R²)."""
+def fit_two_term(t: np.ndarray, e: np.ndarray, delay: float = 0.0) -> tuple[float, float, float, float]:
+    """Least squares E = a + b√t + c·t (centred columns, 2×2 normal equations scaled to unit
+    diagonal; a rank-deficient window falls back to the minimum-norm solution). With a response
+    delay t0 the √t column is √t − t0/(2√t) (√(t − t0) to first order). Returns (a, b, c, R²)."""
     x1, x2 = np.sqrt(t), t
+    if delay:
+        x1 = x1 - 0.5 * delay / x1
     m1, m2, me = x1.mean(), x2.mean(), e.mean()
-    a_mat = np.column_stack([x1 - m1, x2 - m2])
-    (b, c), *_ = np.linalg.lstsq(a_mat, e - me, rcond=None)
+    u1, u2, y = x1 - m1, x2 - m2, e - me
+    s11, s22, s12 = float(u1 @ u1), float(u2 @ u2), float(u1 @ u2)
+    y1, y2 = float(u1 @ y), float(u2 @ y)
+    det = 1.0 - s12 * s12 / (s11 * s22) if s11 > 0 and s22 > 0 else 0.0
+    if det > 1e-10:  # Cramer's rule on the correlation form (condition 1/det)
+        n1, n2 = math.sqrt(s11), math.sqrt(s22)
+        r, z1, z2 = s12 / (n1 * n2), y1 / n1, y2 / n2
+        b, c = (z1 - r * z2) / det / n1, (z2 - r * z1) / det / n2
+    else:
+        (b, c), *_ = np.linalg.lstsq(np.column_stack([u1, u2]), y, rcond=None)
     a = me - b * m1 - c * m2
-    return float(a), float(b), float(c), _r2(e, a_mat @ np.array([b, c]) + me)
+    ss = float(y @ y)
+    res = y - b * u1 - c * u2
+    return float(a), float(b), float(c), 1.0 - float(res @ res) / ss if ss > 0 else 1.0
+
+
+def _line(x: np.ndarray, e: np.ndarray) -> tuple[float, float, float]:
+    """Least squares e = a + b·x in closed form (centred). Returns (a, b, R²)."""
+    mx, me = x.mean(), e.mean()
+    u, y = x - mx, e - me
+    uu = float(u @ u)
+    b = float(u @ y) / uu if uu > 0 else 0.0
+    ss = float(y @ y)
+    res = y - b * u
+    return float(me - b * mx), b, 1.0 - float(res @ res) / ss if ss > 0 else 1.0
 
 
 def fit_sqrt(t: np.ndarray, e: np.ndarray) -> tuple[float, float, float]:
     """Least squares E = a + b√t. Returns (a, b, R²)."""
-    x = np.sqrt(t)
-    b, a = np.polyfit(x, e, 1)
-    return float(a), float(b), _r2(e, a + b * x)
+    return _line(np.sqrt(t), e)
+
+
+def line_at(t: np.ndarray, e: np.ndarray, t_star: float) -> tuple[float, float]:
+    """The least-squares line E = a + b·t evaluated at t_star, and the standard error of that value
+    from the residual scatter, σ·√(1/n + (t_star − t̄)²/Σ(t − t̄)²). Returns (E(t_star), se)."""
+    mt = t.mean()
+    u = t - mt
+    uu = float(u @ u)
+    a, b, _r2 = _line(t, e)
+    n = t.size
+    if n < 3 or uu <= 0:
+        return a + b * t_star, math.nan
+    res = e - (a + b * t)
+    sigma2 = float(res @ res) / (n - 2)
+    return a + b * t_star, math.sqrt(sigma2 * (1.0 / n + (t_star - mt) ** 2 / uu))
 
 
 def fit_line(t: np.ndarray, e: np.ndarray) -> tuple[float, float]:
     """Least squares E = a + b·t. Returns (a, b)."""
-    b, a = np.polyfit(t - t.mean(), e, 1)
-    return float(a - b * t.mean()), float(b)
-
-
-def _r2(e: np.ndarray, fit: np.ndarray) -> float:
-    ss = float(((e - e.mean()) ** 2).sum())
-    return 1.0 - float(((e - fit) ** 2).sum()) / ss if ss > 0 else 1.0
+    a, b, _r2 = _line(t, e)
+    return a, b
 
 
 def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.0,
-               delay: bool = True) -> tuple[float, float, float, float]:
+               delay: bool = True, near: float | None = None) -> tuple[float, float, float, float, float]:
     """Fit E(t) = a + slope·θ(t − t₀) + ½·curvature·θ², θ(t) = (τ_d/3)·h(t/τ_d), for τ_d (variable
     projection: a and the delay term are linear).
 
@@ -141,9 +180,10 @@ def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.
     √(t − t₀) with t₀ = 2·R_ct·C_dl (0.2 s for the hard-carbon cell; uncorrected it reads D 2 % low
     on a 40 s pulse, 5 % with the two-term fit). To first order slope·θ(t − t₀) = slope·θ(t) −
     slope·t₀·θ'(t), a linear term; `delay=False` fixes t₀ = 0.
-    Returns (τ_d [s], a [V], rms residual [V], t₀ [s])."""
+    `near`: a τ_d expected within a factor 2 (a refit), searched there first.
+    Returns (τ_d [s], a [V], rms residual [V], t₀ [s], standard error of t₀ [s])."""
     if slope == 0 or t.size < 3:
-        return math.nan, math.nan, math.nan, math.nan
+        return math.nan, math.nan, math.nan, math.nan, math.nan
     half_k = 0.5 * curvature
 
     def parts(tt: np.ndarray, ee: np.ndarray, tau_d: float) -> tuple[np.ndarray, np.ndarray | None]:
@@ -168,20 +208,32 @@ def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.
         r, _b = project(r, g)
         return float(r @ r)
 
-    span = float(t.max())
-    grid = np.linspace(math.log10(span) - 3.0, math.log10(span) + 7.0, 31)
-    sub = np.unique(np.linspace(0, t.size - 1, min(t.size, 200)).astype(np.int64))  # coarse search on a subset
-    costs = [cost(g, t[sub], e[sub]) for g in grid]
-    k = int(np.argmin(costs))
-    lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
-    res = minimize_scalar(cost, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
+    res = None
+    if near is not None and math.isfinite(near) and near > 0:
+        lo, hi = math.log10(near) - 0.3, math.log10(near) + 0.3
+        res = minimize_scalar(cost, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
+        if min(res.x - lo, hi - res.x) < 1e-3:  # ran into the bracket: search the whole range
+            res = None
+    if res is None:
+        span = float(t.max())
+        grid = np.linspace(math.log10(span) - 3.0, math.log10(span) + 7.0, 31)
+        sub = np.unique(np.linspace(0, t.size - 1, min(t.size, 200)).astype(np.int64))  # coarse search on a subset
+        costs = [cost(g, t[sub], e[sub]) for g in grid]
+        k = int(np.argmin(costs))
+        lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
+        res = minimize_scalar(cost, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
     tau_d = 10.0**res.x
     rc, g = parts(t, e, tau_d)
     rr, b = project(rc, g)
     theta = tau_d / 3.0 * sphere_h(t / tau_d)
     model = slope * theta + half_k * theta * theta + (0.0 if g is None else b * g)
     a = float((e - model).mean())
-    return float(tau_d), a, float(np.sqrt((rr**2).mean())), -b / slope
+    rms = float(np.sqrt((rr**2).mean()))
+    if g is None:
+        return float(tau_d), a, rms, 0.0, 0.0
+    gc = g - g.mean()
+    se = rms * math.sqrt(t.size / max(t.size - 3, 1) / float(gc @ gc)) / abs(slope)
+    return float(tau_d), a, rms, -b / slope, se
 
 
 def weppner_huggins(tau: float, l_eff: float, de_s: float, de_t: float) -> float:

@@ -89,6 +89,8 @@ class DqdvOperator:
         sc, cyc = column(rows, "step_count"), column(rows, "cycle_count")
         prev = self._prev if self._prev is not None else (np.nan, np.nan, np.nan, np.nan)
         self._prev = (t[-1], v[-1], i[-1], sc[-1])
+        if sc[0] == sc[-1] and sc[0] in self._excluded:
+            return []  # the block is one step that does not count (CV, EIS, GITT, ICI, ...)
         t0, v0, i0, s0 = (_shift(a, prev[k]) for k, a in enumerate((t, v, i, sc)))
         dq = 0.5 * (i + i0) * (t - t0)
         ok = (s0 == sc) & np.isfinite(dq) & np.isfinite(v) & np.isfinite(v0) & (dq != 0)
@@ -100,7 +102,7 @@ class DqdvOperator:
         direction = np.where(dq[idx] < 0, 0, 1)  # 0 discharge, 1 charge
         cyc_i = np.where(np.isfinite(cyc[idx]), cyc[idx], 1).astype(np.int64)
         key = direction * 1_000_000_000 + cyc_i
-        cut = np.r_[0, np.flatnonzero(np.diff(key)) + 1, idx.size]
+        cut = np.concatenate(([0], np.flatnonzero(np.diff(key)) + 1, [idx.size]))
         out: list[MetricRow] = []
         for a, b in zip(cut[:-1], cut[1:], strict=True):
             d = "discharge" if direction[a] == 0 else "charge"
