@@ -78,6 +78,7 @@ class WallClock:
         self._unix0 = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due: dict[int, list[asyncio.Future]] = {}  # tick number -> sleepers woken by its timer
+        self.sleeps = 0  # waits that suspended the caller (the engine skips its own yield after one)
 
     def now(self) -> float:
         return (time.monotonic() - self._mono0) * self.speed
@@ -90,6 +91,7 @@ class WallClock:
             remaining = (t - self.now()) / self.speed
             if remaining <= 0:
                 return
+            self.sleeps += 1
             if self.tick > 0:
                 await self._wait_tick(remaining)
             else:

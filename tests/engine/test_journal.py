@@ -97,3 +97,34 @@ async def test_readers_see_committed_rows_only(run_dir):
             pos = int(item["seq"][-1]) + 1 if len(item["seq"]) else pos
         else:
             assert item.sample_seq == pos
+
+
+async def test_flush_callers_share_the_committers_next_commit(tmp_path):
+    """Channels that end at the same moment wait for one commit between them, not one each; every
+    flush returns with its rows on disk."""
+    import asyncio
+
+    from cyclerctl.store import schema
+    from cyclerctl.store.journal import Journal
+
+    j = Journal(tmp_path / "journal.sqlite", commit_interval=30.0)  # only kicks make the committer commit
+    names = [f"c{k}" for k in range(12)]
+    for ch in names:
+        j.add_channel(ch, "run", {}, None, lambda: ("running", "{}", None))
+    stop = asyncio.Event()
+    committer = asyncio.create_task(j.run_committer(stop))
+    await asyncio.sleep(0)
+    row = np.zeros((1, len(schema.SAMPLE_COLUMNS)))
+
+    async def end(ch):
+        j.stage_samples(ch, row.copy())
+        await j.flush()
+        return j.connection.execute("SELECT COUNT(*) FROM samples WHERE ch=?", (ch,)).fetchone()[0]
+
+    counts = await asyncio.gather(*(end(ch) for ch in names))
+    stop.set()
+    j.kick()
+    await committer
+    assert counts == [1] * len(names)
+    assert j.commits <= 2
+    j.close()

@@ -60,18 +60,19 @@ def test_one_sample_blocks_trip_where_one_block_does():
     """Real-time acquisition hands over one sample per block (the scalar path); the trip, its sample
     and the debounce carry match the same samples checked as one vectorized block."""
     rng = np.random.default_rng(7)
-    for _ in range(200):
+    for k in range(400):
+        lim = LIM if k % 2 else Limits(voltage_min=0.0, voltage_max=2.5)
         n = 12
         v = rng.choice([1.0, -0.01, -0.03, -0.2, 2.51, 2.6, np.nan], n, p=[.55, .1, .1, .05, .1, .05, .05])
         i = rng.choice([0.0, 5.2e-3, -5.3e-3, 6e-3], n, p=[.7, .1, .1, .1])
         temp = rng.choice([25.0, 60.5, -10.5, 63.0], n, p=[.8, .08, .08, .04])
         st = np.cumsum(rng.uniform(0, 12, n))
-        whole = SafetyMonitor().check(LIM, cols(v, i, temp), st)
+        whole = SafetyMonitor().check(lim, cols(v, i, temp), st)
         m = SafetyMonitor()
         one = None
-        for k in range(n):
-            one = m.check(LIM, cols(v[k:k + 1], i[k:k + 1], temp[k:k + 1]), st[k:k + 1])
+        for j in range(n):
+            one = m.check(lim, cols(v[j:j + 1], i[j:j + 1], temp[j:j + 1]), st[j:j + 1])
             if one is not None:
-                one = (one.limit, one.value, k)
+                one = (one.limit, one.value, j)
                 break
         assert one == (None if whole is None else (whole.limit, whole.value, whole.index))

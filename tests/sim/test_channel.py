@@ -273,3 +273,18 @@ def test_one_sample_noise_matches_the_array_formula():
         i = np.round(i / p.current_resolution) * p.current_resolution
         t = ref["temperature_t1_celsius"] + b.rng.normal(0.0, p.noise_temperature, 1)
         assert (c["voltage_volt"][0], c["current_ampere"][0], c["temperature_t1_celsius"][0]) == (v[0], i[0], t[0])
+
+
+def test_wall_clock_hands_the_first_sample_over_at_once():
+    """Paced on a wall clock, the sample taken at the start of a step is its own block (it is due at
+    once, not at the end of the first block); the samples are those of an unpaced run."""
+    step = ConstantCurrent(step_id=0, name="discharge", current=-I_01C, direction=-1,
+                           ends=(End("step_time", ">=", 40.0),), record=Record(every=10.0))
+    clock = WallClock(speed=400.0)
+    t0 = clock.now()
+    paced = run(SimChannel(noise=False, clock=clock), step, StepStart(test_time=t0))
+    assert len(paced[0]) == 1 and paced[0].columns["step_time_second"][0] == 0.0
+    ref = run(SimChannel(noise=False), step, StepStart(test_time=t0))
+    assert len(ref[0]) > 1
+    for name in ("test_time_second", "voltage_volt", "current_ampere", "step_time_second"):
+        np.testing.assert_array_equal(cat(paced, name), cat(ref, name))

@@ -161,6 +161,7 @@ class ChannelRunner:
         self._wait_since = 0.0
         self._interrupt = False  # the wait in progress was cancelled by the watchdog or a request
         self._cancelling = 0
+        self._slept = False  # the last block wait suspended on the clock (no extra yield needed)
         self._time_offset = self.es.test_time - clock.now()  # test time = clock.now() + offset
         self._Event = event_type()
         self.current_step: Step | None = None
@@ -433,7 +434,7 @@ class ChannelRunner:
                     outcome = ("end", block.end)
                 elif self.inline_commits and self.journal.due():
                     await self.journal.commit(wait=False)
-                else:
+                elif not self._slept:  # the block came without waiting on the clock:
                     await asyncio.sleep(0)  # cooperative yield, not a wait: other channels, control
         finally:
             await it.aclose()
@@ -479,11 +480,16 @@ class ChannelRunner:
         if self._dog is None:
             self._dog = loop.call_at(self._wait_since + self.watchdog, self._check_watchdog)
         self._waiting = True
+        sleeps = getattr(self.clock, "sleeps", None)
         try:
             if self.lock is not None:
                 async with self.lock:
-                    return await anext(it)
-            return await anext(it)
+                    block = await anext(it)
+            else:
+                block = await anext(it)
+            # a wall-clock channel that slept on the clock for this block has let every other task run
+            self._slept = sleeps is not None and self.clock.sleeps != sleeps  # type: ignore[attr-defined]
+            return block
         except asyncio.CancelledError:
             if not self._interrupt or task.uncancel() > self._cancelling:
                 raise  # cancelled from outside (the session is shutting down)

@@ -43,6 +43,8 @@ class SafetyMonitor:
 
     def __init__(self) -> None:
         self.trailing: dict[str, int] = {}
+        self._plan: tuple = ()  # _check_one's limits of the step, built once per Limits
+        self._plan_for: Limits | None = None
 
     def reset(self) -> None:
         self.trailing.clear()
@@ -77,42 +79,43 @@ class SafetyMonitor:
                    ) -> Trip | None:
         """check() for a block of one sample (real-time acquisition), on Python floats: the same
         rules as the vectorized path, in the same order (all candidate trips have index 0)."""
-        v = float(columns["voltage_volt"][0])
-        trip = self._one("voltage_min", v, limits.voltage_min, -1, VOLTAGE_MARGIN)
-        c = self._one("voltage_max", v, limits.voltage_max, +1, VOLTAGE_MARGIN)
-        trip = trip or c
-        i = columns.get("current_ampere")
-        if i is not None and math.isfinite(limits.current_max):
-            c = self._one("current_max", abs(float(i[0])), limits.current_max, +1,
-                          CURRENT_MARGIN * limits.current_max)
-            trip = trip or c
-        t = columns.get("temperature_t1_celsius")
-        if t is not None:
-            tk = float(t[0]) + KELVIN
-            c = self._one("temperature_min", tk, limits.temperature_min, -1, TEMPERATURE_MARGIN)
-            trip = trip or c
-            c = self._one("temperature_max", tk, limits.temperature_max, +1, TEMPERATURE_MARGIN)
-            trip = trip or c
+        plan = self._plan if self._plan_for is limits else self._make_plan(limits)
+        trailing = self.trailing
+        trip = None
+        values: dict[str, float] = {}
+        for name, column, sign, bound, margin in plan:
+            x = values.get(column)
+            if x is None:
+                a = columns.get(column)
+                if a is None:
+                    continue
+                x = float(a[0])
+                x = abs(x) if column == "current_ampere" else x + KELVIN if column == "temperature_t1_celsius" else x
+                values[column] = x
+            excess = (x - bound) * sign
+            if not excess > 0:  # inside, or NaN
+                trailing[name] = 0
+                continue
+            prev = trailing.get(name, 0)
+            trailing[name] = prev + 1
+            if trip is None and (excess > margin or prev >= 1):
+                trip = Trip(name, x, bound, 0)
         if trip is None and step_time is not None and len(step_time) and math.isfinite(limits.step_duration_max):
             st = float(step_time[0])
             if st > limits.step_duration_max:
                 trip = Trip("step_duration_max", st, limits.step_duration_max, 0)
         return trip
 
-    def _one(self, name: str, x: float, bound: float, sign: int, margin: float) -> Trip | None:
-        """_side() for one sample: trips when outside by more than `margin`, or outside with the
-        previous sample outside too; keeps the trailing run length."""
-        if not math.isfinite(bound):
-            return None
-        excess = (x - bound) * sign
-        if not excess > 0:  # inside, or NaN
-            self.trailing[name] = 0
-            return None
-        prev = self.trailing.get(name, 0)
-        self.trailing[name] = prev + 1
-        if excess > margin or prev >= 1:
-            return Trip(name, x, bound, 0)
-        return None
+    def _make_plan(self, limits: Limits) -> tuple:
+        """The finite limits of a step in check order: (name, column, sign, bound, margin)."""
+        plan = [("voltage_min", "voltage_volt", -1, limits.voltage_min, VOLTAGE_MARGIN),
+                ("voltage_max", "voltage_volt", +1, limits.voltage_max, VOLTAGE_MARGIN),
+                ("current_max", "current_ampere", +1, limits.current_max, CURRENT_MARGIN * limits.current_max),
+                ("temperature_min", "temperature_t1_celsius", -1, limits.temperature_min, TEMPERATURE_MARGIN),
+                ("temperature_max", "temperature_t1_celsius", +1, limits.temperature_max, TEMPERATURE_MARGIN)]
+        self._plan = tuple(p for p in plan if math.isfinite(p[3]))
+        self._plan_for = limits
+        return self._plan
 
     def _side(self, trips: list[Trip], name: str, x: np.ndarray, bound: float, sign: int, margin: float) -> None:
         if not math.isfinite(bound) or len(x) == 0:

@@ -129,7 +129,8 @@ class SimChannel:
         resume, self._resume = self._resume, None
         for chunk in run_step(self.model, step, start.test_time, start.step_time, start.step_charge,
                               span=self._span(start), max_samples=self.max_block_samples,
-                              sweep_position=sweep_pos, resume=resume, holder=self._live):
+                              sweep_position=sweep_pos, resume=resume, holder=self._live,
+                              first_alone=math.isfinite(getattr(self.clock, "speed", math.inf))):
             cols = chunk.columns
             self._noisy(cols)
             truth = None

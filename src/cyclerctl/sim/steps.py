@@ -81,10 +81,12 @@ def _step_state(model: CellModel, resume: np.ndarray | None, step_time: float, s
 def run_step(model: CellModel, step: Step, test_time: float, step_time: float = 0.0,
              step_charge: float = 0.0, span: float = math.inf, max_samples: int = 100_000,
              sweep_position: float | None = None, resume: np.ndarray | None = None,
-             holder: dict | None = None) -> Iterator[Chunk]:
+             holder: dict | None = None, first_alone: bool = False) -> Iterator[Chunk]:
     """Run `step` from `test_time` (the model rests through any gap before it). Yields Chunks, each
     spanning about `span` seconds, until one with final=True. `holder["ss"]` exposes the live step
-    state (for save_state); `resume` is a saved one to continue from."""
+    state (for save_state); `resume` is a saved one to continue from. first_alone: the sample taken
+    at the start of a current, voltage or rest step comes as a chunk of its own (a channel paced on a
+    wall clock hands it over at once instead of with the first block); the samples are the same."""
     holder = holder if holder is not None else {}
     span = min(span, MAX_SPAN)  # a step that records nothing still hands back a block now and then
     if test_time > model.time + 1e-9:
@@ -119,8 +121,12 @@ def run_step(model: CellModel, step: Step, test_time: float, step_time: float = 
     ss = _step_state(model, resume, step_time, step_charge, temperature_step=temp)
     holder["ss"] = ss
     t_timeout = model.time - step_time + timeout
+    first = first_alone and ss[K.S_FIRST] != 0.0
     while True:
-        t_stop = min(_aligned_stop(model, ss, span, rec.every), t_timeout)
+        if first:  # a run to the present time records just the first sample
+            t_stop, first = model.time, False
+        else:
+            t_stop = min(_aligned_stop(model, ss, span, rec.every), t_timeout)
         r = model.run(ss, mode, target, t_stop, current_limit=limit, **common)
         if r.reason == K.R_STOP and model.time >= t_timeout - 1e-9:
             raise InstrumentError(f"chamber did not settle at {step.temperature - KELVIN:.1f} degC "
