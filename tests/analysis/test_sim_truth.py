@@ -11,6 +11,7 @@ from cyclerctl.analysis.arrhenius import activation_energy
 from cyclerctl.analysis.base import Event
 from cyclerctl.analysis.eis import EisSettings, analyze_spectrum
 from cyclerctl.analysis.gitt import GittOperator, GittSettings
+from cyclerctl.analysis.ici import IciOperator, IciSettings
 
 sim = pytest.importorskip("cyclerctl.sim")
 
@@ -100,7 +101,7 @@ def test_gitt_sphere_fit_against_the_truth_channel(plant, pulse):
     assert "ocv_curvature_unknown" in rows[0]["flags"] and not rows[0]["valid"]
     for r, tr in zip(rows[1:], truth[1:], strict=True):
         assert r["valid"], r["flags"]
-        assert r["diffusion_coefficient_cm2_s"] == pytest.approx(tr["diffusion_coefficient"] * 1e4, rel=0.02)
+        assert r["diffusion_coefficient_cm2_s"] == pytest.approx(tr["diffusion_coefficient"] * 1e4, rel=0.02, abs=0)
         assert r["tau_over_diffusion_time"] == pytest.approx(pulse * tr["diffusion_coefficient"] / m.particle_radius**2,
                                                              rel=0.03)
         # the fitted response delay: the double layer charging through R_ct, t0 = 2 R_ct C_dl = 0.2 s
@@ -176,8 +177,120 @@ def test_short_gitt_pulses_on_the_simulator(plant):
     assert [r["valid"] for r in rows] == [False, True, True]
     for r, tr in zip(rows[1:], truth[1:], strict=True):
         assert r["tau_over_diffusion_time"] == pytest.approx(0.01, rel=0.1)
-        assert r["diffusion_coefficient_cm2_s"] == pytest.approx(tr["diffusion_coefficient"] * 1e4, rel=0.02)
-        assert r["diffusion_coefficient_two_term_cm2_s"] == pytest.approx(tr["diffusion_coefficient"] * 1e4, rel=0.03)
+        assert r["diffusion_coefficient_cm2_s"] == pytest.approx(tr["diffusion_coefficient"] * 1e4, rel=0.02, abs=0)
+        assert r["diffusion_coefficient_two_term_cm2_s"] == pytest.approx(tr["diffusion_coefficient"] * 1e4, rel=0.03, abs=0)
     cols, events, truth = gitt_on_plant(p, i, 4.0, 3, dt=0.1)
     rows = feed(GittOperator(settings), cols, events)
     assert all("double_layer_delay" in r["flags"] and not r["valid"] for r in rows)
+
+
+def ici_on_plant(p, current, n, interval=300.0, interruption=10.0, dt=1.0):
+    """n ICI periods on the plant as the shipped protocol runs them (hc_ici.yaml: `interval` s of
+    current, then `interruption` s of rest, records every dt): columns, events, the truth at each
+    interruption start and 120 s before it."""
+    t, v, i, truth, before, events = [], [], [], [], [], []
+
+    def record(cur, h):
+        v.append(p.advance_current(cur, h) if cur else p.advance_open(h))
+        t.append(p.time)
+        i.append(cur)
+
+    for k in range(n):
+        events.append(Event("step_start", p.time, 1, 2 * k + 1, len(t),
+                            {"technique": "ici", "tags": {"role": "current"}, "current_ampere": current}))
+        for j in range(round(interval / dt)):
+            if j == round((interval - 120.0) / dt):
+                before.append(p.truth())
+            record(current, dt)
+        truth.append(p.truth())
+        events.append(Event("step_start", p.time, 1, 2 * k + 2, len(t),
+                            {"technique": "ici", "tags": {"role": "interruption"}, "current_ampere": 0.0}))
+        record(0.0, 0.0)
+        for _ in range(round(interruption / dt)):
+            record(0.0, dt)
+    events.append(Event("run_end", p.time, 1, 2 * n, len(t), {}))
+    cols = {"test_time_second": np.array(t), "voltage_volt": np.array(v), "current_ampere": np.array(i)}
+    return cols, events, truth, before
+
+
+def ici_rows(p, direction, n, settings):
+    """n ICI interruptions after 1 h of the same current and 1 h of rest (the hysteresis branch
+    settled: the protocol's steps run one way through the sloping region), with the truth."""
+    i = 30e-3 * p.cell.active_mass * 1e3
+    p.advance_current(direction * i, 3600.0)
+    p.advance_open(3600.0)
+    cols, events, truth, before = ici_on_plant(p, direction * i, n)
+    return cols, events, feed(IciOperator(settings), cols, events), truth, before
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])  # desodiation, sodiation
+def test_ici_factors_on_a_constant_d_particle(direction):
+    """The preset's curved OCV, double layer, kinetics and hysteresis around x = 0.25 with a constant
+    D (no formation, no SEI): the sphere fit within 3 % of the truth on every interruption but the
+    first (observed 1.000-1.003 desodiation, 0.981-0.993 sodiation), the two-term within 4 %, the
+    one-term √t fit 30-35 % high. The first follows a rest (the 5 min step is 0.17 τ_d, not
+    pseudo-steady): flagged, and not valid."""
+    preset = dataclasses.replace(sim.load_preset("hard_carbon").with_materials(
+        diffusivity_x=(), diffusivity_values=(), diffusivity=2.5e-16, initial_stoichiometry=0.3),
+        sei_capacity=0.0, sei_slow_fraction=0.0)
+    p = sim.Plant(preset, noise=False)
+    m = p.preset.materials[0]
+    settings = IciSettings(particle_radius=m.particle_radius, nominal_capacity=p.model.mp[0, 0])
+    _cols, _events, rows, truth, _ = ici_rows(p, direction, 6, settings)
+    got = [r["diffusion_coefficient_cm2_s"] / (tr["diffusion_coefficient"] * 1e4) for r, tr in zip(rows, truth, strict=True)]
+    two = [r["diffusion_coefficient_two_term_cm2_s"] / (tr["diffusion_coefficient"] * 1e4) for r, tr in zip(rows, truth, strict=True)]
+    one = [r["diffusion_coefficient_one_term_cm2_s"] / (tr["diffusion_coefficient"] * 1e4) for r, tr in zip(rows, truth, strict=True)]
+    assert rows[0]["flags"] == ["not_pseudo_steady"] and not rows[0]["valid"]
+    assert all(r["valid"] for r in rows[1:]), [r["flags"] for r in rows]
+    assert all(abs(g - 1.0) < 0.03 for g in got[1:]), got
+    assert all(abs(g - 1.0) < 0.04 for g in two[1:]), two
+    assert all(1.25 < g < 1.45 for g in one[1:]), one
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])  # desodiation, sodiation
+def test_ici_sphere_fit_against_the_truth_channel(plant, direction):
+    """The shipped ICI protocol (0.1C for 5 min, 10 s interruptions, records every 1 s) on the preset
+    after formation: the sphere fit (and the two-term estimate) within 5 % of the simulator's D on
+    every valid interruption where that D held still over the last 120 s of the current step
+    (observed 0.989-1.007), the sphere fit within 15 % elsewhere
+    (observed 0.989-1.11): the simulator looks D up on a 0.01 grid of the mean, and a step of D
+    (2.7 % per grid step above x = 0.3) shortly before an interruption leaves the profile out of its
+    steady shape. A window that starts at 0.5 s, within 2·t₀ of the double-layer delay, is flagged."""
+    p, _ = plant
+    state = p.save_state()
+    try:
+        m, q_th = material(p)
+        settings = IciSettings(particle_radius=m.particle_radius, nominal_capacity=q_th)
+        cols, events, rows, truth, before = ici_rows(p, direction, 5, settings)
+        got = [r["diffusion_coefficient_cm2_s"] / (tr["diffusion_coefficient"] * 1e4) for r, tr in zip(rows, truth, strict=True)]
+        held = [tb["diffusion_coefficient"] == tr["diffusion_coefficient"] for tr, tb in zip(truth, before, strict=True)]
+        assert "not_pseudo_steady" in rows[0]["flags"] and not rows[0]["valid"]
+        for r, tr, g, h in zip(rows[1:], truth[1:], got[1:], held[1:], strict=True):
+            assert r["valid"], r["flags"]
+            assert abs(g - 1.0) < (0.05 if h else 0.15)
+            if h:
+                assert abs(r["diffusion_coefficient_two_term_cm2_s"] / (tr["diffusion_coefficient"] * 1e4) - 1.0) < 0.05
+            assert 0.15 < r["response_delay_second"] < 0.4  # t0 = 2 R_ct C_dl
+            assert r["resistance_ohm"] > p.preset.series_resistance
+        assert sum(held[1:]) >= 2
+        early = feed(IciOperator(dataclasses.replace(settings, t_min=0.5)), cols, events)
+        assert all("double_layer_delay" in r["flags"] and not r["valid"] for r in early)
+    finally:
+        p.load_state(state)
+
+
+def test_ici_on_the_low_voltage_plateau_is_flagged(plant):
+    """On the hard-carbon plateau (x ≈ 0.6, |dU/dx| ≈ 0.09 V) the current step's slope says nothing
+    about D: every interruption is flagged `plateau`."""
+    p, i = plant
+    state = p.save_state()
+    try:
+        m, q_th = material(p)
+        while p.truth()["mean_stoichiometry"] < 0.6:
+            p.advance_current(-i, 600.0)
+        cols, events, truth, _ = ici_on_plant(p, -i, 3)
+        assert all(abs(tr["ocv_slope"]) < 0.12 for tr in truth)
+        rows = feed(IciOperator(IciSettings(particle_radius=m.particle_radius, nominal_capacity=q_th)), cols, events)
+        assert all("plateau" in r["flags"] and not r["valid"] for r in rows), [r["flags"] for r in rows]
+    finally:
+        p.load_state(state)

@@ -42,7 +42,8 @@ def operators_for(cell: Cell, cycle_starts_on: str = "discharge", options: Analy
     dqdv = DqdvOperator(cell.active_mass, bin_width=o.dqdv_bin_width, fwhm=o.dqdv_fwhm)
     gitt = GittOperator(GittSettings(particle_radius=radius, nominal_capacity=cell.nominal_capacity,
                                      t_min=o.gitt_t_min))
-    ici = IciOperator(IciSettings(particle_radius=radius, t_min=o.ici_window[0], t_max=o.ici_window[1]))
+    ici = IciOperator(IciSettings(particle_radius=radius, t_min=o.ici_window[0], t_max=o.ici_window[1],
+                                  nominal_capacity=cell.nominal_capacity))
     area_cm2 = cell.area * 1e4 if cell.area else None
     cv = CvOperator(CvSettings(area_cm2=area_cm2))
     eis = EisOperator(EisSettings(particle_radius=radius, ocv_slope=lambda: gitt.ocv_slope_per_coulomb))
