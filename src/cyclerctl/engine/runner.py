@@ -141,7 +141,9 @@ class ChannelRunner:
         self.safety = SafetyMonitor()
         self.safety.trailing = dict(self.es.trailing)
         self.listeners: list[Callable[[str, str, Any], None]] = []  # (ch, kind, payload)
-        self.cycle_history: dict[int, dict[str, Any]] = {}  # cycle_count -> cycle metric row
+        # cycle_count -> the capacities of its cycle row (capacity_retention against any cycle);
+        # only those keys, so memory grows by a few numbers per cycle, not by whole rows
+        self.cycle_history: dict[int, dict[str, Any]] = {}
         self._wake = asyncio.Event()
         self._skip = False
         self._after_pause = False
@@ -210,8 +212,11 @@ class ChannelRunner:
                                                   data.get("cycle_count"), text))
             self.es.metric_seq += 1
             if r.kind == "cycle" and data.get("cycle_count") is not None:
-                self.cycle_history[int(data["cycle_count"])] = data
+                self._remember_cycle(data)
             self._notify("metric", r)
+
+    def _remember_cycle(self, data: dict[str, Any]) -> None:
+        self.cycle_history[int(data["cycle_count"])] = {k: data[k] for k in _CAPACITY_KEYS if k in data}
 
     def test_time_now(self) -> float:
         """Test time now: the clock's (wall-clock runs go on during pauses), never before the last sample."""
@@ -231,7 +236,7 @@ class ChannelRunner:
                 for r in rows or ():
                     produced += 1
                     if r.kind == "cycle" and r.data.get("cycle_count") is not None:
-                        self.cycle_history[int(r.data["cycle_count"])] = dict(r.data)
+                        self._remember_cycle(r.data)
         if produced != self.es.metric_seq:
             log.warning("channel %s: replay produced %d metric rows, journal holds %d", self.name, produced,
                         self.es.metric_seq)
@@ -345,7 +350,7 @@ class ChannelRunner:
                 break
         if cur.get(cond.metric) is None and cond.metric == "capacity_retention" and cond.reference_cycle:
             ref = self.cycle_history.get(cond.reference_cycle)
-            last = max(self.cycle_history) if self.cycle_history else None
+            last = next(reversed(self.cycle_history)) if self.cycle_history else None
             if ref is None or last is None:
                 return None
             key = _reversible_key(ref, self.program.cell.kind)
@@ -574,6 +579,10 @@ class ChannelRunner:
             await self.journal.commit()
         except JournalError as exc:
             self.es.fault = f"{message}; and {exc}"
+
+
+_CAPACITY_KEYS = tuple(k for base in ("charge", "discharge")
+                       for k in (f"{base}_capacity_ah", f"{base}_capacity", f"specific_{base}_capacity_mah_g"))
 
 
 def _reversible_key(row: dict, cell_kind: str) -> str:

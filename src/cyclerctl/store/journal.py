@@ -130,7 +130,8 @@ class Journal:
         self._pending: dict[str, _Pending] = {}
         self._snapshots: dict[str, Snapshot] = {}
         self._audit: list[tuple] = []
-        self._insert_sql: dict[str, str] = {}
+        self._ch_sql: dict[str, str] = {}  # ch -> its SQL literal
+        self._insert_sql: dict[tuple[str, bytes], str] = {}  # (ch, columns with a value) -> INSERT
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Future | None = None
         self._kick: asyncio.Event | None = None
@@ -162,7 +163,7 @@ class Journal:
             with self._db_lock:
                 self._write(lambda c: self._write_channel(c, row))
         self._snapshots[ch] = snapshot
-        self._insert_sql[ch] = schema.INSERT_SAMPLE.replace("VALUES (?, ", f"VALUES ({_sql_text(ch)}, ", 1)
+        self._ch_sql[ch] = _sql_text(ch)
 
     @staticmethod
     def _write_channel(c: sqlite3.Connection, row: tuple) -> None:
@@ -300,7 +301,7 @@ class Journal:
                 for ch, p in batch.items():
                     if p.samples:
                         rows = p.samples[0] if len(p.samples) == 1 else np.concatenate(p.samples)
-                        c.executemany(self._insert_sql[ch], rows.tolist())
+                        self._insert_samples(c, ch, rows)
                         counts[ch] = rows
                     if p.events:
                         c.executemany(schema.INSERT_EVENT, [(ch, *e) for e in p.events])
@@ -313,6 +314,21 @@ class Journal:
             except sqlite3.Error as exc:
                 self._fail(exc)
         return counts
+
+    def _insert_samples(self, c: sqlite3.Connection, ch: str, rows: np.ndarray) -> None:
+        """INSERT the rows, binding only the columns that hold a value in this batch (a column that
+        is NULL throughout, e.g. impedance during cycling, is left to its default NULL): fewer
+        Python floats to make and bind."""
+        used = ~np.isnan(rows).all(axis=0)
+        used[0] = True  # seq
+        key = (ch, used.tobytes())
+        sql = self._insert_sql.get(key)
+        if sql is None:
+            names = [n for n, u in zip(schema.SAMPLE_COLUMNS, used, strict=True) if u]
+            sql = (f"INSERT INTO samples(ch, {', '.join(names)}) "
+                   f"VALUES ({self._ch_sql[ch]}, {', '.join('?' for _ in names)})")
+            self._insert_sql[key] = sql
+        c.executemany(sql, (rows if used.all() else rows[:, used]).tolist())
 
     def _sync(self, committed: dict[str, np.ndarray]) -> None:
         """COMMIT (the WAL is synced to disk here: synchronous=FULL), then hand the rows to the feeds."""
