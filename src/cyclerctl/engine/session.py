@@ -69,6 +69,7 @@ class RunSettings:
     commit_on_step_end: bool | None = None  # None: in wall-clock runs yes; at max speed by commit_interval
     mqtt_commands: str = "open"
     channel_state_interval: float = 0.0  # s of wall time between saved channel (simulator) states; 0 = every commit
+    mqtt_process: bool = True  # publish from a process of its own (another core); False: a task in this one
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -401,6 +402,12 @@ class Session:
             self.notes.append("MQTT: the publisher is not available in this installation")
             return None
         self.mqtt_status = MqttStatus()
+        if self.settings.mqtt_process:
+            from ..mqtt.process import run_mqtt_process
+
+            return asyncio.create_task(run_mqtt_process(self.run_dir / JOURNAL_NAME, url, self.settings.node,
+                                                        self.control, stop, status=self.mqtt_status,
+                                                        commands=self.settings.mqtt_commands), name="mqtt")
         feed = CommittedFeed()
         self.journal.feeds.append(feed)
         return asyncio.create_task(run_mqtt(self.run_dir / JOURNAL_NAME, url, self.settings.node, self.control,

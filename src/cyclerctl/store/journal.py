@@ -139,6 +139,8 @@ class Journal:
         self._db_lock = threading.Lock()
         self._last_commit = time.monotonic()
         self.commits = 0
+        self.waited = 0.0  # s the engine waited for a commit in flight (the disk sync; backpressure)
+        self.sync_time = 0.0  # s spent in COMMIT (worker thread)
         self.rows_committed = 0
         self.failed: JournalError | None = None
         self.on_commit: list[Callable[[dict[str, int]], None]] = []  # callbacks: samples committed per ch
@@ -257,7 +259,9 @@ class Journal:
             prev = self._inflight
             if prev is not None:
                 self._inflight = None
+                t = time.perf_counter()
                 await prev
+                self.waited += time.perf_counter() - t
             batch, audit, states = self._take()
             if not (batch or audit):
                 return
@@ -332,11 +336,13 @@ class Journal:
 
     def _sync(self, committed: dict[str, np.ndarray]) -> None:
         """COMMIT (the WAL is synced to disk here: synchronous=FULL), then hand the rows to the feeds."""
+        t = time.perf_counter()
         with self._db_lock:
             try:
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._fail(exc)
+        self.sync_time += time.perf_counter() - t
         counts = {ch: len(rows) for ch, rows in committed.items()}
         self.commits += 1
         self.rows_committed += sum(counts.values())
