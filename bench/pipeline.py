@@ -131,7 +131,7 @@ async def run(args) -> dict:
             ended[0] = time.perf_counter()
         if kind == "event" and payload.kind == "cycle_start" and payload.data["cycle_count"] % every == 0:
             rss_trace.append((payload.data["cycle_count"], proc.memory_info().rss / 1e6))
-        if kind == "event" and payload.kind == "cycle_start" and payload.data["cycle_count"] % 50 == 0:
+        if kind == "event" and payload.kind == "cycle_start" and payload.data["cycle_count"] % 200 == 0:
             for kid in proc.children():
                 if broker is None or kid.pid != broker.pid:
                     with contextlib.suppress(psutil.Error):

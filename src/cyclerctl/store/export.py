@@ -106,22 +106,18 @@ def export_channel(conn, run_dir: Path, ch: str, descriptor: dict, meta: dict, f
     out: list[Path] = []
     writers: dict[str, tuple] = {}
     n_rows = 0
-    # Arrow encodes and writes a chunk (without the GIL) in a worker thread while the next chunk is
-    # read from the journal; one chunk in flight at most, so memory stays bounded.
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export")
-    pending: Future | None = None
-
-    def write(t: pa.Table) -> None:
-        for w in writers.values():
-            w[0].write_table(t)
+    # Arrow encodes and writes a chunk (without the GIL) in worker threads, one per file, while the
+    # next chunk is read from the journal; one chunk in flight at most, so memory stays bounded.
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="export")
+    pending: list[Future] = []
 
     try:
         wanted = tuple(c for c in schema.SAMPLE_COLUMNS if c == "seq" or c in names)
         for cols in read.iter_samples(conn, ch, chunk=50_000, columns=wanted):
             t = _table(cols, names, labels)
             n_rows += t.num_rows
-            if pending is not None:
-                pending.result()
+            for f in pending:
+                f.result()
             if "bdf-parquet" in formats and "pq" not in writers:
                 final = stem.with_name(f"{ch}.bdf.parquet")
                 tmp = _atomic(final)
@@ -130,9 +126,9 @@ def export_channel(conn, run_dir: Path, ch: str, descriptor: dict, meta: dict, f
                 final = stem.with_name(f"{ch}.bdf.csv")
                 tmp = _atomic(final)
                 writers["csv"] = (pacsv.CSVWriter(tmp, t.schema), tmp, final)
-            pending = pool.submit(write, t)
-        if pending is not None:
-            pending.result()
+            pending = [pool.submit(w[0].write_table, t) for w in writers.values()]
+        for f in pending:
+            f.result()
         if not writers and n_rows == 0:  # a channel without samples: still write empty files
             empty = _table(read.columns_from_rows([], schema.SAMPLE_COLUMNS), names, labels)
             if "bdf-parquet" in formats:
