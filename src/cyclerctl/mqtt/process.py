@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,9 @@ async def _child(cfg: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    # Ctrl-C in a terminal reaches the whole process group: the engine stops the run and then this
+    # process (which publishes what is committed first), so the interrupt itself is not for us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     asyncio.run(_child(json.loads(args[0])))
 
