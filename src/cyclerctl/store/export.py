@@ -113,7 +113,7 @@ def export_channel(conn, run_dir: Path, ch: str, descriptor: dict, meta: dict, f
 
     try:
         wanted = tuple(c for c in schema.SAMPLE_COLUMNS if c == "seq" or c in names)
-        for cols in read.iter_samples(conn, ch, chunk=50_000, columns=wanted):
+        for cols in read.iter_samples(conn, ch, chunk=20_000, columns=wanted):
             t = _table(cols, names, labels)
             n_rows += t.num_rows
             for f in pending:
