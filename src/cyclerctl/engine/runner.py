@@ -141,9 +141,13 @@ class ChannelRunner:
         self.safety = SafetyMonitor()
         self.safety.trailing = dict(self.es.trailing)
         self.listeners: list[Callable[[str, str, Any], None]] = []  # (ch, kind, payload)
-        # cycle_count -> the capacities of its cycle row (capacity_retention against any cycle);
-        # only those keys, so memory grows by a few numbers per cycle, not by whole rows
+        # cycle_count -> the capacities of its cycle row, for the cycles loop conditions compare
+        # against (capacity_retention) and the latest one: memory does not grow with the cycles
         self.cycle_history: dict[int, dict[str, Any]] = {}
+        self._reference_cycles = {ins.until.reference_cycle for ins in program.instructions
+                                  if isinstance(ins, LoopStart) and ins.until is not None
+                                  and ins.until.reference_cycle is not None}
+        self._last_cycle: int | None = None
         self._wake = asyncio.Event()
         self._skip = False
         self._after_pause = False
@@ -216,7 +220,11 @@ class ChannelRunner:
             self._notify("metric", r)
 
     def _remember_cycle(self, data: dict[str, Any]) -> None:
-        self.cycle_history[int(data["cycle_count"])] = {k: data[k] for k in _CAPACITY_KEYS if k in data}
+        cycle = int(data["cycle_count"])
+        if self._last_cycle is not None and self._last_cycle != cycle and self._last_cycle not in self._reference_cycles:
+            self.cycle_history.pop(self._last_cycle, None)
+        self.cycle_history[cycle] = {k: data[k] for k in _CAPACITY_KEYS if k in data}
+        self._last_cycle = cycle
 
     def test_time_now(self) -> float:
         """Test time now: the clock's (wall-clock runs go on during pauses), never before the last sample."""
@@ -350,7 +358,7 @@ class ChannelRunner:
                 break
         if cur.get(cond.metric) is None and cond.metric == "capacity_retention" and cond.reference_cycle:
             ref = self.cycle_history.get(cond.reference_cycle)
-            last = next(reversed(self.cycle_history)) if self.cycle_history else None
+            last = self._last_cycle
             if ref is None or last is None:
                 return None
             key = _reversible_key(ref, self.program.cell.kind)
