@@ -1,9 +1,10 @@
-"""A run: one journal, one or more channels (one asyncio task each), the MQTT task, the export.
+"""A run: one journal, one or more channels (one asyncio task each), the MQTT publisher, the export.
 
 `Session.create(...)` makes a new run directory (run.json + journal.sqlite) from channel plans;
 `Session.resume(run_dir)` rebuilds every channel from the committed journal state (engine state, the
 channel's saved model state, operator state replayed from the journal). `await session.execute()`
-runs everything until every channel is done, aborted or faulted, then exports.
+runs everything until every channel is done, aborted or faulted, then exports. The MQTT publisher
+runs in a process of its own (cyclerctl.mqtt.process; RunSettings.mqtt_process) or as a task here.
 """
 
 from __future__ import annotations
