@@ -95,8 +95,9 @@ async def run_mqtt_process(journal_path: str | Path, url: str, node: str, contro
                 task.add_done_callback(answers.discard)
 
     reader = asyncio.get_running_loop().create_task(pump())
+    stopped = asyncio.get_running_loop().create_task(stop.wait())
     try:
-        await asyncio.wait({reader, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({reader, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if reader.done() and not stop.is_set():
             status.last_error = f"the MQTT process ended early (exit status {await proc.wait()})"
             log.warning("mqtt: %s; the journal keeps everything", status.last_error)
@@ -111,6 +112,7 @@ async def run_mqtt_process(journal_path: str | Path, url: str, node: str, contro
             await proc.wait()
         await reader
     finally:
+        stopped.cancel()
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
