@@ -31,6 +31,7 @@ from ..errors import JournalError
 from . import schema
 
 JOURNAL_NAME = "journal.sqlite"
+ROWS_PER_STATEMENT = 64  # sample rows per INSERT statement
 
 # (state name, engine state JSON, channel state) of a channel at the moment of a commit
 Snapshot = Callable[[], tuple[str, str, bytes | None]]
@@ -131,7 +132,7 @@ class Journal:
         self._snapshots: dict[str, Snapshot] = {}
         self._audit: list[tuple] = []
         self._ch_sql: dict[str, str] = {}  # ch -> its SQL literal
-        self._insert_sql: dict[tuple[str, bytes], str] = {}  # (ch, columns with a value) -> INSERT
+        self._insert_sql: dict[tuple[str, bytes, int], str] = {}  # (ch, columns with a value, rows) -> INSERT
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Future | None = None
         self._kick: asyncio.Event | None = None
@@ -321,18 +322,28 @@ class Journal:
 
     def _insert_samples(self, c: sqlite3.Connection, ch: str, rows: np.ndarray) -> None:
         """INSERT the rows, binding only the columns that hold a value in this batch (a column that
-        is NULL throughout, e.g. impedance during cycling, is left to its default NULL): fewer
-        Python floats to make and bind."""
+        is NULL throughout, e.g. impedance during cycling, is left to its default NULL), up to 64 rows
+        per statement (multi-row VALUES): fewer Python floats to make and bind, fewer statement steps."""
         used = ~np.isnan(rows).all(axis=0)
         used[0] = True  # seq
-        key = (ch, used.tobytes())
+        values = rows if used.all() else rows[:, used]
+        width = values.shape[1]
+        per = max(1, min(ROWS_PER_STATEMENT, 999 // width))  # 999: the oldest SQLite's parameter limit
+        whole = len(values) // per * per
+        if whole:
+            c.executemany(self._insert_statement(ch, used, per), values[:whole].reshape(-1, per * width).tolist())
+        if whole < len(values):
+            c.executemany(self._insert_statement(ch, used, 1), values[whole:].tolist())
+
+    def _insert_statement(self, ch: str, used: np.ndarray, per: int) -> str:
+        key = (ch, used.tobytes(), per)
         sql = self._insert_sql.get(key)
         if sql is None:
             names = [n for n, u in zip(schema.SAMPLE_COLUMNS, used, strict=True) if u]
-            sql = (f"INSERT INTO samples(ch, {', '.join(names)}) "
-                   f"VALUES ({self._ch_sql[ch]}, {', '.join('?' for _ in names)})")
+            one = f"({self._ch_sql[ch]}, {', '.join('?' for _ in names)})"
+            sql = f"INSERT INTO samples(ch, {', '.join(names)}) VALUES {', '.join([one] * per)}"
             self._insert_sql[key] = sql
-        c.executemany(sql, (rows if used.all() else rows[:, used]).tolist())
+        return sql
 
     def _sync(self, committed: dict[str, np.ndarray]) -> None:
         """COMMIT (the WAL is synced to disk here: synchronous=FULL), then hand the rows to the feeds."""
