@@ -2,13 +2,16 @@
 
 Engine + journal (SQLite WAL, synchronous=FULL) + live analysis + MQTT publishing to a local
 mosquitto (started here on a free loopback port) + BDF export, on the simulated cycler at max speed.
-Prints wall time, samples/s, peak RSS and RSS along the run (it must not grow with the cycles), then
+Prints wall time, samples/s, CPU seconds of this process, of the MQTT process (publishing runs in a
+process of its own; --mqtt-in-process runs it as a task here) and of mosquitto, peak RSS and RSS along
+the run (it must not grow with the cycles), then
 re-inserts the same sample rows into a fresh database on the same disk with the same commit batching
 (the practical limit of the journal) and prints the ratio.
 
     .venv/bin/python bench/pipeline.py                  # 12,000 cycles (the protocol as shipped)
     .venv/bin/python bench/pipeline.py --cycles 1000    # a shorter run
     .venv/bin/python bench/pipeline.py --mqtt off --no-analysis
+    .venv/bin/python bench/pipeline.py --cycles 1000 --mqtt-in-process
 """
 
 from __future__ import annotations
