@@ -2,19 +2,23 @@
 
 Engine + journal (SQLite WAL, synchronous=FULL) + live analysis + MQTT publishing to a local
 mosquitto (started here on a free loopback port) + BDF export, on the simulated cycler at max speed.
-Prints wall time, samples/s, peak RSS and RSS along the run (it must not grow with the cycles), then
+Prints wall time, samples/s, CPU seconds of this process, of the MQTT process (publishing runs in a
+process of its own; --mqtt-in-process runs it as a task here) and of mosquitto, peak RSS and RSS along
+the run (it must not grow with the cycles), then
 re-inserts the same sample rows into a fresh database on the same disk with the same commit batching
 (the practical limit of the journal) and prints the ratio.
 
     .venv/bin/python bench/pipeline.py                  # 12,000 cycles (the protocol as shipped)
     .venv/bin/python bench/pipeline.py --cycles 1000    # a shorter run
     .venv/bin/python bench/pipeline.py --mqtt off --no-analysis
+    .venv/bin/python bench/pipeline.py --cycles 1000 --mqtt-in-process
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import math
 import os
@@ -113,16 +117,28 @@ async def run(args) -> dict:
     if args.mqtt == "mosquitto":
         broker, port = start_mosquitto(work)
         mqtt = f"mqtt://127.0.0.1:{port}"
-    settings = RunSettings(mqtt=mqtt, node="bench", export=(), analysis=args.analysis, mqtt_commands="off")
+    settings = RunSettings(mqtt=mqtt, node="bench", export=(), analysis=args.analysis, mqtt_commands="off",
+                           mqtt_process=not args.mqtt_in_process)
     plan = ChannelPlan("ch1", program, f"sim:{args.preset}", {"noise": not args.no_noise, "seed": 1},
                        args.protocol)
     proc = psutil.Process()
     rss_trace: list[tuple[int, float]] = []
     every = max(1, (args.cycles or 12000) // 6)
 
+    child_rss = [0.0]  # the MQTT process (ru_maxrss of a child counts the parent's pages at fork time)
+
+    ended = [math.nan]
+
     def on(ch, kind, payload):
+        if kind == "event" and payload.kind == "run_end":
+            ended[0] = time.perf_counter()
         if kind == "event" and payload.kind == "cycle_start" and payload.data["cycle_count"] % every == 0:
             rss_trace.append((payload.data["cycle_count"], proc.memory_info().rss / 1e6))
+        if kind == "event" and payload.kind == "cycle_start" and payload.data["cycle_count"] % 200 == 0:
+            for kid in proc.children():
+                if broker is None or kid.pid != broker.pid:
+                    with contextlib.suppress(psutil.Error):
+                        child_rss[0] = max(child_rss[0], kid.memory_info().rss / 1e6)
 
     try:
         session = Session.create([plan], settings, run_dir)
@@ -130,6 +146,9 @@ async def run(args) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         await session.execute()
         t_run, cpu_run = time.perf_counter() - t0, time.process_time() - c0
+        t_engine = ended[0] - t0
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the MQTT process (mosquitto still runs)
+        cpu_mqtt = kids.ru_utime + kids.ru_stime
         peak_run = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         t1, c1 = time.perf_counter(), time.process_time()
         files = export_run(run_dir, formats=args.export.split(","))
@@ -151,9 +170,9 @@ async def run(args) -> dict:
     raw_rows, raw_s = raw_insert(run_dir, work, max(1, samples // commits))
     return {
         "dir": run_dir, "cycles": r.es.cycle_count, "samples": samples, "status": r.es.status,
-        "run_s": t_run, "export_s": t_export, "cpu_run_s": cpu_run, "cpu_export_s": cpu_export,
-        "broker_cpu_s": broker_cpu, "files": len(files), "commits": commits,
-        "published": published, "raw_rows": raw_rows, "raw_s": raw_s,
+        "run_s": t_run, "engine_s": t_engine, "export_s": t_export, "cpu_run_s": cpu_run, "cpu_export_s": cpu_export,
+        "broker_cpu_s": broker_cpu, "cpu_mqtt_s": cpu_mqtt, "rss_mqtt_mb": child_rss[0], "files": len(files), "commits": commits,
+        "published": published, "sync_s": session.journal.sync_time, "waited_s": session.journal.waited, "raw_rows": raw_rows, "raw_s": raw_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_trace": rss_trace,
         "peak_run_mb": peak_run,
         "journal_mb": sum(p.stat().st_size for p in run_dir.glob("journal.sqlite*")) / 1e6,
@@ -167,6 +186,8 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=None, help="override the long loop's at_most (default: as shipped)")
     ap.add_argument("--mqtt", choices=("mosquitto", "off"), default="mosquitto")
     ap.add_argument("--no-analysis", dest="analysis", action="store_false")
+    ap.add_argument("--mqtt-in-process", action="store_true",
+                    help="publish from a task of the engine's process instead of a process of its own")
     ap.add_argument("--no-noise", action="store_true")
     ap.add_argument("--export", default="bdf-parquet,bdf-csv")
     ap.add_argument("--dir", default=None, help="work directory (default: a new temporary directory)")
@@ -179,12 +200,17 @@ def main() -> None:
         ("cycles run", f"{res['cycles']:,}"),
         ("status", res["status"]),
         ("samples", f"{res['samples']:,}"),
-        ("journal commits", f"{res['commits']:,}"),
+        ("journal commits", f"{res['commits']:,} (COMMIT {res['sync_s']:.1f} s in the worker thread; the engine "
+                            f"waited {res['waited_s']:.1f} s for one in flight)"),
         ("MQTT messages published", "-" if res["published"] is None else f"{res['published']:,}"),
         ("run wall time (engine+journal+analysis+MQTT)", f"{res['run_s']:.1f} s"),
+        ("  of which until the run ended / publishing the rest", f"{res['engine_s']:.1f} s / "
+                                                               f"{res['run_s'] - res['engine_s']:.1f} s"),
         ("export wall time", f"{res['export_s']:.1f} s ({res['files']} files)"),
         ("total wall time", f"{total:.1f} s"),
         ("CPU time, this process (run / export)", f"{res['cpu_run_s']:.1f} s / {res['cpu_export_s']:.1f} s"),
+        ("CPU time / peak RSS, MQTT process", f"{res['cpu_mqtt_s']:.1f} s / {res['rss_mqtt_mb']:.0f} MB"
+         if res["cpu_mqtt_s"] else "-"),
         ("CPU time, mosquitto", "-" if res["broker_cpu_s"] is None else f"{res['broker_cpu_s']:.1f} s"),
         ("samples/s (total)", f"{res['samples'] / total:,.0f}"),
         ("peak RSS (run / whole benchmark)", f"{res['peak_run_mb']:.0f} MB / {res['peak_rss_mb']:.0f} MB"),

@@ -57,9 +57,15 @@ class CycleOperator:
         self._prev: tuple[float, float, float, float] | None = None  # t, V, I, step_count
         self._open: _CycleAccumulator | None = None
         self._excluded: set[float] = set()  # step counts of CV and EIS steps
-        self.cycles: list[dict] = []
+        # what later cycles refer to, kept small so memory does not grow with the cycles: the latest
+        # cycle row, the first CE, and each cycle's reversible capacity (retention against any cycle)
+        self.last: dict | None = None
+        self._first_ce: float | None = None
+        self._reversible: dict[int, float] = {}  # cycle -> reversible capacity (Ah), cycles that have one
+        self._first_reversible: int | None = None
         self._irreversible = KahanSum()
-        self._rate_group: list[dict] = []
+        # the open rate group: (|mean discharge current|, CE, Q_dis, Q_chg, cycle, test time) per cycle
+        self._rate_group: list[tuple] = []
 
     # ---- streaming -------------------------------------------------------------------------------
 
@@ -160,7 +166,13 @@ class CycleOperator:
             "mean_charge_current_ampere": i_chg,
             "cumulative_irreversible_capacity_ah": self._irreversible.total / AH,
         }
-        self.cycles.append(rec)
+        self.last = rec
+        if self._first_ce is None:
+            self._first_ce = ce
+        if reversible is not None:
+            self._reversible.setdefault(acc.cycle, reversible / AH)
+            if self._first_reversible is None:
+                self._first_reversible = acc.cycle
         rec["initial_coulombic_efficiency"] = self._initial_ce()
         rec["reference_cycle"] = self.reference_cycle
         rec["capacity_retention"] = self.retention(self.reference_cycle, rec)
@@ -169,32 +181,24 @@ class CycleOperator:
         return rows
 
     def _initial_ce(self) -> float | None:
-        for c in self.cycles:
-            if c["coulombic_efficiency"] is not None:
-                return c["coulombic_efficiency"]
-        return None
+        return self._first_ce
 
     def retention(self, reference_cycle: int | None, rec: dict | None = None) -> float | None:
         """Reversible capacity of `rec` (default: the latest cycle) over that of `reference_cycle`
         (default: the first cycle with a reversible capacity)."""
-        rec = rec if rec is not None else (self.cycles[-1] if self.cycles else None)
+        rec = rec if rec is not None else self.last
         if rec is None or rec["reversible_capacity_ah"] is None:
             return None
-        ref = None
-        for c in self.cycles:
-            if c["reversible_capacity_ah"] is None:
-                continue
-            if reference_cycle is None or c["cycle_count"] == reference_cycle:
-                ref = c
-                break
-        if ref is None or not ref["reversible_capacity_ah"]:
+        key = self._first_reversible if reference_cycle is None else reference_cycle
+        ref = self._reversible.get(key) if key is not None else None
+        if not ref:
             return None
-        return rec["reversible_capacity_ah"] / ref["reversible_capacity_ah"]
+        return rec["reversible_capacity_ah"] / ref
 
     def current(self, reference_cycle: int | None = None) -> dict:
         """The latest completed cycle for loop conditions (SI: C, C/kg, fractions) and with units in
         the names. Empty values are None until a cycle completes."""
-        rec = self.cycles[-1] if self.cycles else None
+        rec = self.last
         ref = reference_cycle if reference_cycle is not None else self.reference_cycle
         if rec is None:
             keys = ("coulombic_efficiency", "discharge_capacity", "charge_capacity", "specific_discharge_capacity",
@@ -224,25 +228,26 @@ class CycleOperator:
             return []
         rows: list[MetricRow] = []
         if self._rate_group:
-            i_ref = self._rate_group[0]["mean_discharge_current_ampere"]
-            if not math.isclose(abs(i), abs(i_ref), rel_tol=self.rate_tolerance):
+            i_ref = self._rate_group[0][0]
+            if not math.isclose(abs(i), i_ref, rel_tol=self.rate_tolerance):
                 rows = self._close_rate_group()
-        self._rate_group.append(rec)
+        self._rate_group.append((abs(i), rec["coulombic_efficiency"], rec["discharge_capacity_ah"],
+                                 rec["charge_capacity_ah"], rec["cycle_count"], rec["test_time_second"]))
         return rows
 
     def _close_rate_group(self) -> list[MetricRow]:
         group, self._rate_group = self._rate_group, []
         if not group:
             return []
-        i = float(np.mean([abs(g["mean_discharge_current_ampere"]) for g in group]))
-        ce = [g["coulombic_efficiency"] for g in group if g["coulombic_efficiency"] is not None]
-        q_d = [g["discharge_capacity_ah"] for g in group]
-        q_c = [g["charge_capacity_ah"] for g in group]
+        i = float(np.mean([g[0] for g in group]))
+        ce = [g[1] for g in group if g[1] is not None]
+        q_d = [g[2] for g in group]
+        q_c = [g[3] for g in group]
         data = {
-            "test_time_second": group[-1]["test_time_second"],
-            "cycle_count": group[-1]["cycle_count"],
-            "first_cycle": group[0]["cycle_count"],
-            "last_cycle": group[-1]["cycle_count"],
+            "test_time_second": group[-1][5],
+            "cycle_count": group[-1][4],
+            "first_cycle": group[0][4],
+            "last_cycle": group[-1][4],
             "n_cycles": len(group),
             "discharge_current_ampere": -i,
             "specific_current_ma_g": (i * 1e3 / (self.active_mass * 1e3)) if self.active_mass else None,

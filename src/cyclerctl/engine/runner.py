@@ -149,7 +149,13 @@ class ChannelRunner:
         self.safety = SafetyMonitor()
         self.safety.trailing = dict(self.es.trailing)
         self.listeners: list[Callable[[str, str, Any], None]] = []  # (ch, kind, payload)
-        self.cycle_history: dict[int, dict[str, Any]] = {}  # cycle_count -> cycle metric row
+        # cycle_count -> the capacities of its cycle row, for the cycles loop conditions compare
+        # against (capacity_retention) and the latest one: memory does not grow with the cycles
+        self.cycle_history: dict[int, dict[str, Any]] = {}
+        self._reference_cycles = {ins.until.reference_cycle for ins in program.instructions
+                                  if isinstance(ins, LoopStart) and ins.until is not None
+                                  and ins.until.reference_cycle is not None}
+        self._last_cycle: int | None = None
         self._wake = asyncio.Event()
         self._skip = False
         self._after_pause = False
@@ -227,8 +233,15 @@ class ChannelRunner:
                                                   data.get("cycle_count"), text))
             self.es.metric_seq += 1
             if r.kind == "cycle" and data.get("cycle_count") is not None:
-                self.cycle_history[int(data["cycle_count"])] = data
+                self._remember_cycle(data)
             self._notify("metric", r)
+
+    def _remember_cycle(self, data: dict[str, Any]) -> None:
+        cycle = int(data["cycle_count"])
+        if self._last_cycle is not None and self._last_cycle != cycle and self._last_cycle not in self._reference_cycles:
+            self.cycle_history.pop(self._last_cycle, None)
+        self.cycle_history[cycle] = {k: data[k] for k in _CAPACITY_KEYS if k in data}
+        self._last_cycle = cycle
 
     def test_time_now(self) -> float:
         """Test time now: the clock's (wall-clock runs go on during pauses), never before the last sample."""
@@ -248,7 +261,7 @@ class ChannelRunner:
                 for r in rows or ():
                     produced += 1
                     if r.kind == "cycle" and r.data.get("cycle_count") is not None:
-                        self.cycle_history[int(r.data["cycle_count"])] = dict(r.data)
+                        self._remember_cycle(r.data)
         if produced != self.es.metric_seq:
             log.warning("channel %s: replay produced %d metric rows, journal holds %d", self.name, produced,
                         self.es.metric_seq)
@@ -365,7 +378,7 @@ class ChannelRunner:
                 break
         if cur.get(cond.metric) is None and cond.metric == "capacity_retention" and cond.reference_cycle:
             ref = self.cycle_history.get(cond.reference_cycle)
-            last = max(self.cycle_history) if self.cycle_history else None
+            last = self._last_cycle
             if ref is None or last is None:
                 return None
             key = _reversible_key(ref, self.program.cell.kind)
@@ -675,6 +688,10 @@ class ChannelRunner:
             await self.journal.flush()
         except JournalError as exc:
             self.es.fault = f"{message}; and {exc}"
+
+
+_CAPACITY_KEYS = tuple(k for base in ("charge", "discharge")
+                       for k in (f"{base}_capacity_ah", f"{base}_capacity", f"specific_{base}_capacity_mah_g"))
 
 
 def _reversible_key(row: dict, cell_kind: str) -> str:

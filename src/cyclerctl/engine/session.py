@@ -1,9 +1,10 @@
-"""A run: one journal, one or more channels (one asyncio task each), the MQTT task, the export.
+"""A run: one journal, one or more channels (one asyncio task each), the MQTT publisher, the export.
 
 `Session.create(...)` makes a new run directory (run.json + journal.sqlite) from channel plans;
 `Session.resume(run_dir)` rebuilds every channel from the committed journal state (engine state, the
 channel's saved model state, operator state replayed from the journal). `await session.execute()`
-runs everything until every channel is done, aborted or faulted, then exports.
+runs everything until every channel is done, aborted or faulted, then exports. The MQTT publisher
+runs in a process of its own (cyclerctl.mqtt.process; RunSettings.mqtt_process) or as a task here.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class RunSettings:
     commit_on_step_end: bool | None = None  # None: in wall-clock runs yes; at max speed by commit_interval
     mqtt_commands: str = "open"
     channel_state_interval: float = 0.0  # s of wall time between saved channel (simulator) states; 0 = every commit
+    mqtt_process: bool = True  # publish from a process of its own (another core); False: a task in this one
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -440,6 +442,12 @@ class Session:
             self.notes.append("MQTT: the publisher is not available in this installation")
             return None
         self.mqtt_status = MqttStatus()
+        if self.settings.mqtt_process:
+            from ..mqtt.process import run_mqtt_process
+
+            return asyncio.create_task(run_mqtt_process(self.run_dir / JOURNAL_NAME, url, self.settings.node,
+                                                        self.control, stop, status=self.mqtt_status,
+                                                        commands=self.settings.mqtt_commands), name="mqtt")
         feed = CommittedFeed()
         self.journal.feeds.append(feed)
         return asyncio.create_task(run_mqtt(self.run_dir / JOURNAL_NAME, url, self.settings.node, self.control,

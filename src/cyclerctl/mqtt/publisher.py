@@ -171,6 +171,9 @@ class Publisher:
                 self._rebirth = False
                 await self._announce(force=True)
             self._wake.clear()
+            if self._more:  # a read hit its limit: more is committed, go on at once (behind: catch up)
+                await asyncio.sleep(0)
+                continue
             try:
                 await asyncio.wait_for(self._wake.wait(), self.opt.poll_interval)
             except TimeoutError:

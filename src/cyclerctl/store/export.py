@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -105,22 +106,29 @@ def export_channel(conn, run_dir: Path, ch: str, descriptor: dict, meta: dict, f
     out: list[Path] = []
     writers: dict[str, tuple] = {}
     n_rows = 0
+    # Arrow encodes and writes a chunk (without the GIL) in worker threads, one per file, while the
+    # next chunk is read from the journal; one chunk in flight at most, so memory stays bounded.
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="export")
+    pending: list[Future] = []
+
     try:
-        for cols in read.iter_samples(conn, ch, chunk=50_000):
+        wanted = tuple(c for c in schema.SAMPLE_COLUMNS if c == "seq" or c in names)
+        for cols in read.iter_samples(conn, ch, chunk=20_000, columns=wanted):
             t = _table(cols, names, labels)
             n_rows += t.num_rows
-            if "bdf-parquet" in formats:
-                if "pq" not in writers:
-                    final = stem.with_name(f"{ch}.bdf.parquet")
-                    tmp = _atomic(final)
-                    writers["pq"] = (pq.ParquetWriter(tmp, t.schema, compression="zstd"), tmp, final)
-                writers["pq"][0].write_table(t)
-            if "bdf-csv" in formats:
-                if "csv" not in writers:
-                    final = stem.with_name(f"{ch}.bdf.csv")
-                    tmp = _atomic(final)
-                    writers["csv"] = (pacsv.CSVWriter(tmp, t.schema), tmp, final)
-                writers["csv"][0].write_table(t)
+            for f in pending:
+                f.result()
+            if "bdf-parquet" in formats and "pq" not in writers:
+                final = stem.with_name(f"{ch}.bdf.parquet")
+                tmp = _atomic(final)
+                writers["pq"] = (pq.ParquetWriter(tmp, t.schema, compression="zstd"), tmp, final)
+            if "bdf-csv" in formats and "csv" not in writers:
+                final = stem.with_name(f"{ch}.bdf.csv")
+                tmp = _atomic(final)
+                writers["csv"] = (pacsv.CSVWriter(tmp, t.schema), tmp, final)
+            pending = [pool.submit(w[0].write_table, t) for w in writers.values()]
+        for f in pending:
+            f.result()
         if not writers and n_rows == 0:  # a channel without samples: still write empty files
             empty = _table(read.columns_from_rows([], schema.SAMPLE_COLUMNS), names, labels)
             if "bdf-parquet" in formats:
@@ -131,6 +139,7 @@ def export_channel(conn, run_dir: Path, ch: str, descriptor: dict, meta: dict, f
                 writers["csv"] = (pacsv.CSVWriter(_atomic(final), empty.schema), _atomic(final), final)
                 writers["csv"][0].write_table(empty)
     finally:
+        pool.shutdown(wait=True)
         for w, tmp, final in writers.values():
             w.close()
             _fsync_replace(tmp, final)

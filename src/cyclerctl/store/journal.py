@@ -31,6 +31,7 @@ from ..errors import JournalError
 from . import schema
 
 JOURNAL_NAME = "journal.sqlite"
+ROWS_PER_STATEMENT = 64  # sample rows per INSERT statement
 
 # (state name, engine state JSON, channel state) of a channel at the moment of a commit
 Snapshot = Callable[[], tuple[str, str, bytes | None]]
@@ -130,7 +131,8 @@ class Journal:
         self._pending: dict[str, _Pending] = {}
         self._snapshots: dict[str, Snapshot] = {}
         self._audit: list[tuple] = []
-        self._insert_sql: dict[str, str] = {}
+        self._ch_sql: dict[str, str] = {}  # ch -> its SQL literal
+        self._insert_sql: dict[tuple[str, bytes, int], str] = {}  # (ch, columns with a value, rows) -> INSERT
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Future | None = None
         self._kick: asyncio.Event | None = None
@@ -139,6 +141,8 @@ class Journal:
         self._db_lock = threading.Lock()
         self._last_commit = time.monotonic()
         self.commits = 0
+        self.waited = 0.0  # s the engine waited for a commit in flight (the disk sync; backpressure)
+        self.sync_time = 0.0  # s spent in COMMIT (worker thread)
         self.rows_committed = 0
         self.failed: JournalError | None = None
         self.on_commit: list[Callable[[dict[str, int]], None]] = []  # callbacks: samples committed per ch
@@ -163,7 +167,7 @@ class Journal:
             with self._db_lock:
                 self._write(lambda c: self._write_channel(c, row))
         self._snapshots[ch] = snapshot
-        self._insert_sql[ch] = schema.INSERT_SAMPLE.replace("VALUES (?, ", f"VALUES ({_sql_text(ch)}, ", 1)
+        self._ch_sql[ch] = _sql_text(ch)
 
     @staticmethod
     def _write_channel(c: sqlite3.Connection, row: tuple) -> None:
@@ -288,7 +292,9 @@ class Journal:
             prev = self._inflight
             if prev is not None:
                 self._inflight = None
+                t = time.perf_counter()
                 await prev
+                self.waited += time.perf_counter() - t
             waiters, self._waiters = self._waiters, []
             try:
                 batch, audit, states = self._take()
@@ -341,7 +347,7 @@ class Journal:
                 for ch, p in batch.items():
                     if p.samples:
                         rows = p.samples[0] if len(p.samples) == 1 else np.concatenate(p.samples)
-                        c.executemany(self._insert_sql[ch], rows.tolist())
+                        self._insert_samples(c, ch, rows)
                         counts[ch] = rows
                     if p.events:
                         c.executemany(schema.INSERT_EVENT, [(ch, *e) for e in p.events])
@@ -355,13 +361,40 @@ class Journal:
                 self._fail(exc)
         return counts
 
+    def _insert_samples(self, c: sqlite3.Connection, ch: str, rows: np.ndarray) -> None:
+        """INSERT the rows, binding only the columns that hold a value in this batch (a column that
+        is NULL throughout, e.g. impedance during cycling, is left to its default NULL), up to 64 rows
+        per statement (multi-row VALUES): fewer Python floats to make and bind, fewer statement steps."""
+        used = ~np.isnan(rows).all(axis=0)
+        used[0] = True  # seq
+        values = rows if used.all() else rows[:, used]
+        width = values.shape[1]
+        per = max(1, min(ROWS_PER_STATEMENT, 999 // width))  # 999: the oldest SQLite's parameter limit
+        whole = len(values) // per * per
+        if whole:
+            c.executemany(self._insert_statement(ch, used, per), values[:whole].reshape(-1, per * width).tolist())
+        if whole < len(values):
+            c.executemany(self._insert_statement(ch, used, 1), values[whole:].tolist())
+
+    def _insert_statement(self, ch: str, used: np.ndarray, per: int) -> str:
+        key = (ch, used.tobytes(), per)
+        sql = self._insert_sql.get(key)
+        if sql is None:
+            names = [n for n, u in zip(schema.SAMPLE_COLUMNS, used, strict=True) if u]
+            one = f"({self._ch_sql[ch]}, {', '.join('?' for _ in names)})"
+            sql = f"INSERT INTO samples(ch, {', '.join(names)}) VALUES {', '.join([one] * per)}"
+            self._insert_sql[key] = sql
+        return sql
+
     def _sync(self, committed: dict[str, np.ndarray]) -> None:
         """COMMIT (the WAL is synced to disk here: synchronous=FULL), then hand the rows to the feeds."""
+        t = time.perf_counter()
         with self._db_lock:
             try:
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._fail(exc)
+        self.sync_time += time.perf_counter() - t
         counts = {ch: len(rows) for ch, rows in committed.items()}
         self.commits += 1
         self.rows_committed += sum(counts.values())

@@ -38,9 +38,11 @@ def columns_from_rows(rows: list[tuple], names: tuple[str, ...]) -> dict[str, np
 
 
 def iter_samples(conn: sqlite3.Connection, ch: str, *, from_seq: int = 0, to_seq: int | None = None,
-                 chunk: int = 200_000) -> Iterator[dict[str, np.ndarray]]:
-    """Sample columns of one channel in seq order, `chunk` rows at a time."""
-    cols = ", ".join(schema.SAMPLE_COLUMNS)
+                 chunk: int = 200_000, columns: tuple[str, ...] = schema.SAMPLE_COLUMNS,
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """Sample columns of one channel in seq order, `chunk` rows at a time (`columns`: which ones;
+    reading fewer is cheaper)."""
+    cols = ", ".join(columns)
     sql = f"SELECT {cols} FROM samples WHERE ch=? AND seq>=?"
     params: list = [ch, from_seq]
     if to_seq is not None:
@@ -48,7 +50,7 @@ def iter_samples(conn: sqlite3.Connection, ch: str, *, from_seq: int = 0, to_seq
         params.append(to_seq)
     sql += " ORDER BY seq"
     for rows in iter_rows(conn, sql, params, chunk):
-        yield columns_from_rows(rows, schema.SAMPLE_COLUMNS)
+        yield columns_from_rows(rows, columns)
 
 
 def samples(conn: sqlite3.Connection, ch: str) -> dict[str, np.ndarray]:
