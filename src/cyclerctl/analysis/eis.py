@@ -73,8 +73,10 @@ def lin_kk(freq: np.ndarray, z: np.ndarray, per_decade: float = 6.0, m_fixed: in
     m, mu, zfit = best
     res_re = (z.real - zfit.real) / wmod
     res_im = (z.imag - zfit.imag) / wmod
+    dof = max(2 * freq.size - (m + 3), 1)
     return {"m": m, "mu": float(mu), "residual_real": res_re, "residual_imag": res_im,
-            "max_residual": float(max(np.abs(res_re).max(), np.abs(res_im).max()))}
+            "max_residual": float(max(np.abs(res_re).max(), np.abs(res_im).max())),
+            "chi2": float((np.sum(res_re ** 2) + np.sum(res_im ** 2)) / dof)}
 
 
 def warburg_sigma(freq: np.ndarray, z: np.ndarray, window_deg: float = 7.0, min_points: int = 3) -> dict | None:
@@ -117,6 +119,7 @@ class EisSettings:
     circuits: tuple[tuple[str, dict[str, str]], ...] = DEFAULT_CIRCUITS
     kk_limit: float = 0.01
     aic_margin: float = 10.0  # circuits within this of the lowest AIC count as equal: the simplest wins
+    good_fit_kk_ratio: float = 2.0  # a circuit fit with χ² ≤ this × the Lin-KK residual variance tries no further starts
     ocv_slope: Callable[[], float | None] | None = field(default=None, repr=False)
 
 
@@ -141,7 +144,7 @@ def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings) -> 
         flags.append("no_warburg_region")
     fits, best = [], None
     for text, roles in settings.circuits:
-        fr = fit_circuit(text, freq, z)
+        fr = fit_circuit(text, freq, z, good_chi2=settings.good_fit_kk_ratio * kk["chi2"])
         d = fr.as_dict()
         d["roles"] = {k: d["parameters"].get(v) for k, v in roles.items()}
         d["role_stderr"] = {k: d["stderr"].get(v) for k, v in roles.items()}
