@@ -39,6 +39,7 @@ class _Grid:
 
     def __init__(self, w: np.ndarray) -> None:
         self.w = w
+        self.ones = np.ones(w.shape, dtype=complex)
         self.jw = 1j * w
         self.warburg = (1 - 1j) / np.sqrt(w)
         self.log_jw = np.log(self.jw)
@@ -70,7 +71,7 @@ def _element(kind: str, lo: int) -> Callable[[np.ndarray, _Grid, np.ndarray], np
         a = p[lo]
         if kind == "R":
             jac[:, lo] = 1.0
-            return np.full(g.w.shape, a, dtype=complex)
+            return g.ones * a
         if kind == "C":
             z = 1.0 / (g.jw * a)
             jac[:, lo] = -z / a
@@ -430,7 +431,7 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
         return r
 
     def jac(x: np.ndarray) -> np.ndarray:
-        if last[0] is None or not np.array_equal(last[0], x):
+        if last[0] is None or not (last[0] == x).all():
             resid(x)
         return last[1]
 
@@ -454,18 +455,22 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     good_cost = -math.inf if good_chi2 is None else 0.5 * good_chi2 * dof
     if not physical:  # nothing read off the spectrum: the first generic start stands in
         physical, generic = generic[:1], generic[1:]
-    def brief_best(group: list[np.ndarray]):
-        """Every start of `group` briefly; the lowest cost."""
+
+    def brief_best(group: list[np.ndarray], nfev: int = 15):
+        """Every start of `group` for `nfev` × (number of parameters) evaluations; the lowest cost."""
         out = None
         for p0 in group:
-            res = run(log_x(p0), 1e-8, 15)
+            res = run(log_x(p0), 1e-8, nfev)
             if res is not None and (out is None or res.cost < out.cost):
                 out = res
         return out
 
-    best = brief_best(physical)
-    if best is not None:
-        best = run(best.x, 1e-12, 100) or best
+    if len(physical) == 1:  # a single start: straight to convergence
+        best = run(log_x(physical[0]), 1e-12, 100)
+    else:
+        best = brief_best(physical, 5)
+        if best is not None:
+            best = run(best.x, 1e-12, 100) or best
     if best is None or best.cost > good_cost:
         brief = brief_best(generic)
         if brief is not None and (best is None or brief.cost < best.cost):
