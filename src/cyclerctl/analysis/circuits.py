@@ -228,6 +228,7 @@ class FitResult:
 
 
 DIFFUSION = ("W", "Wo", "Ws", "Sph")
+_PHYS_NFEV = 5
 
 
 def _first_valley(mim: np.ndarray, apex: int) -> int | None:
@@ -468,7 +469,7 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     if len(physical) == 1:  # a single start: straight to convergence
         best = run(log_x(physical[0]), 1e-12, 100)
     else:
-        best = brief_best(physical, 5)
+        best = brief_best(physical, _PHYS_NFEV)
         if best is not None:
             best = run(best.x, 1e-12, 100) or best
     if best is None or best.cost > good_cost:

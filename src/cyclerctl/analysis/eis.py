@@ -119,7 +119,7 @@ class EisSettings:
     circuits: tuple[tuple[str, dict[str, str]], ...] = DEFAULT_CIRCUITS
     kk_limit: float = 0.01
     aic_margin: float = 10.0  # circuits within this of the lowest AIC count as equal: the simplest wins
-    good_fit_kk_ratio: float = 2.0  # a circuit fit with χ² ≤ this × the Lin-KK residual variance tries no further starts
+    good_fit_kk_ratio: float = 1.0  # a circuit fit with χ² ≤ this × the Lin-KK residual variance tries no further starts
     ocv_slope: Callable[[], float | None] | None = field(default=None, repr=False)
 
 
