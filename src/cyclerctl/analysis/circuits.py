@@ -228,7 +228,8 @@ class FitResult:
 
 
 DIFFUSION = ("W", "Wo", "Ws", "Sph")
-_PHYS_NFEV = 5
+BRIEF_READ_OFF = 5  # evaluations per parameter for each start read off the spectrum, before the best is converged
+BRIEF_GENERIC = 15  # the same for each generic start
 
 
 def _first_valley(mim: np.ndarray, apex: int) -> int | None:
@@ -469,13 +470,15 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     if len(physical) == 1:  # a single start: straight to convergence
         best = run(log_x(physical[0]), 1e-12, 100)
     else:
-        best = brief_best(physical, _PHYS_NFEV)
+        best = brief_best(physical, BRIEF_READ_OFF)
         if best is not None:
             best = run(best.x, 1e-12, 100) or best
     if best is None or best.cost > good_cost:
-        brief = brief_best(generic)
-        if brief is not None and (best is None or brief.cost < best.cost):
-            best = run(brief.x, 1e-12, 100) or brief
+        brief = brief_best(generic, BRIEF_GENERIC)
+        if brief is not None:
+            brief = run(brief.x, 1e-12, 100) or brief
+            if best is None or brief.cost < best.cost:
+                best = brief
     if best is None:
         return FitResult(c.text, list(c.names), np.full(n_par, np.nan), np.full(n_par, np.nan), np.nan, False)
     values = to_params(best.x)
