@@ -56,6 +56,9 @@ def _diffusion_shape(kind: str, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return th / s, (s * sech2 - th) / (s * s)
     # Sph: g = tanh s/(s − tanh s); for |s| < 1e-2 the series 3/s² + 1/5 (no cancellation)
     small = np.abs(s) < 1e-2
+    if not small.any():
+        den = s - th
+        return th / den, (s * sech2 - th) / (den * den)
     ss = np.where(small, 1.0, s)
     ths = np.where(small, np.tanh(1.0), th)
     den = ss - ths
@@ -66,32 +69,32 @@ def _diffusion_shape(kind: str, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _element(kind: str, lo: int) -> Callable[[np.ndarray, _Grid, np.ndarray], np.ndarray]:
-    """Z of one element; writes ∂Z/∂p of its parameters into columns lo.. of `jac`."""
+    """Z of one element; writes ∂Z/∂p of its parameters into rows lo.. of `jac` (parameter, frequency)."""
     def ev(p: np.ndarray, g: _Grid, jac: np.ndarray) -> np.ndarray:
         a = p[lo]
         if kind == "R":
-            jac[:, lo] = 1.0
+            jac[lo] = 1.0
             return g.ones * a
         if kind == "C":
             z = 1.0 / (g.jw * a)
-            jac[:, lo] = -z / a
+            jac[lo] = -z / a
             return z
         if kind == "L":
-            jac[:, lo] = g.jw
+            jac[lo] = g.jw
             return g.jw * a
         if kind == "CPE":
             z = 1.0 / (a * np.exp(p[lo + 1] * g.log_jw))
-            jac[:, lo] = -z / a
-            jac[:, lo + 1] = -z * g.log_jw
+            jac[lo] = -z / a
+            jac[lo + 1] = -z * g.log_jw
             return z
         if kind == "W":
-            jac[:, lo] = g.warburg
+            jac[lo] = g.warburg
             return a * g.warburg
         tau = p[lo + 1]
         s = np.sqrt(g.jw * tau)
         shape, dshape = _diffusion_shape(kind, s)
-        jac[:, lo] = shape
-        jac[:, lo + 1] = a * dshape * s / (2 * tau)  # ds/dτ = s/(2τ)
+        jac[lo] = shape
+        jac[lo + 1] = a * dshape * s / (2 * tau)  # ds/dτ = s/(2τ)
         return a * shape
     return ev
 
@@ -111,7 +114,7 @@ def _parallel(branches: list[tuple[Callable, int, int]]) -> Callable:
         ys = [1.0 / f(p, g, jac) for f, _, _ in branches]
         z = 1.0 / sum(ys)
         for (_, lo, hi), y in zip(branches, ys, strict=True):
-            jac[:, lo:hi] *= ((z * y) ** 2)[:, None]
+            jac[lo:hi] *= (z * y) ** 2
         return z
     return ev
 
@@ -132,8 +135,8 @@ class Circuit:
         n = len(self.names)
 
         def zj(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            jac = np.empty((g.w.size, n), dtype=complex)
-            return self._eval(np.asarray(params, dtype=np.float64), g, jac), jac
+            jac = np.empty((n, g.w.size), dtype=complex)  # parameter-major: each row contiguous
+            return self._eval(np.asarray(params, dtype=np.float64), g, jac), jac.T
         return zj
 
     def impedance_jacobian(self, params: np.ndarray | list[float], freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -289,25 +292,9 @@ def _physical_starts(circuit: Circuit, f: np.ndarray, zz: np.ndarray, apex: int)
     d_idx = [i for i, k in enumerate(kinds) if k in DIFFUSION]
     if not d_idx or not c_idx or len(r_idx) < 2 or any(k in ("CPE", "L") for k in kinds):
         return []
-    w = 2 * np.pi * f
-    r_s0 = max(float(zz.real[0]), 1e-6)
-    readings = []  # (R_s, front arc [R, C] or None for no front arc, (C_dl, R_ct, σ))
-    if len(c_idx) >= 2:  # R0-p(R1,C1)-...: the first arc is fitted on its own
-        valley = _first_valley(-zz.imag, apex)
-        if valley is not None and valley >= 3 and len(f) - valley >= 4:
-            hi = f >= f[valley]
-            ce = fit_circuit("R0-p(R1,C1)", f[hi], zz[hi])
-            if np.all(np.isfinite(ce.values)):
-                r_s, r1, c1 = (float(v) for v in ce.values)
-                z_front = r_s + 1.0 / (1.0 / r1 + 1j * w * c1)
-                lo = f < f[valley]
-                prof = randles_profile(f[lo], (zz - z_front)[lo], zz[lo])
-                if prof is not None:
-                    readings.append((r_s, [r1, c1], prof))
-    prof = randles_profile(f, zz - r_s0, zz)
-    if prof is not None:
-        readings.append((r_s0, [1e-3 * prof[1], prof[0]] if len(c_idx) >= 2 else None, prof))
-    w_low = float(w.min())
+    readings = _readings(np.ascontiguousarray(f, dtype=np.float64).tobytes(),
+                         np.ascontiguousarray(zz, dtype=complex).tobytes(), apex, len(c_idx) >= 2)
+    w_low = float(2 * np.pi * f.min())
     has_tau = any(names[i].endswith("_tau") for i in d_idx)
     starts = []
     for tau in ((1e3 / w_low, 30.0 / w_low, 1.0 / w_low) if has_tau else (math.nan,)):
@@ -328,6 +315,34 @@ def _physical_starts(circuit: Circuit, f: np.ndarray, zz: np.ndarray, apex: int)
                     b[i - 1] = sigma * math.sqrt(2 * tau)  # Z0 or A: the √ω limit is σ = A/√(2τ)
             starts.append(b)
     return starts
+
+
+@lru_cache(maxsize=16)
+def _readings(f_bytes: bytes, z_bytes: bytes, apex: int, two_arc: bool) -> tuple:
+    """(R_s, front arc (R, C) or None, (C_dl, R_ct, σ)) readings of a spectrum (frequencies
+    descending), shared by the circuits fitted to it: with `two_arc`, the counter-electrode arc above
+    the first valley then the Randles profile below it, and the one arc as the working electrode's."""
+    f = np.frombuffer(f_bytes, dtype=np.float64)
+    zz = np.frombuffer(z_bytes, dtype=complex)
+    w = 2 * np.pi * f
+    r_s0 = max(float(zz.real[0]), 1e-6)
+    readings = []
+    if two_arc:  # R0-p(R1,C1)-...: the first arc is fitted on its own
+        valley = _first_valley(-zz.imag, apex)
+        if valley is not None and valley >= 3 and len(f) - valley >= 4:
+            hi = f >= f[valley]
+            ce = fit_circuit("R0-p(R1,C1)", f[hi], zz[hi])
+            if np.all(np.isfinite(ce.values)):
+                r_s, r1, c1 = (float(v) for v in ce.values)
+                z_front = r_s + 1.0 / (1.0 / r1 + 1j * w * c1)
+                lo = f < f[valley]
+                prof = randles_profile(f[lo], (zz - z_front)[lo], zz[lo])
+                if prof is not None:
+                    readings.append((r_s, (r1, c1), prof))
+    prof = randles_profile(f, zz - r_s0, zz)
+    if prof is not None:
+        readings.append((r_s0, (1e-3 * prof[1], prof[0]) if two_arc else None, prof))
+    return tuple(readings)
 
 
 def _starts(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
