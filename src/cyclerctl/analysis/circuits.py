@@ -428,22 +428,28 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     zj = c.model(freq)
     last: list = [None, None]  # x and Jacobian of the latest residual evaluation
 
+    inv_w = 1.0 / wmod
+    any_alpha = bool(is_alpha.any())
+
     def to_params(x: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):  # a trial step far out: inf, caught as a non-finite residual
-            return np.where(is_alpha, x, np.exp(x))
+            return np.where(is_alpha, x, np.exp(x)) if any_alpha else np.exp(x)
 
     def resid(x: np.ndarray) -> np.ndarray:
-        p = to_params(x)
         with np.errstate(all="ignore"):
+            p = np.where(is_alpha, x, np.exp(x)) if any_alpha else np.exp(x)
             zm, jp = zj(p)
-            d = (zm - z) / wmod
-            jx = jp * (np.where(is_alpha, 1.0, p)[None, :] / wmod[:, None])  # ∂/∂ log p = p ∂/∂p
+            d = (zm - z) * inv_w
+            dp = np.where(is_alpha, 1.0, p) if any_alpha else p  # ∂/∂ log p = p ∂/∂p
+            jx = jp * (inv_w[:, None] * dp[None, :])
         r = np.concatenate((d.real, d.imag))
         jac = np.concatenate((jx.real, jx.imag))
-        bad = ~np.isfinite(r)
-        r[bad] = 1e6
-        jac[bad] = 0.0
-        jac[~np.isfinite(jac)] = 0.0
+        if not np.isfinite(r).all():
+            bad = ~np.isfinite(r)
+            r[bad] = 1e6
+            jac[bad] = 0.0
+        if not np.isfinite(jac).all():
+            jac[~np.isfinite(jac)] = 0.0
         last[0], last[1] = x.copy(), jac
         return r
 
