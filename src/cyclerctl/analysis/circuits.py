@@ -347,7 +347,8 @@ def _readings(f_bytes: bytes, z_bytes: bytes, apex: int, two_arc: bool) -> tuple
 
 def _starts(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(starts read off the spectrum by `_physical_starts`, generic starts): R_s at high f, the arc
-    diameter and apex, the low-frequency tail, several diffusion time constants."""
+    diameter and apex, the low-frequency tail; several diffusion time constants only where nothing
+    was read off the spectrum."""
     order = np.argsort(freq)[::-1]
     f, zz = freq[order], z[order]
     r_s = max(float(zz.real[0]), 1e-6)
@@ -397,7 +398,10 @@ def _starts(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> tuple[list[np.
                         b[i] *= scale
                         b[i - 1] *= np.sqrt(scale)
                 starts.append(b)
-    return _physical_starts(circuit, f, zz, apex), starts
+    phys = _physical_starts(circuit, f, zz, apex)
+    if phys:  # these already span τ from semi-infinite to 1/ω_min: the unscaled generic starts suffice
+        starts = starts[:3 if n_c >= 2 else 1]
+    return phys, starts
 
 
 def initial_guess(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> list[np.ndarray]:
