@@ -417,12 +417,12 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     (0, 1]), with the Jacobian of the circuit in closed form. Standard errors from the Jacobian at
     the optimum, scaled by the residual variance.
 
-    Starts (`guess`, else those of `_starts`): the few read off the spectrum each run briefly and
-    the best of them to convergence. If that fit has χ² ≤ `good_chi2` (e.g. twice the Lin-KK
-    residual variance: the circuit then explains the spectrum down to its noise, and another
-    minimum could not be told apart) it is the result. Otherwise every generic start runs briefly,
-    and the best of them is run to convergence when it is already below the first fit; the lower
-    χ² wins."""
+    Starts (`guess`, else those of `_starts`): the few read off the spectrum each run briefly
+    (`BRIEF_READ_OFF` evaluations per parameter) and the best of them to convergence. If that fit
+    has χ² ≤ `good_chi2` (analyze_spectrum: the Lin-KK residual variance of the same spectrum; the
+    circuit then explains it as well as the causal linear model does) it is the result. Otherwise
+    (and always when `good_chi2` is None) every generic start runs briefly (`BRIEF_GENERIC`), the
+    best of them to convergence, and the lower χ² of the two fits wins."""
     c = parse_circuit(circuit) if isinstance(circuit, str) else circuit
     freq = np.asarray(freq, dtype=np.float64)
     z = np.asarray(z, dtype=complex)
@@ -431,7 +431,6 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     is_alpha = np.array([n.endswith("_alpha") for n in c.names])
     zj = c.model(freq)
     last: list = [None, None]  # x and Jacobian of the latest residual evaluation
-
     inv_w = 1.0 / wmod
     any_alpha = bool(is_alpha.any())
 

@@ -14,7 +14,9 @@
   Randles with a Warburg R0-p(R1-W1,C1), and the papers' R_s + R_SEI + R_ct + Warburg
   R0-p(R1,C1)-p(R2-W1,C2). The headline R_s, R_ct, C_dl come from the circuit with the lowest
   Akaike criterion (n·ln(RSS/n) + 2p); circuits within 10 of the lowest count as equally good and
-  the one with the fewest parameters wins (an extra arc must earn its parameters).
+  the one with the fewest parameters wins (an extra arc must earn its parameters). A circuit tries
+  its generic starts only when the fit from the starts read off the spectrum has χ² above the Lin-KK
+  residual variance Σ Δ²/(2N − M − 3) (`good_fit_kk_ratio` = 1).
 """
 
 from __future__ import annotations
