@@ -46,6 +46,42 @@ def test_spherical_randles_fit_recovers_every_parameter():
     assert p["Sph1_tau"] == pytest.approx(TAU, rel=1e-4)
 
 
+def test_closed_form_jacobian_matches_central_differences_for_every_element():
+    c = parse_circuit("R0-L1-p(R1-Wo1,CPE1)-p(R2-Ws1,C1)-p(R3-Sph1,C2)-W1-Sph2")
+    freq = np.logspace(5, -3, 40)
+    p = np.array([5.0, 1e-6, 30.0, 8.0, 50.0, 1e-4, 0.8, 20.0, 4.0, 3.0, 1e-5, 60.0, 900.0, 1e4, 2e-5, 6.0,
+                  2.0, 1e-9])  # Sph2 with τ = 1 ns: |√(jωτ)| < 10^-2 at low f, the series branch
+    z, jac = c.impedance_jacobian(p, freq)
+    assert np.allclose(z, c.impedance(p, freq))
+    for i in range(p.size):
+        h = 1e-6 * p[i]
+        up, dn = p.copy(), p.copy()
+        up[i] += h
+        dn[i] -= h
+        numeric = (c.impedance(up, freq) - c.impedance(dn, freq)) / (2 * h)
+        assert np.allclose(jac[:, i] * p[i], numeric * p[i], rtol=0, atol=1e-6 * np.abs(z).max()), c.names[i]
+
+
+def test_stopping_at_the_lin_kk_level_keeps_the_all_starts_fit_on_two_arcs():
+    """A counter-electrode arc merging into the working electrode's: a start read off the spectrum
+    can end in a minimum with R_ct at a quarter of the truth and χ² within 2× of Lin-KK's; stopping
+    only at the Lin-KK level itself must give what trying every start gives."""
+    text = "R0-p(R1,C1)-p(R2-Sph1,C2)"
+    truth = [4.0, 6.0, 1.5e-6, 25.0, 900.0, 2000.0, 2e-5]
+    freq = np.logspace(5, -2, 49)
+    z0 = parse_circuit(text).impedance(truth, freq)
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        z = z0 * (1 + 0.002 * (rng.standard_normal(z0.size) + 1j * rng.standard_normal(z0.size)) / np.sqrt(2))
+        every = fit_circuit(text, freq, z)
+        early = fit_circuit(text, freq, z, good_chi2=lin_kk(freq, z)["chi2"])
+        assert early.chi2 == pytest.approx(every.chi2, rel=1e-6)
+        assert early.values[3] == pytest.approx(25.0, rel=0.02)
+        out = analyze_spectrum(freq, z, EisSettings())
+        assert out["best_circuit"] == text
+        assert out["charge_transfer_resistance_ohm"] == pytest.approx(25.0, rel=0.02)
+
+
 def test_noisy_spectrum_gives_rct_cdl_within_2_percent_and_d_from_sigma_within_5():
     for seed in range(3):
         out = analyze_spectrum(FREQ, spectrum(noise=0.002, seed=seed),

@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -33,46 +34,121 @@ ELEMENTS: dict[str, tuple[str, ...]] = {
 _TOKEN = re.compile(r"\s*(p\(|\(|\)|,|-|[A-Za-z]+\d*)")
 
 
-def _element_z(kind: str, p: np.ndarray, w: np.ndarray) -> np.ndarray:
-    jw = 1j * w
-    if kind == "R":
-        return np.full(w.shape, p[0], dtype=complex)
-    if kind == "C":
-        return 1.0 / (jw * p[0])
-    if kind == "L":
-        return jw * p[0]
-    if kind == "CPE":
-        return 1.0 / (p[0] * jw ** p[1])
-    if kind == "W":
-        return p[0] * (1 - 1j) / np.sqrt(w)
-    s = np.sqrt(jw * p[1])
-    if kind == "Wo":
-        return p[0] / (s * np.tanh(s))
-    if kind == "Ws":
-        return p[0] * np.tanh(s) / s
-    if kind == "Sph":
-        small = np.abs(s) < 1e-2  # tanh s ≈ s − s³/3: use the series 3/s² + 1/5 (no cancellation)
-        ss = np.where(small, 1.0, s)
-        th = np.tanh(ss)
-        return p[0] * np.where(small, 3.0 / np.where(small, s, 1.0) ** 2 + 0.2, th / (ss - th))
-    raise AssertionError(kind)
+class _Grid:
+    """Frequency-only factors of the element impedances, computed once per fit."""
+
+    def __init__(self, w: np.ndarray) -> None:
+        self.w = w
+        self.ones = np.ones(w.shape, dtype=complex)
+        self.jw = 1j * w
+        self.warburg = (1 - 1j) / np.sqrt(w)
+        self.log_jw = np.log(self.jw)
+
+
+def _diffusion_shape(kind: str, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """g(s) and dg/ds of the finite-diffusion elements, Z = A·g(√(jωτ))."""
+    th = np.tanh(s)
+    sech2 = 1.0 - th * th
+    if kind == "Wo":  # g = coth s / s
+        g = 1.0 / (s * th)
+        return g, -(th + s * sech2) * g * g
+    if kind == "Ws":  # g = tanh s / s
+        return th / s, (s * sech2 - th) / (s * s)
+    # Sph: g = tanh s/(s − tanh s); for |s| < 1e-2 the series 3/s² + 1/5 (no cancellation)
+    small = np.abs(s) < 1e-2
+    if not small.any():
+        den = s - th
+        return th / den, (s * sech2 - th) / (den * den)
+    ss = np.where(small, 1.0, s)
+    ths = np.where(small, np.tanh(1.0), th)
+    den = ss - ths
+    sm = np.where(small, s, 1.0)
+    g = np.where(small, 3.0 / sm ** 2 + 0.2, ths / den)
+    dg = np.where(small, -6.0 / sm ** 3, (ss * (1.0 - ths * ths) - ths) / (den * den))
+    return g, dg
+
+
+def _element(kind: str, lo: int) -> Callable[[np.ndarray, _Grid, np.ndarray], np.ndarray]:
+    """Z of one element; writes ∂Z/∂p of its parameters into rows lo.. of `jac` (parameter, frequency)."""
+    def ev(p: np.ndarray, g: _Grid, jac: np.ndarray) -> np.ndarray:
+        a = p[lo]
+        if kind == "R":
+            jac[lo] = 1.0
+            return g.ones * a
+        if kind == "C":
+            z = 1.0 / (g.jw * a)
+            jac[lo] = -z / a
+            return z
+        if kind == "L":
+            jac[lo] = g.jw
+            return g.jw * a
+        if kind == "CPE":
+            z = 1.0 / (a * np.exp(p[lo + 1] * g.log_jw))
+            jac[lo] = -z / a
+            jac[lo + 1] = -z * g.log_jw
+            return z
+        if kind == "W":
+            jac[lo] = g.warburg
+            return a * g.warburg
+        tau = p[lo + 1]
+        s = np.sqrt(g.jw * tau)
+        shape, dshape = _diffusion_shape(kind, s)
+        jac[lo] = shape
+        jac[lo + 1] = a * dshape * s / (2 * tau)  # ds/dτ = s/(2τ)
+        return a * shape
+    return ev
+
+
+def _series(parts: list) -> Callable:
+    def ev(p, g, jac):
+        z = parts[0](p, g, jac)
+        for f in parts[1:]:
+            z = z + f(p, g, jac)
+        return z
+    return ev
+
+
+def _parallel(branches: list[tuple[Callable, int, int]]) -> Callable:
+    """Z = 1/Σ(1/Z_i); a parameter of branch i: ∂Z/∂p = (Z/Z_i)² ∂Z_i/∂p."""
+    def ev(p, g, jac):
+        ys = [1.0 / f(p, g, jac) for f, _, _ in branches]
+        z = 1.0 / sum(ys)
+        for (_, lo, hi), y in zip(branches, ys, strict=True):
+            jac[lo:hi] *= (z * y) ** 2
+        return z
+    return ev
 
 
 @dataclass
 class Circuit:
-    """A parsed circuit: `names` of its parameters in order, `impedance(params, f)`."""
+    """A parsed circuit: `names` of its parameters in order, `impedance(params, f)` and
+    `impedance_jacobian(params, f)` (Z and ∂Z/∂p in closed form)."""
 
     text: str
     names: list[str]
     kinds: list[str]  # element kind per parameter
-    _eval: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    _eval: Callable[[np.ndarray, _Grid, np.ndarray], np.ndarray]
+
+    def model(self, freq: np.ndarray) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """params -> (Z, ∂Z/∂p) on the fixed frequencies `freq` (the frequency factors computed once)."""
+        g = _Grid(2 * np.pi * np.asarray(freq, dtype=np.float64))
+        n = len(self.names)
+
+        def zj(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            jac = np.empty((n, g.w.size), dtype=complex)  # parameter-major: each row contiguous
+            return self._eval(np.asarray(params, dtype=np.float64), g, jac), jac.T
+        return zj
+
+    def impedance_jacobian(self, params: np.ndarray | list[float], freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.model(freq)(np.asarray(params, dtype=np.float64))
 
     def impedance(self, params: np.ndarray | list[float], freq: np.ndarray) -> np.ndarray:
-        return self._eval(np.asarray(params, dtype=np.float64), 2 * np.pi * np.asarray(freq, dtype=np.float64))
+        return self.impedance_jacobian(params, freq)[0]
 
 
+@lru_cache(maxsize=128)
 def parse_circuit(text: str) -> Circuit:
-    """Parse "R0-p(R1-W1,C1)" into a Circuit. Bad strings raise ConfigError saying where."""
+    """Parse "R0-p(R1-W1,C1)" into a Circuit (cached per string). Bad strings raise ConfigError saying where."""
     tokens, pos = [], 0
     src = text.replace(" ", "")
     while pos < len(src):
@@ -98,8 +174,7 @@ def parse_circuit(text: str) -> Circuit:
                 raise ConfigError(f"circuit {text!r}: element {tok!r} appears twice")
             names.append(pname)
             kinds.append(kind)
-        n = len(ELEMENTS[kind])
-        return lambda p, w: _element_z(kind, p[start:start + n], w)
+        return _element(kind, start)
 
     def series():
         nonlocal k
@@ -107,7 +182,7 @@ def parse_circuit(text: str) -> Circuit:
         while k < len(tokens) and tokens[k] == "-":
             k += 1
             parts.append(term())
-        return parts[0] if len(parts) == 1 else (lambda p, w: sum(f(p, w) for f in parts))
+        return parts[0] if len(parts) == 1 else _series(parts)
 
     def term():
         nonlocal k
@@ -116,14 +191,19 @@ def parse_circuit(text: str) -> Circuit:
         tok = tokens[k]
         k += 1
         if tok == "p(":
-            branches = [series()]
-            while k < len(tokens) and tokens[k] == ",":
-                k += 1
-                branches.append(series())
+            branches = []
+            while True:
+                lo = len(names)
+                f = series()
+                branches.append((f, lo, len(names)))
+                if k < len(tokens) and tokens[k] == ",":
+                    k += 1
+                    continue
+                break
             if k >= len(tokens) or tokens[k] != ")":
                 raise ConfigError(f"circuit {text!r}: missing ')'")
             k += 1
-            return lambda p, w: 1.0 / sum(1.0 / f(p, w) for f in branches)
+            return _parallel(branches)
         if tok in ("(", ")", ",", "-"):
             raise ConfigError(f"circuit {text!r}: unexpected {tok!r}")
         return element(tok)
@@ -151,6 +231,8 @@ class FitResult:
 
 
 DIFFUSION = ("W", "Wo", "Ws", "Sph")
+BRIEF_READ_OFF = 5  # evaluations per parameter for each start read off the spectrum, before the best is converged
+BRIEF_GENERIC = 15  # the same for each generic start
 
 
 def _first_valley(mim: np.ndarray, apex: int) -> int | None:
@@ -167,88 +249,106 @@ def randles_profile(freq: np.ndarray, z_we: np.ndarray, z_total: np.ndarray) -> 
     part `z_we` of a spectrum, by profiling over C_dl: for a given C_dl, 1/(1/Z − jωC_dl) =
     R_ct + σ(1 − j)ω^-½ is linear in R_ct and σ (weighted least squares, errors mapped back to Z and
     taken relative to the whole impedance `z_total`). A semi-infinite Warburg stands in for any
-    diffusion element here; this is a starting point for the full fit, not a result."""
+    diffusion element here; this is a starting point for the full fit, not a result. All trial C_dl
+    at once: the 2 × 2 normal equations per C_dl, solved in closed form."""
     w = 2 * np.pi * np.asarray(freq, float)
     y = 1.0 / z_we
     c_top = float(np.max(y.imag / w))
     if not c_top > 0:
         return None
-    a = np.column_stack([np.r_[np.ones_like(w), np.zeros_like(w)], np.r_[w ** -0.5, -(w ** -0.5)]])
-    best = None
+    c = np.geomspace(c_top * 1e-4, c_top, 160)[:, None]
+    u = w ** -0.5
     with np.errstate(all="ignore"):
-        for c in np.geomspace(c_top * 1e-4, c_top, 160):
-            zf = 1.0 / (y - 1j * w * c)
-            wt = np.abs(z_we / zf) ** 2 / np.abs(z_total)  # dZ = (Z/zf)² d zf
-            wt = np.r_[wt, wt]
-            x, *_ = np.linalg.lstsq(a * wt[:, None], np.r_[zf.real, zf.imag] * wt, rcond=None)
-            if not (x[0] > 0 and x[1] > 0):
-                continue
-            zm = 1.0 / (1j * w * c + 1.0 / (x[0] + x[1] * (1 - 1j) / np.sqrt(w)))
-            cost = float(np.sum(np.abs((zm - z_we) / z_total) ** 2))
-            if np.isfinite(cost) and (best is None or cost < best[0]):
-                best = (cost, float(c), float(x[0]), float(x[1]))
-    return None if best is None else best[1:]
+        zf = 1.0 / (y - 1j * w * c)  # (trial C_dl, frequency)
+        wt2 = (np.abs(z_we / zf) ** 2 / np.abs(z_total)) ** 2  # dZ = (Z/zf)² d zf; same weight on Re and Im
+        # columns (1, 0) for R_ct and (u, −u) for σ over the stacked (Re, Im) rows
+        s11 = np.sum(wt2, axis=1)
+        s12 = np.sum(wt2 * u, axis=1)
+        s22 = np.sum(wt2 * 2 * u * u, axis=1)
+        b1 = np.sum(wt2 * zf.real, axis=1)
+        b2 = np.sum(wt2 * u * (zf.real - zf.imag), axis=1)
+        det = s11 * s22 - s12 * s12
+        r_ct = (s22 * b1 - s12 * b2) / det
+        sigma = (s11 * b2 - s12 * b1) / det
+        zm = 1.0 / (1j * w * c + 1.0 / (r_ct[:, None] + sigma[:, None] * (1 - 1j) * u))
+        cost = np.sum(np.abs((zm - z_we) / z_total) ** 2, axis=1)
+    ok = (r_ct > 0) & (sigma > 0) & np.isfinite(cost)
+    if not ok.any():
+        return None
+    k = int(np.argmin(np.where(ok, cost, np.inf)))
+    return float(c[k, 0]), float(r_ct[k]), float(sigma[k])
 
 
 def _physical_starts(circuit: Circuit, f: np.ndarray, zz: np.ndarray, apex: int) -> list[np.ndarray]:
     """Starts for circuits with an arc in front of a diffusion element (R_ct − W/Sph ∥ C_dl), from the
     spectrum itself: the fastest arc (a counter electrode) fitted above the first valley of −Z'',
-    then the working-electrode Randles part by `randles_profile`; diffusion times from
-    semi-infinite (the window shows only the √ω region) to about the lowest frequency."""
+    then the working-electrode Randles part by `randles_profile`; for circuits with a front arc also
+    the reading where the spectrum's one arc is the working electrode's (front arc negligible,
+    R = 10^-3 R_ct); diffusion times from semi-infinite (the window shows only the √ω region) to
+    about the lowest frequency."""
     kinds, names = circuit.kinds, circuit.names
     r_idx = [i for i, k in enumerate(kinds) if k == "R"]
     c_idx = [i for i, k in enumerate(kinds) if k == "C"]
     d_idx = [i for i, k in enumerate(kinds) if k in DIFFUSION]
     if not d_idx or not c_idx or len(r_idx) < 2 or any(k in ("CPE", "L") for k in kinds):
         return []
-    w = 2 * np.pi * f
-    r_s = max(float(zz.real[0]), 1e-6)
-    z_front = np.full(f.shape, r_s, dtype=complex)
-    front: list[float] = []
-    lo = np.ones(f.shape, bool)
-    if len(c_idx) >= 2:  # R0-p(R1,C1)-...: the first arc is fitted on its own
-        valley = _first_valley(-zz.imag, apex)
-        if valley is None or valley < 3 or len(f) - valley < 4:
-            return []
-        hi = f >= f[valley]
-        ce = fit_circuit("R0-p(R1,C1)", f[hi], zz[hi])
-        if not np.all(np.isfinite(ce.values)):
-            return []
-        r_s, r1, c1 = (float(v) for v in ce.values)
-        z_front = r_s + 1.0 / (1.0 / r1 + 1j * w * c1)
-        front = [r1, c1]
-        lo = f < f[valley]
-    prof = randles_profile(f[lo], (zz - z_front)[lo], zz[lo])
-    if prof is None:
-        return []
-    c_dl, r_ct, sigma = prof
-    w_low = float(w.min())
+    readings = _readings(np.ascontiguousarray(f, dtype=np.float64).tobytes(),
+                         np.ascontiguousarray(zz, dtype=complex).tobytes(), apex, len(c_idx) >= 2)
+    w_low = float(2 * np.pi * f.min())
+    has_tau = any(names[i].endswith("_tau") for i in d_idx)
     starts = []
-    for tau in (1e3 / w_low, 30.0 / w_low, 1.0 / w_low):
-        b = np.empty(len(names))
-        b[r_idx[0]] = r_s
-        if front:
-            b[r_idx[1]], b[c_idx[0]] = front
-        for i in r_idx[1 + bool(front):]:
-            b[i] = r_ct
-        for i in c_idx[bool(front):]:
-            b[i] = c_dl
-        for i in d_idx:
-            if kinds[i] == "W":
-                b[i] = sigma
-            elif names[i].endswith("_tau"):
-                b[i] = tau
-                b[i - 1] = sigma * math.sqrt(2 * tau)  # Z0 or A: the √ω limit is σ = A/√(2τ)
-        starts.append(b)
-        if not any(names[i].endswith("_tau") for i in d_idx):
-            break
+    for tau in ((1e3 / w_low, 30.0 / w_low, 1.0 / w_low) if has_tau else (math.nan,)):
+        for r_s, front, (c_dl, r_ct, sigma) in readings:
+            b = np.empty(len(names))
+            b[r_idx[0]] = r_s
+            if front:
+                b[r_idx[1]], b[c_idx[0]] = front
+            for i in r_idx[1 + bool(front):]:
+                b[i] = r_ct
+            for i in c_idx[bool(front):]:
+                b[i] = c_dl
+            for i in d_idx:
+                if kinds[i] == "W":
+                    b[i] = sigma
+                elif names[i].endswith("_tau"):
+                    b[i] = tau
+                    b[i - 1] = sigma * math.sqrt(2 * tau)  # Z0 or A: the √ω limit is σ = A/√(2τ)
+            starts.append(b)
     return starts
 
 
-def initial_guess(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> list[np.ndarray]:
-    """Starting points from the spectrum's shape. First those of `_physical_starts` (counter-electrode
-    arc above the first valley of −Z'', Randles part profiled over C_dl); then generic ones: R_s at
-    high f, the arc diameter and apex, the low-frequency tail, several diffusion time constants."""
+@lru_cache(maxsize=16)
+def _readings(f_bytes: bytes, z_bytes: bytes, apex: int, two_arc: bool) -> tuple:
+    """(R_s, front arc (R, C) or None, (C_dl, R_ct, σ)) readings of a spectrum (frequencies
+    descending), shared by the circuits fitted to it: with `two_arc`, the counter-electrode arc above
+    the first valley then the Randles profile below it, and the one arc as the working electrode's."""
+    f = np.frombuffer(f_bytes, dtype=np.float64)
+    zz = np.frombuffer(z_bytes, dtype=complex)
+    w = 2 * np.pi * f
+    r_s0 = max(float(zz.real[0]), 1e-6)
+    readings = []
+    if two_arc:  # R0-p(R1,C1)-...: the first arc is fitted on its own
+        valley = _first_valley(-zz.imag, apex)
+        if valley is not None and valley >= 3 and len(f) - valley >= 4:
+            hi = f >= f[valley]
+            ce = fit_circuit("R0-p(R1,C1)", f[hi], zz[hi])
+            if np.all(np.isfinite(ce.values)):
+                r_s, r1, c1 = (float(v) for v in ce.values)
+                z_front = r_s + 1.0 / (1.0 / r1 + 1j * w * c1)
+                lo = f < f[valley]
+                prof = randles_profile(f[lo], (zz - z_front)[lo], zz[lo])
+                if prof is not None:
+                    readings.append((r_s, (r1, c1), prof))
+    prof = randles_profile(f, zz - r_s0, zz)
+    if prof is not None:
+        readings.append((r_s0, (1e-3 * prof[1], prof[0]) if two_arc else None, prof))
+    return tuple(readings)
+
+
+def _starts(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(starts read off the spectrum by `_physical_starts`, generic starts): R_s at high f, the arc
+    diameter and apex, the low-frequency tail; several diffusion time constants only where nothing
+    was read off the spectrum."""
     order = np.argsort(freq)[::-1]
     f, zz = freq[order], z[order]
     r_s = max(float(zz.real[0]), 1e-6)
@@ -282,7 +382,7 @@ def initial_guess(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> list[np.
             base.append(1.0 / w_low)
         else:  # Z0 / A amplitudes
             base.append(sigma * np.sqrt(2.0 / w_low))
-    starts = _physical_starts(circuit, f, zz, apex) + [np.array(base)]
+    starts = [np.array(base)]
     if n_c >= 2:  # the slower arc (e.g. a working electrode behind the counter-electrode arc) may be hidden
         for scale in (1e2, 1e4):
             b = np.array(base)
@@ -290,7 +390,7 @@ def initial_guess(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> list[np.
             b[last_c] *= scale
             starts.append(b)
     if any(nm.endswith("_tau") for nm in circuit.names):
-        for b0 in list(starts[-(3 if n_c >= 2 else 1):]):
+        for b0 in list(starts):
             for scale in (1e-2, 1e2, 1e4):
                 b = b0.copy()
                 for i, nm in enumerate(circuit.names):
@@ -298,57 +398,122 @@ def initial_guess(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> list[np.
                         b[i] *= scale
                         b[i - 1] *= np.sqrt(scale)
                 starts.append(b)
-    return starts
+    phys = _physical_starts(circuit, f, zz, apex)
+    if phys:  # these already span τ from semi-infinite to 1/ω_min: the unscaled generic starts suffice
+        starts = starts[:3 if n_c >= 2 else 1]
+    return phys, starts
+
+
+def initial_guess(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> list[np.ndarray]:
+    """Starting points from the spectrum's shape: first those of `_physical_starts` (counter-electrode
+    arc above the first valley of −Z'', Randles part profiled over C_dl), then generic ones."""
+    physical, generic = _starts(circuit, freq, z)
+    return physical + generic
 
 
 def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
-                guess: list[float] | None = None) -> FitResult:
+                guess: list[float] | None = None, good_chi2: float | None = None) -> FitResult:
     """CNLS with modulus weighting: minimise Σ |Z_model − Z|²/|Z|² over log-parameters (CPE α in
-    (0, 1]). Standard errors from the Jacobian at the optimum, scaled by the residual variance."""
+    (0, 1]), with the Jacobian of the circuit in closed form. Standard errors from the Jacobian at
+    the optimum, scaled by the residual variance.
+
+    Starts (`guess`, else those of `_starts`): the few read off the spectrum each run briefly
+    (`BRIEF_READ_OFF` evaluations per parameter) and the best of them to convergence. If that fit
+    has χ² ≤ `good_chi2` (analyze_spectrum: the Lin-KK residual variance of the same spectrum; the
+    circuit then explains it as well as the causal linear model does) it is the result. Otherwise
+    (and always when `good_chi2` is None) every generic start runs briefly (`BRIEF_GENERIC`), the
+    best of them to convergence, and the lower χ² of the two fits wins."""
     c = parse_circuit(circuit) if isinstance(circuit, str) else circuit
     freq = np.asarray(freq, dtype=np.float64)
     z = np.asarray(z, dtype=complex)
     wmod = np.abs(z)
+    n_par = len(c.names)
     is_alpha = np.array([n.endswith("_alpha") for n in c.names])
+    zj = c.model(freq)
+    last: list = [None, None]  # x and Jacobian of the latest residual evaluation
+    inv_w = 1.0 / wmod
+    any_alpha = bool(is_alpha.any())
 
     def to_params(x: np.ndarray) -> np.ndarray:
-        return np.where(is_alpha, x, np.exp(x))
+        with np.errstate(over="ignore"):  # a trial step far out: inf, caught as a non-finite residual
+            return np.where(is_alpha, x, np.exp(x)) if any_alpha else np.exp(x)
 
     def resid(x: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):
-            d = (c.impedance(to_params(x), freq) - z) / wmod
-        r = np.r_[d.real, d.imag]
-        return np.where(np.isfinite(r), r, 1e6)
+            p = np.where(is_alpha, x, np.exp(x)) if any_alpha else np.exp(x)
+            zm, jp = zj(p)
+            d = (zm - z) * inv_w
+            dp = np.where(is_alpha, 1.0, p) if any_alpha else p  # ∂/∂ log p = p ∂/∂p
+            jx = jp * (inv_w[:, None] * dp[None, :])
+        r = np.concatenate((d.real, d.imag))
+        jac = np.concatenate((jx.real, jx.imag))
+        if not np.isfinite(r).all():
+            bad = ~np.isfinite(r)
+            r[bad] = 1e6
+            jac[bad] = 0.0
+        if not np.isfinite(jac).all():
+            jac[~np.isfinite(jac)] = 0.0
+        last[0], last[1] = x.copy(), jac
+        return r
+
+    def jac(x: np.ndarray) -> np.ndarray:
+        if last[0] is None or not (last[0] == x).all():
+            resid(x)
+        return last[1]
 
     lo = np.where(is_alpha, 0.3, -np.inf)
     hi = np.where(is_alpha, 1.0, np.inf)
-    best = None
-    starts = [np.asarray(guess, float)] if guess is not None else initial_guess(c, freq, z)
-    # every start briefly, then the best one to convergence
-    for p0 in starts:
-        x0 = np.where(is_alpha, np.clip(p0, 0.31, 0.99), np.log(np.maximum(p0, 1e-300)))
+    method = "trf" if is_alpha.any() else "lm"  # Levenberg-Marquardt (MINPACK) where nothing is bounded
+
+    def run(x0: np.ndarray, tol: float, nfev: int):
         try:
-            res = least_squares(resid, x0, bounds=(lo, hi), method="trf", x_scale="jac",
-                                xtol=1e-8, ftol=1e-8, gtol=1e-8, max_nfev=15 * len(c.names))
+            return least_squares(resid, x0, jac=jac, bounds=(lo, hi), method=method, x_scale="jac",
+                                 xtol=tol, ftol=tol, gtol=tol, max_nfev=nfev * n_par)
         except (ValueError, FloatingPointError):
-            continue
-        if best is None or res.cost < best.cost:
-            best = res
-    if best is not None:
-        best = least_squares(resid, best.x, bounds=(lo, hi), method="trf", x_scale="jac",
-                             xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=100 * len(c.names))
+            return None
+
+    physical, generic = ([np.asarray(guess, float)], []) if guess is not None else _starts(c, freq, z)
+
+    def log_x(p0: np.ndarray) -> np.ndarray:
+        return np.where(is_alpha, np.clip(p0, 0.31, 0.99), np.log(np.maximum(p0, 1e-300)))
+
+    dof = max(2 * freq.size - n_par, 1)
+    good_cost = -math.inf if good_chi2 is None else 0.5 * good_chi2 * dof
+    if not physical:  # nothing read off the spectrum: the first generic start stands in
+        physical, generic = generic[:1], generic[1:]
+
+    def brief_best(group: list[np.ndarray], nfev: int = 15):
+        """Every start of `group` for `nfev` × (number of parameters) evaluations; the lowest cost."""
+        out = None
+        for p0 in group:
+            res = run(log_x(p0), 1e-8, nfev)
+            if res is not None and (out is None or res.cost < out.cost):
+                out = res
+        return out
+
+    if len(physical) == 1:  # a single start: straight to convergence
+        best = run(log_x(physical[0]), 1e-12, 100)
+    else:
+        best = brief_best(physical, BRIEF_READ_OFF)
+        if best is not None:
+            best = run(best.x, 1e-12, 100) or best
+    if best is None or best.cost > good_cost:
+        brief = brief_best(generic, BRIEF_GENERIC)
+        if brief is not None:
+            brief = run(brief.x, 1e-12, 100) or brief
+            if best is None or brief.cost < best.cost:
+                best = brief
     if best is None:
-        n = len(c.names)
-        return FitResult(c.text, c.names, np.full(n, np.nan), np.full(n, np.nan), np.nan, False)
+        return FitResult(c.text, list(c.names), np.full(n_par, np.nan), np.full(n_par, np.nan), np.nan, False)
     values = to_params(best.x)
-    dof = max(2 * freq.size - len(values), 1)
     s2 = 2 * best.cost / dof
     try:
         cov = np.linalg.pinv(best.jac.T @ best.jac) * s2
         se_x = np.sqrt(np.clip(np.diag(cov), 0, None))
     except np.linalg.LinAlgError:
         se_x = np.full(len(values), np.nan)
-    stderr = np.where(is_alpha, se_x, values * se_x)
+    with np.errstate(all="ignore"):
+        stderr = np.where(is_alpha, se_x, values * se_x)
     n = 2 * freq.size
     aic = n * math.log(max(2 * best.cost, 1e-300) / n) + 2 * len(values)
-    return FitResult(c.text, c.names, values, stderr, float(s2), bool(best.success), float(aic))
+    return FitResult(c.text, list(c.names), values, stderr, float(s2), bool(best.success), float(aic))

@@ -14,7 +14,9 @@
   Randles with a Warburg R0-p(R1-W1,C1), and the papers' R_s + R_SEI + R_ct + Warburg
   R0-p(R1,C1)-p(R2-W1,C2). The headline R_s, R_ct, C_dl come from the circuit with the lowest
   Akaike criterion (n·ln(RSS/n) + 2p); circuits within 10 of the lowest count as equally good and
-  the one with the fewest parameters wins (an extra arc must earn its parameters).
+  the one with the fewest parameters wins (an extra arc must earn its parameters). A circuit tries
+  its generic starts only when the fit from the starts read off the spectrum has χ² above the Lin-KK
+  residual variance Σ Δ²/(2N − M − 3) (`good_fit_kk_ratio` = 1).
 """
 
 from __future__ import annotations
@@ -73,8 +75,10 @@ def lin_kk(freq: np.ndarray, z: np.ndarray, per_decade: float = 6.0, m_fixed: in
     m, mu, zfit = best
     res_re = (z.real - zfit.real) / wmod
     res_im = (z.imag - zfit.imag) / wmod
+    dof = max(2 * freq.size - (m + 3), 1)
     return {"m": m, "mu": float(mu), "residual_real": res_re, "residual_imag": res_im,
-            "max_residual": float(max(np.abs(res_re).max(), np.abs(res_im).max()))}
+            "max_residual": float(max(np.abs(res_re).max(), np.abs(res_im).max())),
+            "chi2": float((np.sum(res_re ** 2) + np.sum(res_im ** 2)) / dof)}
 
 
 def warburg_sigma(freq: np.ndarray, z: np.ndarray, window_deg: float = 7.0, min_points: int = 3) -> dict | None:
@@ -117,6 +121,7 @@ class EisSettings:
     circuits: tuple[tuple[str, dict[str, str]], ...] = DEFAULT_CIRCUITS
     kk_limit: float = 0.01
     aic_margin: float = 10.0  # circuits within this of the lowest AIC count as equal: the simplest wins
+    good_fit_kk_ratio: float = 1.0  # a circuit fit with χ² ≤ this × the Lin-KK residual variance tries no further starts
     ocv_slope: Callable[[], float | None] | None = field(default=None, repr=False)
 
 
@@ -141,7 +146,7 @@ def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings) -> 
         flags.append("no_warburg_region")
     fits, best = [], None
     for text, roles in settings.circuits:
-        fr = fit_circuit(text, freq, z)
+        fr = fit_circuit(text, freq, z, good_chi2=settings.good_fit_kk_ratio * kk["chi2"])
         d = fr.as_dict()
         d["roles"] = {k: d["parameters"].get(v) for k, v in roles.items()}
         d["role_stderr"] = {k: d["stderr"].get(v) for k, v in roles.items()}
