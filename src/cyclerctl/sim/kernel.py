@@ -13,6 +13,9 @@ The unknowns (I_j, phi) are found by Newton on an arrowhead Jacobian. `run` loop
 steps, records samples by the step's record rule, and locates end-condition crossings between
 steps by regula falsi, so a voltage cutoff is met to micro-volts.
 Everything here is SI. Positive current = desodiation of the working electrode (BDF charge).
+Compiled without numba's reference counting (`_nrt=False`) everywhere but `run`, the one function
+that allocates (the saved-state scratch): with it, every array handed to an inlined helper or a
+row view cost two atomic operations, about 40 % of the time of a step.
 """
 
 from __future__ import annotations
@@ -56,10 +59,11 @@ N_TR_MAT = 7
 R_END, R_STOP, R_FULL, R_DONE = 0, 1, 2, 3
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _interp(tab, x):
-    """Linear interpolation on the uniform grid [0, 1] (linear extrapolation outside): value, slope."""
-    g = tab.shape[0] - 1
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
+def _interp(tab, j, b, x):
+    """Linear interpolation of the table row tab[j, b] on the uniform grid [0, 1] (linear extrapolation
+    outside): value, slope. Indexed in place: a row view would cost two atomic reference counts."""
+    g = tab.shape[2] - 1
     y = x * g
     i = int(math.floor(y))
     if i < 0:
@@ -67,41 +71,41 @@ def _interp(tab, x):
     elif i > g - 1:
         i = g - 1
     fr = y - i
-    d = tab[i + 1] - tab[i]
-    return tab[i] + fr * d, d * g
+    d = tab[j, b, i + 1] - tab[j, b, i]
+    return tab[j, b, i] + fr * d, d * g
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def _ocv(utab, stab, j, x, hyst, has_hyst):
     """U_j(x), the slope of the interpolant (for Newton) and the analytic dU/dx (for truth and EIS),
     blending the sodiation (0) and desodiation (1) branches by the hysteresis state."""
     if has_hyst != 0.0 and hyst > 1.0 - 1e-12:  # on the desodiation branch
-        u1, k1 = _interp(utab[j, 1], x)
-        s1, _d = _interp(stab[j, 1], x)
+        u1, k1 = _interp(utab, j, 1, x)
+        s1, _d = _interp(stab, j, 1, x)
         return u1, k1, s1
-    u0, k0 = _interp(utab[j, 0], x)
-    s0, _d = _interp(stab[j, 0], x)
+    u0, k0 = _interp(utab, j, 0, x)
+    s0, _d = _interp(stab, j, 0, x)
     if has_hyst == 0.0 or hyst < -1.0 + 1e-12:
         return u0, k0, s0
     w = 0.5 * (1.0 + hyst)
-    u1, k1 = _interp(utab[j, 1], x)
-    s1, _d = _interp(stab[j, 1], x)
+    u1, k1 = _interp(utab, j, 1, x)
+    s1, _d = _interp(stab, j, 1, x)
     return w * u1 + (1.0 - w) * u0, w * k1 + (1.0 - w) * k0, w * s1 + (1.0 - w) * s0
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def _arr(ea, t, tref):
     return math.exp(-ea / R_GAS * (1.0 / t - 1.0 / tref))
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def _eta(i, i0a, f):
     """Butler-Volmer overpotential (alpha = 1/2) and its derivative d eta / d i."""
     z = i / (2.0 * i0a)
     return 2.0 / f * math.asinh(z), 1.0 / (f * i0a * math.sqrt(1.0 + z * z))
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def diffusivity(dtab, j, xbar):
     nd = dtab.shape[1] - 1
     k = int(round(xbar * nd))
@@ -112,9 +116,10 @@ def diffusivity(dtab, j, xbar):
     return dtab[j, k]
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, pj, gj, dj, qj):
-    """Per material: D, the free surface value p_j and the gain g_j of the step of length h."""
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
+def _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, w):
+    """Per material: D, the free surface value p_j and the gain g_j of the step of length h
+    (into w[4], w[2], w[3]; the capacity Q_j into w[7])."""
     m, n = a.shape
     t = st[T_CELL]
     tref = cp[TREF]
@@ -149,13 +154,13 @@ def _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, pj, gj, dj, qj)
             p += vs[j, k] * ex[j, k] * a[j, k]
         g = vs[j, 0] * vs[j, 0] * h + cache[j, 2]
         r = mp[j, RAD]
-        pj[j] = p
-        gj[j] = g / q + mp[j, GAP] * r / (3.0 * q * dd)
-        dj[j] = dd
-        qj[j] = q
+        w[2, j] = p
+        w[3, j] = g / q + mp[j, GAP] * r / (3.0 * q * dd)
+        w[4, j] = dd
+        w[7, j] = q
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def _sei_fraction(st, cp):
     if cp[SEI_MAX] <= 0.0:
         return cp[SEI_SLOW]
@@ -165,7 +170,7 @@ def _sei_fraction(st, cp):
     return cp[SEI_RATE] * rem + cp[SEI_SLOW]
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def _short_current(st, cp):
     if cp[SHORT_AFTER] > 0.0 and st[CYCLES] >= cp[SHORT_AFTER]:
         return st[V_LAST] / cp[R_SHORT]
@@ -173,7 +178,7 @@ def _short_current(st, cp):
 
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, i):
     """Residual U_j(x_s(I)) + eta_j(I) - phi and its slope (> 0) for material j at current I."""
     xs = p - g * i
@@ -182,7 +187,7 @@ def _mat_res(utab, stab, mp, mst, j, p, g, i0a, f, phi, i):
     return u + e - phi, -g * ku + de
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, _nrt=False, error_model="numpy")
 def _mat_current(utab, stab, mp, mst, j, p, g, i0a, f, phi, guess, scale):
     """The faradaic current of material j at electrode potential phi (the residual is monotone in I):
     expand a bracket from the guess, then Newton kept inside the bracket (bisection otherwise)."""
@@ -212,7 +217,7 @@ def _mat_current(utab, stab, mp, mst, j, p, g, i0a, f, phi, guess, scale):
     return i, d
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, _nrt=False, error_model="numpy")
 def _total(utab, stab, mp, mst, pj, gj, i0as, f, phi, ij, scale, cdh, phi_old):
     """Sum of faradaic currents and double-layer current at phi, and its slope."""
     s = cdh * (phi - phi_old)
@@ -225,7 +230,7 @@ def _total(utab, stab, mp, mst, pj, gj, i0as, f, phi, ij, scale, cdh, phi_old):
     return s, ds
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, _nrt=False, error_model="numpy")
 def _outer(utab, stab, mp, mst, pj, gj, i0as, f, phi_old, ij, scale, cdh, mode, target, eps, ish, rs,
            i0na, phi):
     """The cell-level residual at electrode potential phi (monotone increasing) and its slope."""
@@ -240,7 +245,7 @@ def _outer(utab, stab, mp, mst, pj, gj, i0as, f, phi_old, ij, scale, cdh, mode, 
     return phi + en + iext * rs - target, 1.0 + (den + rs) / (1.0 - e_s) * ds
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, _nrt=False, error_model="numpy")
 def _solve_bracketed(utab, stab, mp, mst, pj, gj, i0as, f, phi_old, ij, scale, cdh, mode, target,
                      eps, ish, rs, i0na):
     """Robust fallback: safeguarded Newton on phi with inner bracketed solves per material.
@@ -273,7 +278,7 @@ def _solve_bracketed(utab, stab, mp, mst, pj, gj, i0as, f, phi_old, ij, scale, c
     return phi
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx, cache, w):
     """Solve one step (not committed). mode 0: current target (A); mode 1: voltage target (V).
     h = 0 evaluates the instantaneous response (double layer holds phi). Returns V, I, phi;
@@ -288,9 +293,7 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
         cache[0, 9] = cp[I0NA] * _arr(cp[EA_NA], t, tref)
     rs = cache[0, 8]
     i0na = cache[0, 9]
-    pj = w[2]
-    gj = w[3]
-    _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, pj, gj, w[4], w[7])
+    _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, w)
     eps = _sei_fraction(st, cp)
     ish = _short_current(st, cp)
     phi_old = st[PHI]
@@ -309,18 +312,16 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
         en, _d = _eta(iext, i0na, f)
         for j in range(m):
             w[0, j] = mst[j, IJ]
-            xs = pj[j] - gj[j] * mst[j, IJ]
+            xs = w[2, j] - w[3, j] * mst[j, IJ]
             w[1, j] = xs
             u, _k, du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
             w[5, j] = u
             w[6, j] = du
         return phi_old + en + iext * rs, iext, phi_old
     cdh = cp[CDL] / h
-    ij = w[0]
-    i0as = w[11]
     for j in range(m):
-        ij[j] = mst[j, IJ]
-        i0as[j] = mp[j, I0] * mp[j, AS] * mst[j, PSI] * cache[j, 6]
+        w[0, j] = mst[j, IJ]
+        w[11, j] = mp[j, I0] * mp[j, AS] * mst[j, PSI] * cache[j, 6]
     phi = phi_old
     iext = st[I_LAST]
     newton_ok = False
@@ -330,11 +331,11 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
         rd = 0.0
         rmax = 0.0
         for j in range(m):
-            xs = pj[j] - gj[j] * ij[j]
+            xs = w[2, j] - w[3, j] * w[0, j]
             u, ku, du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
-            e, de = _eta(ij[j], i0as[j], f)
+            e, de = _eta(w[0, j], w[11, j], f)
             r = u + e - phi
-            d = -gj[j] * ku + de
+            d = -w[3, j] * ku + de
             w[1, j] = xs
             w[5, j] = u
             w[6, j] = du
@@ -342,7 +343,7 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
             w[9, j] = d
             inv_d += 1.0 / d
             rd += r / d
-            s_sum += ij[j]
+            s_sum += w[0, j]
             if abs(r) > rmax:
                 rmax = abs(r)
         if mode == 0:
@@ -367,7 +368,7 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
             dphi = -0.2
         phi += dphi
         for j in range(m):
-            ij[j] += (dphi - w[8, j]) / w[9, j]
+            w[0, j] += (dphi - w[8, j]) / w[9, j]
         # residuals below 1e-8 V before this Newton update leave ~1e-16 V after it (quadratic
         # convergence); the sum of currents is linear and holds exactly after any update
         if conv and rmax < 1e-8 and abs(dphi) < 1e-8:
@@ -376,6 +377,7 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
     w[10, 0] = _it
     w[10, 1] = rmax
     if not newton_ok:
+        pj, gj, ij, i0as = w[2], w[3], w[0], w[11]  # row views (the fallback only)
         for j in range(m):
             ij[j] = mst[j, IJ]
         scale = abs(target) if mode == 0 else abs(st[I_LAST])
@@ -393,7 +395,7 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
             w[6, j] = du
     s_sum = cdh * (phi - phi_old)
     for j in range(m):
-        s_sum += ij[j]
+        s_sum += w[0, j]
     if mode == 1:
         e_s = eps if s_sum < 0.0 else 0.0
         iext = s_sum / (1.0 - e_s) + ish
@@ -401,7 +403,7 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
     return phi + en + iext * rs, iext, phi
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def _fade(mp, j, n):
     """Active fraction left after n equivalent cycles of sodiation throughput."""
     lost = 0.0
@@ -411,7 +413,7 @@ def _fade(mp, j, n):
     return max((1.0 - mp[j, FADE_LIN] * n) * (1.0 - lost), 1e-6)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def commit(a, st, mst, mp, vs, cp, h, v, iext, phi, ex, fx, w):
     """Apply a solved step of length h > 0 to the state."""
     m, n = a.shape
@@ -461,7 +463,7 @@ def commit(a, st, mst, mp, vs, cp, h, v, iext, phi, ex, fx, w):
         st[T_CELL] = st[T_CH] + (st[T_CELL] - st[T_CH]) * math.exp(-h / cp[TAU_TH])
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, _nrt=False, error_model="numpy")
 def inventory(a, st, mst, mp):
     """Na held by the working electrode (C): in the particles, trapped in faded material, and in SEI."""
     tot = st[Q_TRAP] + st[Q_SEI]
@@ -470,7 +472,7 @@ def inventory(a, st, mst, mp):
     return tot
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, _nrt=False, error_model="numpy")
 def _write(out, row, a, st, mst, mp, cp, w, v, iext, phi, step_time):
     m = a.shape[0]
     t = st[T_CELL]
@@ -506,7 +508,7 @@ def _write(out, row, a, st, mst, mp, cp, w, v, iext, phi, step_time):
         out[row, c + TM_I] = w[0, j]
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def _quantity(code, ss, st, v, iext):
     if code == Q_STEP_TIME:
         return st[TIME] - ss[S_T0]
@@ -523,15 +525,15 @@ def _quantity(code, ss, st, v, iext):
     return ss[S_DVDT]
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def _target(mode, target, rate, ss, t):
     if rate != 0.0:
         return ss[S_SEG_V0] + rate * (t - ss[S_SEG_T0])
     return target
 
 
-@njit(cache=True, error_model="numpy")
-def _eval(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, tv, ilimit, ex, fx, cache, w):
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
+def _eval_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, tv, ilimit, ex, fx, cache, w):
     """Solve a step of length h (not committed) under a current or a voltage with current compliance."""
     md = 0 if mode == 0 else 1
     v, iext, phi = 0.0, 0.0, 0.0
@@ -545,17 +547,23 @@ def _eval(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, tv, ilimit, ex,
     return v, iext, phi
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, _nrt=False, error_model="numpy")
+def _eval(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, tv, ilimit, ex, fx, cache, w):
+    """`_eval_step` as one compiled copy: the instantaneous evaluations (h = 0) and callers outside."""
+    return _eval_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, tv, ilimit, ex, fx, cache, w)
+
+
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def _do_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, rate, ilimit, ss,
              ex, fx, cache, w):
     tv = _target(mode, target, rate, ss, st[TIME] + h)
-    v, iext, phi = _eval(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, tv, ilimit, ex, fx, cache, w)
+    v, iext, phi = _eval_step(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, tv, ilimit, ex, fx, cache, w)
     ss[S_CHARGE] += iext * h
     commit(a, st, mst, mp, vs, cp, h, v, iext, phi, ex, fx, w)
     return v, iext, phi
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def _copy(a_to, a_from, st_to, st_from, mst_to, mst_from, ss_to, ss_from):
     for j in range(a_to.shape[0]):
         for k in range(a_to.shape[1]):
@@ -573,11 +581,16 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
         rec_every, rec_dv, rec_di, e_code, e_op, e_val, e_win, out, ex, fx, cache, w):
     """Advance until an end fires (R_END), t_stop (R_STOP), out is full (R_FULL) or a temperature
     step has settled (R_DONE). Returns (samples written, end index or -1, reason)."""
+    return _run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, ilimit, t_stop,
+                rec_every, rec_dv, rec_di, e_code, e_op, e_val, e_win, out, ex, fx, cache, w,
+                np.empty_like(a), np.empty_like(st), np.empty_like(mst), np.empty_like(ss))
+
+
+@njit(cache=True, _nrt=False, error_model="numpy")
+def _run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, ilimit, t_stop,
+         rec_every, rec_dv, rec_di, e_code, e_op, e_val, e_win, out, ex, fx, cache, w, a0, st0, mst0, ss0):
+    """`run` on the saved-state scratch a0, st0, mst0, ss0 (no allocation, no reference counting)."""
     m, n_modes = a.shape
-    a0 = np.empty_like(a)
-    st0 = np.empty_like(st)
-    mst0 = np.empty_like(mst)
-    ss0 = np.empty_like(ss)
     n_out = 0
     n_ends = e_code.shape[0]
     if ss[S_FIRST] != 0.0:
@@ -761,7 +774,7 @@ def run(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, ss, mode, target, rate, il
         i_prev = iext
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def e_win_max(e_win):
     x = 0.0
     for i in range(e_win.shape[0]):
