@@ -15,7 +15,7 @@ steps by regula falsi, so a voltage cutoff is met to micro-volts.
 Everything here is SI. Positive current = desodiation of the working electrode (BDF charge).
 Compiled without numba's reference counting (`_nrt=False`) everywhere but `run`, the one function
 that allocates (the saved-state scratch): with it, every array handed to an inlined helper or a
-row view cost two atomic operations, about 40 % of the time of a step.
+row view cost two atomic operations, about a third of the time of a step.
 """
 
 from __future__ import annotations
@@ -94,15 +94,45 @@ def _ocv(utab, stab, j, x, hyst, has_hyst):
 
 
 @njit(cache=True, _nrt=False, error_model="numpy", inline="always")
+def _ocv_u(utab, j, x, hyst, has_hyst):
+    """U_j(x) and the slope of the interpolant (what Newton needs): the U part of `_ocv`."""
+    if has_hyst != 0.0 and hyst > 1.0 - 1e-12:
+        return _interp(utab, j, 1, x)
+    u0, k0 = _interp(utab, j, 0, x)
+    if has_hyst == 0.0 or hyst < -1.0 + 1e-12:
+        return u0, k0
+    w = 0.5 * (1.0 + hyst)
+    u1, k1 = _interp(utab, j, 1, x)
+    return w * u1 + (1.0 - w) * u0, w * k1 + (1.0 - w) * k0
+
+
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
+def _ocv_s(stab, j, x, hyst, has_hyst):
+    """The analytic dU/dx of `_ocv` alone (for truth and EIS, once per step)."""
+    if has_hyst != 0.0 and hyst > 1.0 - 1e-12:
+        return _interp(stab, j, 1, x)[0]
+    s0, _d = _interp(stab, j, 0, x)
+    if has_hyst == 0.0 or hyst < -1.0 + 1e-12:
+        return s0
+    w = 0.5 * (1.0 + hyst)
+    s1, _d = _interp(stab, j, 1, x)
+    return w * s1 + (1.0 - w) * s0
+
+
+@njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def _arr(ea, t, tref):
     return math.exp(-ea / R_GAS * (1.0 / t - 1.0 / tref))
 
 
 @njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def _eta(i, i0a, f):
-    """Butler-Volmer overpotential (alpha = 1/2) and its derivative d eta / d i."""
+    """Butler-Volmer overpotential (alpha = 1/2) and its derivative d eta / d i. asinh(z) as
+    log(|z| + sqrt(1 + z^2)), sharing the root with the derivative: a third of the cost of the
+    library asinh (log1p), and within ~1e-16 of it in absolute terms (~1e-17 V in eta)."""
     z = i / (2.0 * i0a)
-    return 2.0 / f * math.asinh(z), 1.0 / (f * i0a * math.sqrt(1.0 + z * z))
+    s = math.sqrt(1.0 + z * z)
+    a = math.log(abs(z) + s)
+    return 2.0 / f * (a if z >= 0.0 else -a), 1.0 / (f * i0a * s)
 
 
 @njit(cache=True, _nrt=False, error_model="numpy", inline="always")
@@ -332,13 +362,12 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
         rmax = 0.0
         for j in range(m):
             xs = w[2, j] - w[3, j] * w[0, j]
-            u, ku, du = _ocv(utab, stab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
+            u, ku = _ocv_u(utab, j, xs, mst[j, HYST], mp[j, HAS_HYST])
             e, de = _eta(w[0, j], w[11, j], f)
             r = u + e - phi
             d = -w[3, j] * ku + de
             w[1, j] = xs
             w[5, j] = u
-            w[6, j] = du
             w[8, j] = r
             w[9, j] = d
             inv_d += 1.0 / d
@@ -376,7 +405,10 @@ def solve(a, st, mst, mp, mu, vs, utab, stab, dtab, cp, h, mode, target, ex, fx,
             break
     w[10, 0] = _it
     w[10, 1] = rmax
-    if not newton_ok:
+    if newton_ok:
+        for j in range(m):  # dU/dx where U was last evaluated
+            w[6, j] = _ocv_s(stab, j, w[1, j], mst[j, HYST], mp[j, HAS_HYST])
+    else:
         pj, gj, ij, i0as = w[2], w[3], w[0], w[11]  # row views (the fallback only)
         for j in range(m):
             ij[j] = mst[j, IJ]
