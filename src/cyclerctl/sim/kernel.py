@@ -171,7 +171,8 @@ def _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, w):
             kact = 1
             for k in range(1, n):
                 lam = dd * mu[j, k]
-                e = math.exp(lam * h)
+                # below -746 exp is exactly 0 (and the library's underflow path is slow)
+                e = math.exp(lam * h) if lam * h > -746.0 else 0.0
                 ex[j, k] = e
                 fx[j, k] = (e - 1.0) / lam
                 gs += vs[j, k] * vs[j, k] * fx[j, k]
