@@ -7,6 +7,7 @@ half cycles computed by the compiled stepper.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -23,13 +24,18 @@ class HalfCycle:
     capacity: np.ndarray  # C passed so far, per sample
 
 
+@lru_cache(maxsize=64)
+def _ends(op: str, cutoff: float) -> tuple[End, End]:
+    return End("voltage", op, cutoff), End("step_time", ">=", 400 * 3600.0)
+
+
 def half_cycle(model: CellModel, current: float, cutoff: float, every: float | None = 10.0,
                voltage_change: float | None = None, keep: bool = False) -> HalfCycle:
     """Hold `current` (A; < 0 sodiation) until the voltage reaches `cutoff` (V)."""
     op = "<=" if current < 0 else ">="
     ss = model.new_step()
     t0 = model.time
-    ends = (End("voltage", op, cutoff), End("step_time", ">=", 400 * 3600.0))
+    ends = _ends(op, float(cutoff))
     n = 0
     volts, caps = [], []
     while True:

@@ -160,7 +160,7 @@ class CellModel:
         self.fx = np.zeros((nm, n))
         self.cache = np.full((nm, 10), np.nan)  # decay factors and Arrhenius factors, keyed on D, h, T
         self._out: np.ndarray | None = None  # kernel output buffer, reused
-        self._ends: tuple | None = None  # (ends, their arrays for the kernel) of the last call
+        self._ends: dict[tuple[End, ...], tuple[np.ndarray, ...]] = {}
         self.w = np.zeros((12, max(nm, 2)))  # solver workspace
 
     @property
@@ -232,15 +232,7 @@ class CellModel:
         ss's segment start at `rate` V/s) until an end fires, t_stop, or max_samples are recorded."""
         if rate:
             ss[K.S_SEG_V0] = target  # a sweep starts its segment at `target` at ss's segment time
-        cached = self._ends
-        if cached is not None and cached[0] is ends:  # the same step again (one call per block)
-            e_code, e_op, e_val, e_win = cached[1]
-        else:
-            e_code = np.array([END_CODES[e.quantity] for e in ends], dtype=np.int64)
-            e_op = np.array([1 if e.op == ">=" else -1 for e in ends], dtype=np.int64)
-            e_val = np.array([e.value for e in ends], dtype=np.float64)
-            e_win = np.array([e.window for e in ends], dtype=np.float64)
-            self._ends = (ends, (e_code, e_op, e_val, e_win))
+        e_code, e_op, e_val, e_win = self._end_arrays(ends)
         rows = max(2, max_samples)
         if self._out is None or self._out.shape[0] < rows:
             self._out = np.empty((rows, self.n_columns))
@@ -251,6 +243,19 @@ class CellModel:
                                float(voltage_change or 0.0), float(current_change or 0.0),
                                e_code, e_op, e_val, e_win, out, self.ex, self.fx, self.cache, self.w)
         return RunResult(out[:n].copy(), None if end < 0 else int(end), int(reason))
+
+    def _end_arrays(self, ends: tuple[End, ...]) -> tuple[np.ndarray, ...]:
+        """The ends as the kernel's arrays (code, op, value, window), kept for the ends seen last."""
+        arrs = self._ends.get(ends)
+        if arrs is None:
+            arrs = (np.array([END_CODES[e.quantity] for e in ends], dtype=np.int64),
+                    np.array([1 if e.op == ">=" else -1 for e in ends], dtype=np.int64),
+                    np.array([e.value for e in ends], dtype=np.float64),
+                    np.array([e.window for e in ends], dtype=np.float64))
+            if len(self._ends) >= 64:
+                self._ends.clear()
+            self._ends[ends] = arrs
+        return arrs
 
     def advance(self, mode: int, target: float, dt: float, ss: np.ndarray | None = None) -> np.ndarray:
         """Advance dt seconds without recording (plant use). Returns the step state for continuing."""
