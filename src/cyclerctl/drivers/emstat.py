@@ -287,6 +287,8 @@ class EmStatChannel:
                 if line == "":
                     running = False
                     break
+                if line.startswith("Z"):
+                    continue  # a late reply to a recovery's abort ("Z!0006": nothing was running)
                 code = is_error(line)
                 if code == "0008":  # busy: an earlier script still runs
                     raise InstrumentError("the instrument is busy with another script", self.port.url, "e",

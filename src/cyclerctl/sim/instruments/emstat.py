@@ -110,6 +110,7 @@ class SimEmStat:
         self._upload: list[str] | None = None
         self._run: threading.Thread | None = None
         self._abort = threading.Event()
+        self._done = threading.Event()  # the running script has sent its last line: ready for the next
         self.scripts: list[list[str]] = []  # every script received, for tests
         self.packets = 0
         self.t0 = clock.now()
@@ -129,7 +130,7 @@ class SimEmStat:
         if line == "":
             return
         c = line[0]
-        running = self._run is not None and self._run.is_alive()
+        running = self._run is not None and self._run.is_alive() and not self._done.is_set()
         if c == "Z":
             if running:
                 link.write(b"Z\n")
@@ -155,6 +156,7 @@ class SimEmStat:
     def _start(self, script: list[str], link: Link) -> None:
         self.scripts.append(script)
         self._abort.clear()
+        self._done.clear()
         link.write(b"e\n")
         try:
             body, finished = parse_script(script)
@@ -211,6 +213,7 @@ class _Runner:
                 self.exec(self.finished, abortable=False)
             except ScriptError:
                 pass
+            self.dev._done.set()  # as on the device: once the end is sent, the next command is taken
             self.write("\n")
 
     # ---- values ----------------------------------------------------------------------------------
