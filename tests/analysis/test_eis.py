@@ -89,7 +89,11 @@ def test_noisy_spectrum_gives_rct_cdl_within_2_percent_and_d_from_sigma_within_5
         assert out["charge_transfer_resistance_ohm"] == pytest.approx(60.0, rel=0.02)
         assert out["double_layer_capacitance_farad"] == pytest.approx(20e-6, rel=0.02)
         assert out["series_resistance_ohm"] == pytest.approx(5.0, rel=0.02)
-        assert out["diffusion_coefficient_cm2_s"] == pytest.approx(D * 1e4, rel=0.05)
+        assert out["diffusion_coefficient_cm2_s"] == pytest.approx(D * 1e4, rel=0.05, abs=0)
+        assert out["diffusion_coefficient_graphical_cm2_s"] == pytest.approx(D * 1e4, rel=0.05, abs=0)
+        sigma = abs(SLOPE / Q_TH) * TAU / 3 / np.sqrt(2 * TAU)  # A/√(2τ)
+        assert out["warburg_coefficient_ohm_s_half"] == pytest.approx(sigma, rel=0.02, abs=0)
+        assert out["diffusion_coefficient_stderr_cm2_s"] > 0
         assert out["charge_transfer_resistance_stderr_ohm"] > 0
 
 

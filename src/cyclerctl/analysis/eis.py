@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .base import KELVIN_OFFSET, Event, MetricRow, column
-from .circuits import fit_circuit
+from .circuits import fit_circuit, warburg_coefficient
 
 M2_TO_CM2 = 1e4
+# flags that describe how σ was obtained; they do not make a row invalid
+INFORMATIVE = frozenset({"no_warburg_region", "warburg_graphical_only", "warburg_graphical_disagrees"})
 
 # (circuit, roles of its parameters)
 DEFAULT_CIRCUITS: tuple[tuple[str, dict[str, str]], ...] = (
@@ -121,6 +123,7 @@ class EisSettings:
     circuits: tuple[tuple[str, dict[str, str]], ...] = DEFAULT_CIRCUITS
     kk_limit: float = 0.01
     aic_margin: float = 10.0  # circuits within this of the lowest AIC count as equal: the simplest wins
+    warburg_disagreement: float = 0.10  # |σ_graphical/σ_fit − 1| above this flags "warburg_graphical_disagrees"
     good_fit_kk_ratio: float = 1.0  # a circuit fit with χ² ≤ this × the Lin-KK residual variance tries no further starts
     ocv_slope: Callable[[], float | None] | None = field(default=None, repr=False)
 
@@ -134,14 +137,13 @@ def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings) -> 
                  "linkk_residual_real": kk["residual_real"], "linkk_residual_imag": kk["residual_imag"]}
     sig = warburg_sigma(freq, z)
     out["warburg_window"] = sig
-    out["warburg_coefficient_ohm_s_half"] = sig["sigma_ohm_s_half"] if sig else None
+    sigma_graph = sig["sigma_ohm_s_half"] if sig else None
+    out["warburg_coefficient_graphical_ohm_s_half"] = sigma_graph
     slope = settings.ocv_slope_per_coulomb
     if slope is None and settings.ocv_slope is not None:
         slope = settings.ocv_slope()
     out["ocv_slope_volt_per_coulomb"] = slope
     r = settings.particle_radius
-    out["diffusion_coefficient_cm2_s"] = (diffusion_from_sigma(sig["sigma_ohm_s_half"], slope, r) * M2_TO_CM2
-                                          if sig and slope and r else None)
     if not sig:
         flags.append("no_warburg_region")
     fits, best = [], None
@@ -151,6 +153,9 @@ def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings) -> 
         d["roles"] = {k: d["parameters"].get(v) for k, v in roles.items()}
         d["role_stderr"] = {k: d["stderr"].get(v) for k, v in roles.items()}
         d["n_parameters"] = len(fr.names)
+        wc = warburg_coefficient(fr)
+        d["warburg_coefficient_ohm_s_half"], d["warburg_coefficient_stderr_ohm_s_half"], d["warburg_element"] = (
+            wc if wc else (None, None, None))
         fits.append(d)
     ok = [f for f in fits if f["aic"] is not None and np.isfinite(f["aic"])]
     if ok:
@@ -158,6 +163,21 @@ def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings) -> 
         near = [f for f in ok if f["aic"] <= a_min + settings.aic_margin]  # no strong evidence between these
         best = min(near, key=lambda f: (f["n_parameters"], f["aic"]))
     out["fits"] = fits
+    sigma, sigma_se = (best["warburg_coefficient_ohm_s_half"], best["warburg_coefficient_stderr_ohm_s_half"]
+                       ) if best is not None else (None, None)
+    if sigma is None:  # no diffusion element in the best circuit: the graphical slope stands in
+        sigma, sigma_se = sigma_graph, None
+        if sigma_graph is not None:
+            flags.append("warburg_graphical_only")
+    elif sigma_graph is not None and abs(sigma_graph / sigma - 1) > settings.warburg_disagreement:
+        flags.append("warburg_graphical_disagrees")
+    out["warburg_coefficient_ohm_s_half"] = sigma
+    out["warburg_coefficient_stderr_ohm_s_half"] = sigma_se
+    dd = diffusion_from_sigma(sigma, slope, r) * M2_TO_CM2 if sigma and slope and r else None
+    out["diffusion_coefficient_cm2_s"] = dd
+    out["diffusion_coefficient_stderr_cm2_s"] = 2 * dd * sigma_se / sigma if dd and sigma_se is not None else None
+    out["diffusion_coefficient_graphical_cm2_s"] = (diffusion_from_sigma(sigma_graph, slope, r) * M2_TO_CM2
+                                                    if sigma_graph and slope and r else None)
     if best is not None:
         out["best_circuit"] = best["circuit"]
         for key in ("series_resistance_ohm", "charge_transfer_resistance_ohm", "double_layer_capacitance_farad"):
@@ -167,7 +187,7 @@ def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings) -> 
         out["diffusion_time_second"] = tau
         out["diffusion_coefficient_fit_cm2_s"] = r * r / tau * M2_TO_CM2 if (tau and r) else None
     out["flags"] = flags
-    out["valid"] = not flags
+    out["valid"] = not set(flags) - INFORMATIVE and sigma is not None
     return out
 
 
