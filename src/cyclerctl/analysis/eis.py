@@ -4,10 +4,16 @@
   Σ_k R_k/(1 + jωτ_k), τ_k log-spaced over 1/ω_max..1/ω_min, fitted by linear least squares weighted
   by 1/|Z|, with 6 elements per decade (μ = 1 − Σ_{R_k<0}|R_k| / Σ_{R_k≥0}|R_k| reported). Residuals Δ = (Z − Ẑ)/|Z|;
   a spectrum with max |Δ| above `kk_limit` (1 %) is flagged "kk_invalid" (drift, nonlinearity, noise).
-- Warburg σ: slope of Z' against ω^-½ over the 45° region below the charge-transfer arc
-  (consecutive points whose Nyquist slope is 45° ± `window_deg`, at f < f_apex/5).
+- Warburg σ: from the diffusion element of the best circuit, the coefficient of its high-frequency
+  limit σ(1 − j)ω^-½ (Sph A/√(2τ), Wo/Ws Z₀/√(2τ), W σ; circuits.warburg_coefficient), with its
+  standard error from the fit covariance. The graphical σ (slope of Z' against ω^-½ over the 45°
+  region below the arc: consecutive points whose Nyquist slope is 45° ± `window_deg`, at
+  f < f_apex/5) is its own column; flagged "warburg_graphical_disagrees" beyond
+  `warburg_disagreement` (10 %), and used (flag "warburg_graphical_only") when the best circuit has no
+  diffusion element.
 - D from σ (Ho, Raistrick, Huggins, with capacity): D = ((−dU/dQ)·R_p / (3√2·σ))², dU/dQ the OCV
-  slope per coulomb (= (dU/dx)/Q_th). Use the same dU/dQ as GITT, or the two disagree by construction.
+  slope per coulomb of the active capacity (= (dU/dx)/Q). Use the same dU/dQ as GITT, or the two
+  disagree by construction.
 - Circuit fits (circuits.py): the coin half cell R0-p(R1,C1)-p(R2-Sph1,C2) (Na counter-electrode arc,
   then the working electrode with spherical diffusion), Randles with spherical diffusion
   R0-p(R1-Sph1,C1) (D = R_p²/τ),
