@@ -5,7 +5,7 @@ import pytest
 
 from cyclerctl.analysis.arrhenius import activation_energy
 from cyclerctl.analysis.base import GAS_CONSTANT, Event
-from cyclerctl.analysis.circuits import fit_circuit, parse_circuit
+from cyclerctl.analysis.circuits import fit_circuit, parse_circuit, warburg_coefficient
 from cyclerctl.analysis.eis import EisOperator, EisSettings, analyze_spectrum, lin_kk
 from cyclerctl.analysis.live import operators_for
 from cyclerctl.analysis.synthetic import arrhenius_rct, randles_sphere_impedance
@@ -89,7 +89,11 @@ def test_noisy_spectrum_gives_rct_cdl_within_2_percent_and_d_from_sigma_within_5
         assert out["charge_transfer_resistance_ohm"] == pytest.approx(60.0, rel=0.02)
         assert out["double_layer_capacitance_farad"] == pytest.approx(20e-6, rel=0.02)
         assert out["series_resistance_ohm"] == pytest.approx(5.0, rel=0.02)
-        assert out["diffusion_coefficient_cm2_s"] == pytest.approx(D * 1e4, rel=0.05)
+        assert out["diffusion_coefficient_cm2_s"] == pytest.approx(D * 1e4, rel=0.05, abs=0)
+        assert out["diffusion_coefficient_graphical_cm2_s"] == pytest.approx(D * 1e4, rel=0.05, abs=0)
+        sigma = abs(SLOPE / Q_TH) * TAU / 3 / np.sqrt(2 * TAU)  # A/√(2τ)
+        assert out["warburg_coefficient_ohm_s_half"] == pytest.approx(sigma, rel=0.02, abs=0)
+        assert out["diffusion_coefficient_stderr_cm2_s"] > 0
         assert out["charge_transfer_resistance_stderr_ohm"] > 0
 
 
@@ -148,3 +152,40 @@ def test_eis_operator_ignores_other_steps():
     assert op.feed_samples({"test_time_second": np.arange(3.0), "voltage_volt": np.ones(3),
                             "current_ampere": np.ones(3)}) == []
     assert op.feed_event(Event("run_end", 3.0, 1, 1, 3, {})) == []
+
+
+@pytest.mark.parametrize("circuit, values", [("R0-W1", [5.0, 6.0]), ("R0-Wo1", [5.0, 400.0, 2000.0]),
+                                             ("R0-Ws1", [5.0, 400.0, 2000.0]), ("R0-Sph1", [5.0, 400.0, 2000.0])])
+def test_warburg_coefficient_of_each_element_is_its_high_frequency_slope(circuit, values):
+    c = parse_circuit(circuit)
+    w = np.logspace(4, 6, 9) / 2000.0  # ωτ = 10⁴..10⁶
+    z = c.impedance(values, w / (2 * np.pi))
+    slope = np.polyfit(1 / np.sqrt(w), z.real, 1)[0]
+    fit = fit_circuit(c, w / (2 * np.pi), z, guess=values)
+    sigma, se, element = warburg_coefficient(fit)
+    assert element == c.names[1].split("_")[0]
+    assert sigma == pytest.approx(slope, rel=2e-2, abs=0)
+    assert np.isfinite(se) and se >= 0
+
+
+def test_warburg_sigma_error_follows_the_fit_covariance_and_no_diffusion_element_falls_back_to_graphical():
+    out = analyze_spectrum(FREQ, spectrum(noise=0.002, seed=1),
+                           EisSettings(particle_radius=RP, ocv_slope_per_coulomb=SLOPE / Q_TH))
+    best = next(f for f in out["fits"] if f["circuit"] == out["best_circuit"])
+    a, tau = best["parameters"]["Sph1_A"], best["parameters"]["Sph1_tau"]
+    assert out["warburg_coefficient_ohm_s_half"] == pytest.approx(a / np.sqrt(2 * tau), rel=1e-12)
+    # the independent-errors bound is wider than the covariance error (A and τ correlate positively)
+    bound = np.hypot(best["stderr"]["Sph1_A"] / a, 0.5 * best["stderr"]["Sph1_tau"] / tau)
+    assert 0 < out["warburg_coefficient_stderr_ohm_s_half"] / out["warburg_coefficient_ohm_s_half"] < bound
+    tight = analyze_spectrum(FREQ, spectrum(noise=0.002, seed=1),
+                             EisSettings(particle_radius=RP, ocv_slope_per_coulomb=SLOPE / Q_TH,
+                                         warburg_disagreement=1e-4))
+    assert "warburg_graphical_disagrees" in tight["flags"] and tight["valid"]
+    assert "warburg_graphical_disagrees" not in out["flags"]
+    arc_only = analyze_spectrum(FREQ, spectrum(), EisSettings(
+        particle_radius=RP, ocv_slope_per_coulomb=SLOPE / Q_TH,
+        circuits=(("R0-p(R1,C1)", {"series_resistance_ohm": "R0", "charge_transfer_resistance_ohm": "R1"}),)))
+    assert "warburg_graphical_only" in arc_only["flags"]
+    assert arc_only["warburg_coefficient_ohm_s_half"] == arc_only["warburg_coefficient_graphical_ohm_s_half"]
+    assert arc_only["warburg_coefficient_stderr_ohm_s_half"] is None
+    assert arc_only["diffusion_coefficient_cm2_s"] == arc_only["diffusion_coefficient_graphical_cm2_s"]

@@ -36,16 +36,28 @@ def material(p):
 
 
 def test_eis_recovers_the_true_diffusion_time_and_warburg_d(plant):
+    """D from σ needs the OCV slope per coulomb of the material that is still active: after the
+    formation sodiation the fade has left ψ·Q_th (ψ ≈ 0.947), and dU/dx over Q_th would read D as
+    ψ² ≈ 0.90 × truth whichever σ is used."""
     p, _ = plant
     m, q_th = material(p)
     tr = p.truth()
+    q_active = p.model.parts()["materials"][0]["capacity"]
+    assert q_active < 0.99 * q_th  # the fade this test is about
     out = analyze_spectrum(FREQ, p.impedance(FREQ),
-                           EisSettings(particle_radius=m.particle_radius, ocv_slope_per_coulomb=tr["ocv_slope"] / q_th))
+                           EisSettings(particle_radius=m.particle_radius, ocv_slope_per_coulomb=tr["ocv_slope"] / q_active))
     assert out["best_circuit"] == "R0-p(R1,C1)-p(R2-Sph1,C2)"
     assert out["linkk_max_residual"] < 0.005
     tau_true = m.particle_radius**2 / tr["diffusion_coefficient"]
     assert out["diffusion_time_second"] == pytest.approx(tau_true, rel=0.02)
-    assert out["diffusion_coefficient_cm2_s"] == pytest.approx(tr["diffusion_coefficient"] * 1e4, rel=0.05)
+    d_true = tr["diffusion_coefficient"] * 1e4
+    assert out["diffusion_coefficient_cm2_s"] == pytest.approx(d_true, rel=0.05, abs=0)
+    assert out["diffusion_coefficient_fit_cm2_s"] == pytest.approx(d_true, rel=0.05, abs=0)
+    assert out["diffusion_coefficient_graphical_cm2_s"] == pytest.approx(d_true, rel=0.05, abs=0)
+    assert 0 < out["diffusion_coefficient_stderr_cm2_s"] < 0.01 * d_true
+    sigma_true = abs(tr["ocv_slope"] / q_active) * tau_true / 3 / np.sqrt(2 * tau_true)  # A/√(2τ), A = (dU/dQ)·τ/3
+    assert out["warburg_coefficient_ohm_s_half"] == pytest.approx(sigma_true, rel=0.02, abs=0)
+    assert "warburg_graphical_disagrees" not in out["flags"] and out["valid"]
     assert out["series_resistance_ohm"] == pytest.approx(p.preset.series_resistance, rel=0.02)
 
 

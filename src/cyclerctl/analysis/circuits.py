@@ -223,6 +223,7 @@ class FitResult:
     chi2: float  # Σ of squared modulus-weighted residuals / (2N − p)
     success: bool
     aic: float = math.nan  # Akaike: n·ln(RSS/n) + 2p, n = 2N; compares circuits of different size
+    covariance: np.ndarray | None = None  # of the fitted variables (log p; α itself), residual-variance scaled
 
     def as_dict(self) -> dict:
         return {"circuit": self.circuit, "parameters": dict(zip(self.names, self.values.tolist(), strict=True)),
@@ -231,6 +232,41 @@ class FitResult:
 
 
 DIFFUSION = ("W", "Wo", "Ws", "Sph")
+_DIFFUSION_NAME = re.compile(r"^(Sph|Wo|Ws|W)(\d*)_(A|Z0|sigma)$")
+
+
+def warburg_coefficient(fit: FitResult) -> tuple[float, float, str] | None:
+    """Warburg coefficient σ (Ω s^-½), its standard error and the element it comes from, from the
+    first finite- or semi-infinite-diffusion element of a fit; None if the circuit has none.
+
+    σ is the coefficient of the high-frequency limit Z → σ(1 − j)ω^-½ (ωτ ≫ 1), with
+    1/√(jωτ) = (1 − j)/√(2ωτ):
+      W    Z = σ(1 − j)/√ω                      σ itself
+      Wo   Z = Z₀ coth√s/√s → Z₀/√s (coth → 1)   σ = Z₀/√(2τ)
+      Ws   Z = Z₀ tanh√s/√s → Z₀/√s (tanh → 1)   σ = Z₀/√(2τ)
+      Sph  Z = A tanh√s/(√s − tanh√s) → A/√s     σ = A/√(2τ)   (s = jωτ)
+    The corrections are O(1/s) (Sph: +A/s, purely capacitive) and exponentially small (Wo, Ws).
+    Standard error: ln σ = ln A − ½ ln τ − ½ ln 2 is linear in the fitted log parameters, so
+    var(ln σ) = var(ln A) + ¼ var(ln τ) − cov(ln A, ln τ), from the fit covariance."""
+    for k, name in enumerate(fit.names):
+        hit = _DIFFUSION_NAME.match(name)
+        if hit is None or not np.isfinite(fit.values[k]):
+            continue
+        kind, num, _ = hit.groups()
+        label = kind + num
+        cov = fit.covariance
+        if kind == "W":
+            var = cov[k, k] if cov is not None else (fit.stderr[k] / fit.values[k]) ** 2
+            sigma = float(fit.values[k])
+        else:
+            t = fit.names.index(f"{label}_tau")
+            sigma = float(fit.values[k] / math.sqrt(2.0 * fit.values[t]))
+            if cov is not None:
+                var = cov[k, k] + 0.25 * cov[t, t] - cov[k, t]
+            else:  # no covariance: independent errors (an upper bound when A and τ correlate positively)
+                var = (fit.stderr[k] / fit.values[k]) ** 2 + 0.25 * (fit.stderr[t] / fit.values[t]) ** 2
+        return sigma, float(sigma * math.sqrt(max(float(var), 0.0))), label
+    return None
 BRIEF_READ_OFF = 5  # evaluations per parameter for each start read off the spectrum, before the best is converged
 BRIEF_GENERIC = 15  # the same for each generic start
 
@@ -511,9 +547,9 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
         cov = np.linalg.pinv(best.jac.T @ best.jac) * s2
         se_x = np.sqrt(np.clip(np.diag(cov), 0, None))
     except np.linalg.LinAlgError:
-        se_x = np.full(len(values), np.nan)
+        cov, se_x = None, np.full(len(values), np.nan)
     with np.errstate(all="ignore"):
         stderr = np.where(is_alpha, se_x, values * se_x)
     n = 2 * freq.size
     aic = n * math.log(max(2 * best.cost, 1e-300) / n) + 2 * len(values)
-    return FitResult(c.text, list(c.names), values, stderr, float(s2), bool(best.success), float(aic))
+    return FitResult(c.text, list(c.names), values, stderr, float(s2), bool(best.success), float(aic), cov)

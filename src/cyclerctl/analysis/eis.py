@@ -4,10 +4,16 @@
   Σ_k R_k/(1 + jωτ_k), τ_k log-spaced over 1/ω_max..1/ω_min, fitted by linear least squares weighted
   by 1/|Z|, with 6 elements per decade (μ = 1 − Σ_{R_k<0}|R_k| / Σ_{R_k≥0}|R_k| reported). Residuals Δ = (Z − Ẑ)/|Z|;
   a spectrum with max |Δ| above `kk_limit` (1 %) is flagged "kk_invalid" (drift, nonlinearity, noise).
-- Warburg σ: slope of Z' against ω^-½ over the 45° region below the charge-transfer arc
-  (consecutive points whose Nyquist slope is 45° ± `window_deg`, at f < f_apex/5).
+- Warburg σ: from the diffusion element of the best circuit, the coefficient of its high-frequency
+  limit σ(1 − j)ω^-½ (Sph A/√(2τ), Wo/Ws Z₀/√(2τ), W σ; circuits.warburg_coefficient), with its
+  standard error from the fit covariance. The graphical σ (slope of Z' against ω^-½ over the 45°
+  region below the arc: consecutive points whose Nyquist slope is 45° ± `window_deg`, at
+  f < f_apex/5) is its own column; flagged "warburg_graphical_disagrees" beyond
+  `warburg_disagreement` (10 %), and used (flag "warburg_graphical_only") when the best circuit has no
+  diffusion element.
 - D from σ (Ho, Raistrick, Huggins, with capacity): D = ((−dU/dQ)·R_p / (3√2·σ))², dU/dQ the OCV
-  slope per coulomb (= (dU/dx)/Q_th). Use the same dU/dQ as GITT, or the two disagree by construction.
+  slope per coulomb of the active capacity (= (dU/dx)/Q). Use the same dU/dQ as GITT, or the two
+  disagree by construction.
 - Circuit fits (circuits.py): the coin half cell R0-p(R1,C1)-p(R2-Sph1,C2) (Na counter-electrode arc,
   then the working electrode with spherical diffusion), Randles with spherical diffusion
   R0-p(R1-Sph1,C1) (D = R_p²/τ),
@@ -28,9 +34,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .base import KELVIN_OFFSET, Event, MetricRow, column
-from .circuits import fit_circuit
+from .circuits import fit_circuit, warburg_coefficient
 
 M2_TO_CM2 = 1e4
+# flags that describe how σ was obtained; they do not make a row invalid
+INFORMATIVE = frozenset({"no_warburg_region", "warburg_graphical_only", "warburg_graphical_disagrees"})
 
 # (circuit, roles of its parameters)
 DEFAULT_CIRCUITS: tuple[tuple[str, dict[str, str]], ...] = (
@@ -121,6 +129,7 @@ class EisSettings:
     circuits: tuple[tuple[str, dict[str, str]], ...] = DEFAULT_CIRCUITS
     kk_limit: float = 0.01
     aic_margin: float = 10.0  # circuits within this of the lowest AIC count as equal: the simplest wins
+    warburg_disagreement: float = 0.10  # |σ_graphical/σ_fit − 1| above this flags "warburg_graphical_disagrees"
     good_fit_kk_ratio: float = 1.0  # a circuit fit with χ² ≤ this × the Lin-KK residual variance tries no further starts
     ocv_slope: Callable[[], float | None] | None = field(default=None, repr=False)
 
@@ -134,14 +143,13 @@ def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings) -> 
                  "linkk_residual_real": kk["residual_real"], "linkk_residual_imag": kk["residual_imag"]}
     sig = warburg_sigma(freq, z)
     out["warburg_window"] = sig
-    out["warburg_coefficient_ohm_s_half"] = sig["sigma_ohm_s_half"] if sig else None
+    sigma_graph = sig["sigma_ohm_s_half"] if sig else None
+    out["warburg_coefficient_graphical_ohm_s_half"] = sigma_graph
     slope = settings.ocv_slope_per_coulomb
     if slope is None and settings.ocv_slope is not None:
         slope = settings.ocv_slope()
     out["ocv_slope_volt_per_coulomb"] = slope
     r = settings.particle_radius
-    out["diffusion_coefficient_cm2_s"] = (diffusion_from_sigma(sig["sigma_ohm_s_half"], slope, r) * M2_TO_CM2
-                                          if sig and slope and r else None)
     if not sig:
         flags.append("no_warburg_region")
     fits, best = [], None
@@ -151,6 +159,9 @@ def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings) -> 
         d["roles"] = {k: d["parameters"].get(v) for k, v in roles.items()}
         d["role_stderr"] = {k: d["stderr"].get(v) for k, v in roles.items()}
         d["n_parameters"] = len(fr.names)
+        wc = warburg_coefficient(fr)
+        d["warburg_coefficient_ohm_s_half"], d["warburg_coefficient_stderr_ohm_s_half"], d["warburg_element"] = (
+            wc if wc else (None, None, None))
         fits.append(d)
     ok = [f for f in fits if f["aic"] is not None and np.isfinite(f["aic"])]
     if ok:
@@ -158,6 +169,21 @@ def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings) -> 
         near = [f for f in ok if f["aic"] <= a_min + settings.aic_margin]  # no strong evidence between these
         best = min(near, key=lambda f: (f["n_parameters"], f["aic"]))
     out["fits"] = fits
+    sigma, sigma_se = (best["warburg_coefficient_ohm_s_half"], best["warburg_coefficient_stderr_ohm_s_half"]
+                       ) if best is not None else (None, None)
+    if sigma is None:  # no diffusion element in the best circuit: the graphical slope stands in
+        sigma, sigma_se = sigma_graph, None
+        if sigma_graph is not None:
+            flags.append("warburg_graphical_only")
+    elif sigma_graph is not None and abs(sigma_graph / sigma - 1) > settings.warburg_disagreement:
+        flags.append("warburg_graphical_disagrees")
+    out["warburg_coefficient_ohm_s_half"] = sigma
+    out["warburg_coefficient_stderr_ohm_s_half"] = sigma_se
+    dd = diffusion_from_sigma(sigma, slope, r) * M2_TO_CM2 if sigma and slope and r else None
+    out["diffusion_coefficient_cm2_s"] = dd
+    out["diffusion_coefficient_stderr_cm2_s"] = 2 * dd * sigma_se / sigma if dd and sigma_se is not None else None
+    out["diffusion_coefficient_graphical_cm2_s"] = (diffusion_from_sigma(sigma_graph, slope, r) * M2_TO_CM2
+                                                    if sigma_graph and slope and r else None)
     if best is not None:
         out["best_circuit"] = best["circuit"]
         for key in ("series_resistance_ohm", "charge_transfer_resistance_ohm", "double_layer_capacitance_farad"):
@@ -167,7 +193,7 @@ def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings) -> 
         out["diffusion_time_second"] = tau
         out["diffusion_coefficient_fit_cm2_s"] = r * r / tau * M2_TO_CM2 if (tau and r) else None
     out["flags"] = flags
-    out["valid"] = not flags
+    out["valid"] = not set(flags) - INFORMATIVE and sigma is not None
     return out
 
 
