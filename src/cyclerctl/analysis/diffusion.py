@@ -185,20 +185,25 @@ def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.
     if slope == 0 or t.size < 3:
         return math.nan, math.nan, math.nan, math.nan, math.nan
     half_k = 0.5 * curvature
+    t_lo, t_hi = float(t.min()), float(t.max())  # a subset lies within: its u range does too
 
     def parts(tt: np.ndarray, ee: np.ndarray, tau_d: float) -> tuple[np.ndarray, np.ndarray | None]:
-        if delay:
-            h, dh = sphere_h_and_slope(tt / tau_d)
+        u = tt / tau_d
+        if t_lo > 0.0 and t_hi / tau_d <= U_SHORT:  # whole window short: sphere_h's closed form, unmasked
+            h = np.exp(u) * erfc(-np.sqrt(u)) - 1.0
+            dh = h + 1.0 + 1.0 / np.sqrt(np.pi * u) if delay else None
+        elif delay:
+            h, dh = sphere_h_and_slope(u)
         else:
-            h, dh = sphere_h(tt / tau_d), None
+            h, dh = sphere_h(u), None
         theta = tau_d / 3.0 * h
         r = ee - (slope * theta + half_k * theta * theta if curvature else slope * theta)
-        return r - r.mean(), (None if dh is None else dh / 3.0)
+        return r - r.sum() / r.size, (None if dh is None else dh / 3.0)
 
     def project(r: np.ndarray, g: np.ndarray | None) -> tuple[np.ndarray, float]:
         if g is None:
             return r, 0.0
-        gc = g - g.mean()
+        gc = g - g.sum() / g.size
         gg = float(gc @ gc)
         b = float(r @ gc) / gg if gg > 0 else 0.0
         return r - b * gc, b
