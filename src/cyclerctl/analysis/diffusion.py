@@ -185,26 +185,32 @@ def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.
     if slope == 0 or t.size < 3:
         return math.nan, math.nan, math.nan, math.nan, math.nan
     half_k = 0.5 * curvature
+    t_lo, t_hi = float(t.min()), float(t.max())  # a subset lies within: its u range does too
 
-    def parts(tt: np.ndarray, ee: np.ndarray, tau_d: float) -> tuple[np.ndarray, np.ndarray | None]:
-        if delay:
-            h, dh = sphere_h_and_slope(tt / tau_d)
+    def parts(tt: np.ndarray, ee: np.ndarray, tau_d: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Centred residual of the fixed-τ_d model, the delay column θ'(t)·… (or None) and θ."""
+        u = tt / tau_d
+        if t_lo > 0.0 and t_hi / tau_d <= U_SHORT:  # whole window short: sphere_h's closed form, unmasked
+            h = np.exp(u) * erfc(-np.sqrt(u)) - 1.0
+            dh = h + 1.0 + 1.0 / np.sqrt(np.pi * u) if delay else None
+        elif delay:
+            h, dh = sphere_h_and_slope(u)
         else:
-            h, dh = sphere_h(tt / tau_d), None
+            h, dh = sphere_h(u), None
         theta = tau_d / 3.0 * h
         r = ee - (slope * theta + half_k * theta * theta if curvature else slope * theta)
-        return r - r.mean(), (None if dh is None else dh / 3.0)
+        return r - r.sum() / r.size, (None if dh is None else dh / 3.0), theta
 
     def project(r: np.ndarray, g: np.ndarray | None) -> tuple[np.ndarray, float]:
         if g is None:
             return r, 0.0
-        gc = g - g.mean()
+        gc = g - g.sum() / g.size
         gg = float(gc @ gc)
         b = float(r @ gc) / gg if gg > 0 else 0.0
         return r - b * gc, b
 
     def cost(log_tau: float, tt: np.ndarray = t, ee: np.ndarray = e) -> float:
-        r, g = parts(tt, ee, 10.0**log_tau)
+        r, g, _theta = parts(tt, ee, 10.0**log_tau)
         r, _b = project(r, g)
         return float(r @ r)
 
@@ -223,9 +229,8 @@ def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.
         lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
         res = minimize_scalar(cost, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
     tau_d = 10.0**res.x
-    rc, g = parts(t, e, tau_d)
+    rc, g, theta = parts(t, e, tau_d)  # θ as sphere_h(t/τ_d)·τ_d/3 gives it (the same closed form or series)
     rr, b = project(rc, g)
-    theta = tau_d / 3.0 * sphere_h(t / tau_d)
     model = slope * theta + half_k * theta * theta + (0.0 if g is None else b * g)
     a = float((e - model).mean())
     rms = float(np.sqrt((rr**2).mean()))

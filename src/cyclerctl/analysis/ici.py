@@ -52,6 +52,25 @@ class IciSettings:
     steady_ratio: float = 0.5  # a first current step shorter than this × τ_d is not pseudo-steady
 
 
+def _parabola(x: np.ndarray, e: np.ndarray) -> tuple[float, float]:
+    """Least squares e = c0 + c1·x + c2·x² (x of order 1), 2×2 normal equations on the centred
+    columns x − x̄ and (x − x̄)² − mean (polyfit's answer to ~1e-12, without its SVD).
+    Returns (c2, c1)."""
+    xm = x.sum() / x.size
+    u = x - xm
+    w = u * u
+    w = w - w.sum() / w.size
+    y = e - e.sum() / e.size
+    s11, s12, s22 = float(u @ u), float(u @ w), float(w @ w)
+    y1, y2 = float(u @ y), float(w @ y)
+    det = s11 * s22 - s12 * s12
+    if not det > 1e-12 * s11 * s22:  # (near) rank-deficient: the minimum-norm solution
+        c2, c1, _c0 = np.polyfit(x, e, 2)
+        return float(c2), float(c1)
+    b1, b2 = (s22 * y1 - s12 * y2) / det, (s11 * y2 - s12 * y1) / det
+    return b2, b1 - 2.0 * b2 * xm  # b1·u + b2·u² = (b1 − 2b2·x̄)·x + b2·x² + const
+
+
 def tangent_at_end(t: np.ndarray, e: np.ndarray) -> tuple[float, float]:
     """Slope dE/dt at the last sample of a least-squares parabola through (t, e), and the relative
     change of the slope across the span. Returns (slope [V/s], change)."""
@@ -59,7 +78,7 @@ def tangent_at_end(t: np.ndarray, e: np.ndarray) -> tuple[float, float]:
     if t.size < 4 or np.ptp(x) <= 0:
         return math.nan, math.nan
     scale = float(np.ptp(x))
-    c2, c1, _c0 = np.polyfit(x / scale, e, 2)
+    c2, c1 = _parabola(x / scale, e)
     slope = c1 / scale
     return float(slope), float(abs(2.0 * c2 / c1)) if c1 else math.inf
 
