@@ -14,10 +14,10 @@ the series (150 roots plus an integral tail) above: relative error < 1e-12 every
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 from scipy.special import erfc
 
 N_ROOTS = 150
@@ -166,6 +166,72 @@ def fit_line(t: np.ndarray, e: np.ndarray) -> tuple[float, float]:
     return a, b
 
 
+_GOLD = 0.5 * (3.0 - math.sqrt(5.0))  # golden-section fraction, 0.382
+_SQRT_EPS = math.sqrt(np.finfo(float).eps)
+
+
+def bounded_minimum(f: Callable[[float], float], lo: float, hi: float, xtol: float = 1e-10,
+                    max_evals: int = 200) -> float:
+    """x in [lo, hi] minimising f, for f unimodal there (a bracket edge may be the minimum).
+
+    Starts at the midpoint (fit_sphere centres its brackets on its best guess). Golden-section
+    search on the bracket [a, b] around the best point so far, sped up by parabolic
+    steps: the vertex of the parabola through the three best points is tried when it lies inside
+    the bracket and is less than half as far from the best point as the step before last (so a
+    parabola that stalls falls back to golden sections); a vertex at the best point is checked by
+    a probe tol/2 to its side. No point is placed closer than tol/2 to the best point or to a
+    bracket end; a tie in f keeps the old best point. Stopping rule: the best point is within tol = xtol +
+    √ε·|x| of both ends of the bracket, so the minimum lies within tol of the returned x (or
+    max_evals is reached); √ε relative is as far as a smooth minimum resolves in floating point."""
+    if not hi > lo:
+        raise ValueError(f"bounded_minimum needs lo < hi, got [{lo}, {hi}]")
+    a, b = lo, hi
+    x = 0.5 * (a + b)
+    fx = f(x)
+    w, fw, v, fv = x, fx, x, fx  # second and third best points
+    step, prev_step = b - a, b - a
+    n = 1
+    while n < max_evals:
+        tol = xtol + _SQRT_EPS * abs(x)
+        if x - a <= tol and b - x <= tol:
+            break
+        h = 0.5 * tol
+        u = math.nan
+        if w != x and v != x and v != w:  # vertex of the parabola through (x, w, v)
+            dw, dv = x - w, x - v
+            num = dw * dw * (fx - fv) - dv * dv * (fx - fw)
+            den = 2.0 * (dw * (fx - fv) - dv * (fx - fw))
+            if den != 0.0:
+                cand = x - num / den
+                if abs(cand - x) < h:  # the vertex is at the best point: probe h away, larger side
+                    u = x - h if x - a > b - x else x + h
+                elif a + h <= cand <= b - h and abs(cand - x) < 0.5 * abs(prev_step):
+                    u = cand
+        if math.isnan(u):  # golden section of the larger side
+            u = x - _GOLD * (x - a) if x - a > b - x else x + _GOLD * (b - x)
+            if abs(u - x) < h:
+                u = x + math.copysign(h, u - x)
+        prev_step, step = step, u - x
+        fu = f(u)
+        n += 1
+        if fu < fx:  # u is the new best: the old best bounds the bracket on the far side
+            if u < x:
+                b = x
+            else:
+                a = x
+            v, fv, w, fw, x, fx = w, fw, x, fx, u, fu
+        else:
+            if u < x:
+                a = u
+            else:
+                b = u
+            if fu <= fw or w == x:
+                v, fv, w, fw = w, fw, u, fu
+            elif fu <= fv or v == x or v == w:
+                v, fv = u, fu
+    return x
+
+
 def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.0,
                delay: bool = True, near: float | None = None) -> tuple[float, float, float, float, float]:
     """Fit E(t) = a + slope·θ(t − t₀) + ½·curvature·θ², θ(t) = (τ_d/3)·h(t/τ_d), for τ_d (variable
@@ -217,8 +283,8 @@ def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.
     res = None
     if near is not None and math.isfinite(near) and near > 0:
         lo, hi = math.log10(near) - 0.3, math.log10(near) + 0.3
-        res = minimize_scalar(cost, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
-        if min(res.x - lo, hi - res.x) < 1e-3:  # ran into the bracket: search the whole range
+        res = bounded_minimum(cost, lo, hi, xtol=1e-10)
+        if min(res - lo, hi - res) < 1e-3:  # ran into the bracket: search the whole range
             res = None
     if res is None:
         span = float(t.max())
@@ -227,8 +293,8 @@ def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.
         costs = [cost(g, t[sub], e[sub]) for g in grid]
         k = int(np.argmin(costs))
         lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
-        res = minimize_scalar(cost, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
-    tau_d = 10.0**res.x
+        res = bounded_minimum(cost, lo, hi, xtol=1e-10)
+    tau_d = 10.0**res
     rc, g, theta = parts(t, e, tau_d)  # θ as sphere_h(t/τ_d)·τ_d/3 gives it (the same closed form or series)
     rr, b = project(rc, g)
     model = slope * theta + half_k * theta * theta + (0.0 if g is None else b * g)
