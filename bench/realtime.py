@@ -50,10 +50,10 @@ async def one(n: int, seconds: float, args, work: Path) -> dict:
     plans = [ChannelPlan(f"c{k:04d}", prog, f"sim:{args.preset}", {"noise": True, "seed": k}) for k in range(n)]
     settings = RunSettings(speed=1.0, mqtt="off", export=(), analysis=args.analysis,
                            commit_interval=args.commit_interval, max_block_span=0.1, watchdog=30.0,
-                           channel_state_interval=args.channel_state_interval)
+                           channel_state_interval=args.channel_state_interval, start_spread=args.start_spread)
     session = Session.create(plans, settings, run_dir)
     journal = session.journal
-    offsets = {ch: r._time_offset for ch, r in session.runners.items()}
+    runners = session.runners
     clock = next(iter(session.runners.values())).clock
     staged: list[tuple[float, np.ndarray]] = []  # (offset, test times) of the commit being written
     latencies: list[np.ndarray] = []
@@ -64,7 +64,7 @@ async def one(n: int, seconds: float, args, work: Path) -> dict:
         staged.clear()
         for ch, p in batch.items():
             for rows in p.samples:
-                staged.append((offsets[ch], rows[:, T_COL]))
+                staged.append((runners[ch]._time_offset, rows[:, T_COL]))
         return insert(batch, audit, states)
 
     def traced_sync(counts):
@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--analysis", action="store_true", help="run the analysis operators live too")
     ap.add_argument("--channel-state-interval", type=float, default=1.0,
                     help="wall seconds between saved simulator states per channel (0: at every commit)")
+    ap.add_argument("--start-spread", type=float, default=0.1,
+                    help="wall seconds over which the channels are started (0: all at once)")
     ap.add_argument("--preset", default="hard_carbon")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cyclerctl-realtime-"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 
@@ -78,6 +79,7 @@ class WallClock:
         self._unix0 = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due: dict[int, list[asyncio.Future]] = {}  # tick number -> sleepers woken by its timer
+        self._calls: dict[int, list[tuple[float, Callable[[], None]]]] = {}  # tick number -> call_when calls
         self.sleeps = 0  # waits that suspended the caller (the engine skips its own yield after one)
 
     def now(self) -> float:
@@ -103,7 +105,7 @@ class WallClock:
     def _wait_tick(self, remaining: float) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            self._loop, self._due = loop, {}
+            self._loop, self._due, self._calls = loop, {}, {}
         key = math.ceil((loop.time() + remaining) / self.tick)
         sleepers = self._due.get(key)
         if sleepers is None:
@@ -117,3 +119,33 @@ class WallClock:
         for fut in self._due.pop(key, ()):
             if not fut.done():
                 fut.set_result(None)
+
+    def call_when(self, t: float, fn: Callable[[], None]) -> None:
+        """Call fn() from the running event loop once now() >= t, on the timer shared by everything
+        due in the same tick (no task, no future: one callback per sample of a rack in real time)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._due, self._calls = loop, {}, {}
+        remaining = (t - self.now()) / self.speed
+        if remaining <= 0:
+            loop.call_soon(fn)
+            return
+        if self.tick <= 0:
+            loop.call_at(loop.time() + remaining, self._call, t, fn)
+            return
+        key = math.ceil((loop.time() + remaining) / self.tick)
+        calls = self._calls.get(key)
+        if calls is None:
+            calls = self._calls[key] = []
+            loop.call_at(key * self.tick, self._run_calls, key)
+        calls.append((t, fn))
+
+    def _call(self, t: float, fn: Callable[[], None]) -> None:
+        if self.now() < t:  # the loop's timer came a hair early on this clock's scale
+            self.call_when(t, fn)
+        else:
+            fn()
+
+    def _run_calls(self, key: int) -> None:
+        for t, fn in self._calls.pop(key, ()):
+            self._call(t, fn)

@@ -23,7 +23,7 @@ def write_journal(run_dir):
     run_dir.mkdir()
     j = Journal(run_dir / "journal.sqlite")
     j.add_channel("ch1", "run1", {"cell": dataclasses.asdict(CELL)}, pickle.dumps(PROGRAM),
-                  lambda: ("running", "{}", None))
+                  lambda *_: ("running", "{}", None))
     ops = default_operators(PROGRAM)
     live, seq, eseq = [], 0, 0
     col = {c: k for k, c in enumerate(schema.SAMPLE_COLUMNS)}

@@ -110,7 +110,7 @@ async def test_flush_callers_share_the_committers_next_commit(tmp_path):
     j = Journal(tmp_path / "journal.sqlite", commit_interval=30.0)  # only kicks make the committer commit
     names = [f"c{k}" for k in range(12)]
     for ch in names:
-        j.add_channel(ch, "run", {}, None, lambda: ("running", "{}", None))
+        j.add_channel(ch, "run", {}, None, lambda *_: ("running", "{}", None))
     stop = asyncio.Event()
     committer = asyncio.create_task(j.run_committer(stop))
     await asyncio.sleep(0)

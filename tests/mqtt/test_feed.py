@@ -46,7 +46,7 @@ def test_batches_from_the_committed_array_equal_those_from_the_journal(tmp_path)
     journal = Journal(tmp_path / "journal.sqlite")
     feed = CommittedFeed()
     journal.feeds.append(feed)
-    journal.add_channel("a1", "run", {}, None, lambda: ("running", "{}", None))
+    journal.add_channel("a1", "run", {}, None, lambda *_: ("running", "{}", None))
     first = 0
     for n in (1, 457, 3, 1200):
         journal.stage_samples("a1", sample_rows(first, n, 230, rng))
@@ -73,7 +73,7 @@ def test_the_feed_holds_only_committed_rows_and_continues_at_the_asked_seq(tmp_p
     journal = Journal(tmp_path / "journal.sqlite")
     feed = CommittedFeed()
     journal.feeds.append(feed)
-    journal.add_channel("a1", "run", {}, None, lambda: ("running", "{}", None))
+    journal.add_channel("a1", "run", {}, None, lambda *_: ("running", "{}", None))
     journal.stage_samples("a1", sample_rows(0, 100, 40, rng))
     assert feed.take("a1", 0, 1000) is None  # staged, not committed
     journal.commit_sync()

@@ -18,11 +18,12 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ..channel import Block, Channel, StepStart
 from ..clock import Clock
@@ -83,7 +84,32 @@ class EngineState:
     trailing: dict[str, int] = field(default_factory=dict)  # safety debounce carry
 
     def to_json(self) -> str:
-        return _STATE_JSON.encode({k: getattr(self, k) for k in _STATE_FIELDS})
+        """The state as JSON (journaled with every commit of the channel: kept cheap)."""
+        if not (math.isfinite(self.test_time) and math.isfinite(self.step_charge)
+                and math.isfinite(self.total_charge)):
+            raise ValueError(f"engine state is not finite: {self!r}")
+        return orjson.dumps(self).decode()
+
+    def roll_forward(self, rows: Iterable[tuple[float, float, float, float | None]], integrate: bool) -> int:
+        """Continue the state over samples journaled after it (seq, test time, step time, current;
+        in seq order, from self.seq on): the next seq, the times and, when `integrate`, the charge
+        counted exactly as the engine counts it sample by sample. Returns the samples taken."""
+        n = 0
+        for seq, t, st, i in rows:
+            if int(seq) != self.seq:
+                raise ValueError(f"journal samples are not contiguous: seq {int(seq)} where {self.seq} was due")
+            if integrate and i is not None:
+                if self.last_t is not None and self.last_i is not None:
+                    dq = 0.5 * (i + self.last_i) * (t - self.last_t)
+                    self.step_charge += dq
+                    self.total_charge += dq
+                self.last_t, self.last_i = t, i
+            self.test_time = t
+            if st is not None:
+                self.step_time = st
+            self.seq += 1
+            n += 1
+        return n
 
     @classmethod
     def from_dict(cls, d: dict) -> EngineState:
@@ -91,8 +117,6 @@ class EngineState:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-_STATE_FIELDS: tuple[str, ...] = EngineState.__slots__  # type: ignore[attr-defined]
-_STATE_JSON = json.JSONEncoder(allow_nan=False)  # one encoder (journaled with every commit)
 
 
 def step_parameters(step: Step) -> dict[str, Any]:
@@ -171,20 +195,33 @@ class ChannelRunner:
         self._time_offset = self.es.test_time - clock.now()  # test time = clock.now() + offset
         self._Event = event_type()
         self.current_step: Step | None = None
+        self._pull_interrupt: Callable[[], None] | None = None  # ends a pulled step (_pulled)
 
     # ---- journal snapshot -------------------------------------------------------------------------
 
-    def snapshot(self) -> tuple[str, str, bytes | None]:
-        self.es.state = self.sm.state.value
-        self.es.trailing = dict(self.safety.trailing)
+    def snapshot(self, samples_only: bool = False) -> tuple[str, str, bytes | None] | None:
+        """(state name, engine state JSON, channel state or None to keep the journaled one) for the
+        commit, or None for no state row in it.
+
+        samples_only: nothing but samples was staged since the last commit. With a
+        channel_state_interval (real-time racks) such a commit then carries the state at most once per
+        interval: the samples after it are enough to continue (Session.resume rolls the engine state
+        forward over them, EngineState.roll_forward). Any event or metric row brings the state along."""
+        running = self.sm.state == State.RUNNING
         if self.channel_state_interval > 0:
             now = time.monotonic()
-            if now - self._last_channel_state < self.channel_state_interval and self.sm.state == State.RUNNING:
+            if now - self._last_channel_state < self.channel_state_interval and running:
+                if samples_only:
+                    return None
+                self.es.state = self.sm.state.value
+                self.es.trailing = dict(self.safety.trailing)
                 return self.es.state, self.es.to_json(), None  # None keeps the journaled channel state
             # the first save is at once; later ones at a phase of the interval fixed per channel, so a
             # rack started together does not save every channel in the same commit
             first = self._last_channel_state == -math.inf
             self._last_channel_state = now - (self._state_phase if first else 0.0)
+        self.es.state = self.sm.state.value
+        self.es.trailing = dict(self.safety.trailing)
         try:
             blob = self.channel.save_state()
         except Exception:  # noqa: BLE001 - a channel that cannot save is resumed without its state
@@ -273,6 +310,7 @@ class ChannelRunner:
         try:
             await self.channel.open()
             if self.sm.state == State.IDLE:
+                self._time_offset = self.es.test_time - self.clock.now()  # test time counts from the start
                 if self.es.unix_origin == 0.0:
                     self.es.unix_origin = self.clock.unix() - self.es.test_time
                 self.sm.apply("start")
@@ -427,31 +465,11 @@ class ChannelRunner:
             es.last_t = es.last_i = None
             self._after_pause = False
         seg_t0, seg_st0 = start.test_time, start.step_time
-        it = self.channel.run_step(step, start).__aiter__()
-        outcome: tuple[str, Any] | None = None
-        try:
-            while outcome is None:
-                if self.journal.failed is not None:  # a commit in flight failed: stop at once
-                    raise self.journal.failed
-                if self.sm.state != State.RUNNING or self._skip:
-                    outcome = ("interrupt", None)
-                    break
-                block = await self._next_block(it)
-                if block is None:
-                    outcome = ("interrupt", None)
-                    break
-                trip = self._take_block(step, block, seg_t0, seg_st0)
-                if trip is not None:
-                    outcome = ("trip", trip)
-                elif block.final:
-                    outcome = ("end", block.end)
-                elif self.inline_commits and self.journal.due():
-                    await self.journal.commit(wait=False)
-                elif not self._slept:  # the block came without waiting on the clock:
-                    await asyncio.sleep(0)  # cooperative yield, not a wait: other channels, control
-        finally:
-            await it.aclose()
-        kind, value = outcome
+        pull = getattr(self.channel, "pull_step", None)
+        if pull is not None and self.lock is None and not self.inline_commits and hasattr(self.clock, "call_when"):
+            kind, value = await self._pulled(pull(step, start), step, seg_t0, seg_st0)
+        else:
+            kind, value = await self._pushed(step, start, seg_t0, seg_st0)
         if kind == "trip":
             trip: Trip = value
             await self._safe()
@@ -474,6 +492,86 @@ class ChannelRunner:
                 await self.journal.commit(wait=False)
         else:
             await self._interrupted()
+
+    async def _pushed(self, step: Step, start: StepStart, seg_t0: float, seg_st0: float) -> tuple[str, Any]:
+        """The blocks of a step from the channel's run_step, each awaited: (outcome, value)."""
+        it = self.channel.run_step(step, start).__aiter__()
+        try:
+            while True:
+                if self.journal.failed is not None:  # a commit in flight failed: stop at once
+                    raise self.journal.failed
+                if self.sm.state != State.RUNNING or self._skip:
+                    return ("interrupt", None)
+                block = await self._next_block(it)
+                if block is None:
+                    return ("interrupt", None)
+                trip = self._take_block(step, block, seg_t0, seg_st0)
+                if trip is not None:
+                    return ("trip", trip)
+                if block.final:
+                    return ("end", block.end)
+                if self.inline_commits and self.journal.due():
+                    await self.journal.commit(wait=False)
+                elif not self._slept:  # the block came without waiting on the clock:
+                    await asyncio.sleep(0)  # cooperative yield, not a wait: other channels, control
+        finally:
+            await it.aclose()
+
+    async def _pulled(self, blocks: Iterator[tuple[float, Block]], step: Step, seg_t0: float,
+                      seg_st0: float) -> tuple[str, Any]:
+        """The blocks of a step from the channel's pull_step (a simulated channel on a wall clock):
+        each block is taken by a clock callback once its time has come, so the task sleeps through
+        the whole step instead of waking for every sample. Same checks and order as _pushed."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        clock = self.clock
+        pending: Block | None = None  # the block waiting for its time
+
+        def finish(outcome: tuple[str, Any] | None, exc: BaseException | None = None) -> None:
+            if not done.done():
+                if exc is None:
+                    done.set_result(outcome)
+                else:
+                    done.set_exception(exc)
+
+        def advance() -> None:
+            nonlocal pending
+            if done.done():
+                return
+            try:
+                if self.journal.failed is not None:
+                    raise self.journal.failed
+                if self.sm.state != State.RUNNING or self._skip:
+                    finish(("interrupt", None))
+                    return
+                if pending is not None:
+                    block, pending = pending, None
+                    trip = self._take_block(step, block, seg_t0, seg_st0)
+                    if trip is not None:
+                        finish(("trip", trip))
+                        return
+                    if block.final:
+                        finish(("end", block.end))
+                        return
+                try:
+                    due, pending = next(blocks)
+                except StopIteration:
+                    raise InstrumentError("the instrument ended a step without a final block",
+                                          resource=getattr(self.channel, "name", "")) from None
+                if due > clock.now():
+                    clock.call_when(due, advance)  # type: ignore[attr-defined]
+                else:
+                    loop.call_soon(advance)  # behind time: take it at once, after what else is ready
+            except BaseException as exc:  # noqa: BLE001 - handed to the task, which handles it as _pushed would
+                finish(None, exc)
+
+        self._pull_interrupt = lambda: finish(("interrupt", None))
+        advance()
+        try:
+            return await done
+        finally:
+            self._pull_interrupt = None
+            blocks.close()  # type: ignore[attr-defined]
 
     async def _next_block(self, it) -> Block | None:
         """The next block, or None when an operator request interrupted the wait.
@@ -529,6 +627,9 @@ class ChannelRunner:
 
     def _interrupt_wait(self) -> None:
         """End the block wait in progress (watchdog, or an operator request)."""
+        if self._pull_interrupt is not None:
+            self._pull_interrupt()
+            return
         if self._waiting and not self._interrupt and self._task is not None:
             self._interrupt = True
             self._task.cancel()

@@ -31,7 +31,7 @@ from ..drivers.envelope import check_speed
 from ..drivers.registry import InstrumentSpec, open_channel, open_thermostat
 from ..drivers.thermostat_channel import SharedThermostat, ThermostatChannel
 from ..errors import ConfigError, JournalError
-from ..program import Program
+from ..program import Impedance, Program
 from ..store import read
 from ..store.journal import JOURNAL_NAME, CommittedFeed, Journal, connect, create_meta, read_meta
 from .control import RunControl
@@ -75,6 +75,7 @@ class RunSettings:
     mqtt_commands: str = "open"
     channel_state_interval: float = 0.0  # s of wall time between saved channel (simulator) states; 0 = every commit
     mqtt_process: bool = True  # publish from a process of its own (another core); False: a task in this one
+    start_spread: float = 0.0  # s of wall time over which a wall-clock run starts its channels (0: together)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -134,6 +135,25 @@ def read_run_json(run_dir: Path) -> dict:
 
 def cell_dict(program: Program) -> dict:
     return dataclasses.asdict(program.cell)
+
+
+def _roll_forward(run_dir: Path, ch: str, es: EngineState, program: Program) -> None:
+    """Take the samples journaled after the channel's last state row into its engine state (a
+    real-time rack journals the state at most once per channel_state_interval; a run at max speed has
+    none after it). A step boundary always comes with a state row, so they belong to the current step."""
+    conn = connect(run_dir, readonly=True)
+    try:
+        rows = conn.execute("SELECT seq, test_time_second, step_time_second, current_ampere FROM samples "
+                            "WHERE ch=? AND seq>=? ORDER BY seq", (ch, es.seq)).fetchall()
+    finally:
+        conn.close()
+    if not rows:
+        return
+    ins = program.instructions[es.pc] if es.in_step and es.pc < len(program.instructions) else None
+    try:
+        es.roll_forward(rows, integrate=not isinstance(ins, Impedance))
+    except ValueError as exc:
+        raise JournalError(f"{run_dir}: channel {ch}: {exc}") from exc
 
 
 def _default_operators(program: Program) -> list:
@@ -254,6 +274,7 @@ class Session:
                                c.get("protocol", {}).get("path", ""), c.get("cell_file", ""), c.get("chamber", ""))
             es_dict, blob_state = states[ch]
             es = EngineState.from_dict(es_dict) if es_dict else EngineState()
+            _roll_forward(run_dir, ch, es, program)
             if es.state == State.PAUSING.value:
                 es.state = State.PAUSED.value
             if es.state == State.PAUSED.value and continue_paused:
@@ -389,7 +410,8 @@ class Session:
             committer = None
             if not math.isinf(self.settings.speed):  # wall clock: acquisition never waits for the disk
                 committer = asyncio.create_task(self.journal.run_committer(stop_committer), name="committer")
-            tasks = {ch: asyncio.create_task(r.run(), name=f"channel:{ch}") for ch, r in self.runners.items()}
+            tasks = {ch: asyncio.create_task(self._run_channel(r, k), name=f"channel:{ch}")
+                     for k, (ch, r) in enumerate(self.runners.items())}
             try:
                 results = dict(zip(tasks, await asyncio.gather(*tasks.values()), strict=True))
             except BaseException:
@@ -418,6 +440,14 @@ class Session:
 
             self.exported = export_run(self.run_dir, formats=self.settings.export)
         return results
+
+    async def _run_channel(self, runner: ChannelRunner, k: int) -> str:
+        """Run one channel; in a wall-clock run with start_spread, channel k of N starts k/N of it
+        later, so a rack started together does not take every channel's samples in the same instant."""
+        spread = self.settings.start_spread
+        if spread > 0 and not math.isinf(self.settings.speed) and len(self.runners) > 1:
+            await asyncio.sleep(spread * k / len(self.runners))
+        return await runner.run()
 
     async def _start_broker(self, stack: contextlib.AsyncExitStack) -> str | None:
         mode = (self.settings.mqtt or "off").strip()

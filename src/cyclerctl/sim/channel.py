@@ -10,7 +10,7 @@ variable-temperature EIS series runs on a SimChannel alone.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
@@ -123,7 +123,18 @@ class SimChannel:
             temp[0] = float(temp[0]) + p.noise_temperature * z[2]
 
     async def run_step(self, step: Step, start: StepStart) -> AsyncIterator[Block]:
-        """Run `step` from `start`; yields Blocks (the last one final=True, with `end` set)."""
+        """Run `step` from `start`; yields Blocks (the last one final=True, with `end` set), each once
+        the clock has reached the time of its last sample."""
+        for due, block in self._blocks(step, start):
+            if len(block):
+                await self.clock.sleep_until(due)
+            yield block
+
+    def _blocks(self, step: Step, start: StepStart) -> Iterator[tuple[float, Block]]:
+        """run_step without the waiting: yields (due, block), `due` being the clock time at which the
+        block's last sample is taken. The engine hands each block over once the clock reaches `due`
+        (a rack of simulated channels in real time: no task switch per sample). A block is
+        computed when it is asked for, as run_step computes it before it waits."""
         offset = self.clock.now() - start.test_time
         sweep_pos = start.extra.get("sweep_position") if start.extra else None
         resume, self._resume = self._resume, None
@@ -140,9 +151,10 @@ class SimChannel:
                 else:
                     truth = {"temperature_kelvin": cols["temperature_t1_celsius"] + KELVIN}
             block = Block(cols, end=chunk.end if chunk.final else None, final=chunk.final, truth=truth)
-            if len(block):
-                await self.clock.sleep_until(float(cols["test_time_second"][-1]) + offset)
-            yield block
+            t = cols["test_time_second"]
+            yield (float(t[-1]) + offset if len(t) else -math.inf), block
+
+    pull_step = _blocks
 
     # ---- state ----------------------------------------------------------------------------------
 

@@ -32,9 +32,10 @@ from . import schema
 
 JOURNAL_NAME = "journal.sqlite"
 ROWS_PER_STATEMENT = 64  # sample rows per INSERT statement
+FEW_ROWS = 8  # channels with at most this many rows in a commit share one INSERT batch
 
 # (state name, engine state JSON, channel state) of a channel at the moment of a commit
-Snapshot = Callable[[], tuple[str, str, bytes | None]]
+Snapshot = Callable[[bool], tuple[str, str, bytes | None] | None]  # (samples_only) -> state row or None
 
 
 @dataclass(slots=True)
@@ -132,7 +133,7 @@ class Journal:
         self._snapshots: dict[str, Snapshot] = {}
         self._audit: list[tuple] = []
         self._ch_sql: dict[str, str] = {}  # ch -> its SQL literal
-        self._insert_sql: dict[tuple[str, bytes, int], str] = {}  # (ch, columns with a value, rows) -> INSERT
+        self._insert_sql: dict[tuple[str | None, bytes, int], str] = {}  # (ch, columns with a value, rows) -> INSERT
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Future | None = None
         self._kick: asyncio.Event | None = None
@@ -329,11 +330,13 @@ class Journal:
         audit, self._audit = self._audit, []
         states = {}
         unix = time.time()
-        for ch in batch:
+        for ch, p in batch.items():
             snap = self._snapshots.get(ch)
             if snap is not None:
-                name, engine_json, channel_state = snap()
-                states[ch] = (ch, name, channel_state, unix, engine_json)
+                got = snap(bool(p.samples) and not p.events and not p.metrics)
+                if got is not None:
+                    name, engine_json, channel_state = got
+                    states[ch] = (ch, name, channel_state, unix, engine_json)
         self._last_commit = time.monotonic()
         return batch, audit, states
 
@@ -344,15 +347,21 @@ class Journal:
         with self._db_lock:
             try:
                 c.execute("BEGIN IMMEDIATE")
+                few: list[tuple[str, np.ndarray]] = []  # channels with a few rows: one INSERT for all
                 for ch, p in batch.items():
                     if p.samples:
                         rows = p.samples[0] if len(p.samples) == 1 else np.concatenate(p.samples)
-                        self._insert_samples(c, ch, rows)
+                        if len(rows) <= FEW_ROWS:
+                            few.append((ch, rows))
+                        else:
+                            self._insert_samples(c, ch, rows)
                         counts[ch] = rows
                     if p.events:
                         c.executemany(schema.INSERT_EVENT, [(ch, *e) for e in p.events])
                     if p.metrics:
                         c.executemany(schema.INSERT_METRIC, [(ch, *m) for m in p.metrics])
+                if few:
+                    self._insert_few(c, few)
                 if states:
                     c.executemany(schema.UPSERT_STATE, list(states.values()))
                 if audit:
@@ -376,12 +385,37 @@ class Journal:
         if whole < len(values):
             c.executemany(self._insert_statement(ch, used, 1), values[whole:].tolist())
 
-    def _insert_statement(self, ch: str, used: np.ndarray, per: int) -> str:
+    def _insert_few(self, c: sqlite3.Connection, few: list[tuple[str, np.ndarray]]) -> None:
+        """INSERT the rows of many channels with a few rows each (a rack in real-time mode commits
+        about one sample per channel) as one batch with the channel bound per row: the fixed cost of
+        a statement per channel would otherwise dominate."""
+        rows = few[0][1] if len(few) == 1 else np.concatenate([r for _, r in few])
+        used = ~np.isnan(rows).all(axis=0)
+        used[0] = True  # seq
+        values = (rows if used.all() else rows[:, used]).tolist()
+        k = 0
+        for ch, r in few:
+            for _ in range(len(r)):
+                values[k].insert(0, ch)
+                k += 1
+        width = len(values[0])
+        per = max(1, min(ROWS_PER_STATEMENT, 999 // width))
+        whole = len(values) // per * per
+        if whole:
+            flat = [x for v in values[:whole] for x in v]
+            step = per * width
+            c.executemany(self._insert_statement(None, used, per),
+                          [flat[i:i + step] for i in range(0, len(flat), step)])
+        if whole < len(values):
+            c.executemany(self._insert_statement(None, used, 1), values[whole:])
+
+    def _insert_statement(self, ch: str | None, used: np.ndarray, per: int) -> str:
+        """The INSERT of `per` rows of the `used` columns; ch None: the channel is bound per row."""
         key = (ch, used.tobytes(), per)
         sql = self._insert_sql.get(key)
         if sql is None:
             names = [n for n, u in zip(schema.SAMPLE_COLUMNS, used, strict=True) if u]
-            one = f"({self._ch_sql[ch]}, {', '.join('?' for _ in names)})"
+            one = f"({'?' if ch is None else self._ch_sql[ch]}, {', '.join('?' for _ in names)})"
             sql = f"INSERT INTO samples(ch, {', '.join(names)}) VALUES {', '.join([one] * per)}"
             self._insert_sql[key] = sql
         return sql
