@@ -33,6 +33,9 @@ _STATE_VERSION = 3  # 2: the same arrays in an .npz (still read)
 _STATE_MAGIC = b"cyclerctl-sim-state\n"
 
 
+_TABLES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # OCV and dU/dx tables per material set
+
+
 @dataclass
 class RunResult:
     """Samples of one kernel call: `out` rows (see kernel column layout), which end fired, why it stopped."""
@@ -113,8 +116,13 @@ class CellModel:
             dtab[j] = [m.diffusivity_at(x) for x in x101] if m.diffusivity_x else m.diffusivity
             grid = u0.size
         self.mp, self.mu, self.vs, self.dtab = mp, mu, vs, dtab
-        self.utab = np.ascontiguousarray(np.stack(utab))
-        self.stab = np.ascontiguousarray(np.stack(stab))
+        # the tables are read-only: models of the same materials share one copy (a rack of 1,000
+        # channels would otherwise hold and sweep through 128 MB of identical tables)
+        key = (tuple((m.sites, m.sites_desodiation) for m in p.materials), p.reference_temperature)
+        shared = _TABLES.get(key)
+        if shared is None:
+            shared = _TABLES[key] = (np.ascontiguousarray(np.stack(utab)), np.ascontiguousarray(np.stack(stab)))
+        self.utab, self.stab = shared
         self.grid = grid
         self.active_area = area_total
         cp = np.zeros(K.N_CP)
@@ -161,6 +169,8 @@ class CellModel:
         self.cache = np.full((nm, 10), np.nan)  # decay factors and Arrhenius factors, keyed on D, h, T
         self._out: np.ndarray | None = None  # kernel output buffer, reused
         self._ends: dict[tuple[End, ...], tuple[np.ndarray, ...]] = {}
+        self._last_ends: tuple[End, ...] | None = None
+        self._last_arrs: tuple[np.ndarray, ...] = ()
         self.w = np.zeros((12, max(nm, 2)))  # solver workspace
 
     @property
@@ -246,6 +256,8 @@ class CellModel:
 
     def _end_arrays(self, ends: tuple[End, ...]) -> tuple[np.ndarray, ...]:
         """The ends as the kernel's arrays (code, op, value, window), kept for the ends seen last."""
+        if ends is self._last_ends:  # the same step asking again (every block of it)
+            return self._last_arrs
         arrs = self._ends.get(ends)
         if arrs is None:
             arrs = (np.array([END_CODES[e.quantity] for e in ends], dtype=np.int64),
@@ -255,6 +267,7 @@ class CellModel:
             if len(self._ends) >= 64:
                 self._ends.clear()
             self._ends[ends] = arrs
+        self._last_ends, self._last_arrs = ends, arrs
         return arrs
 
     def advance(self, mode: int, target: float, dt: float, ss: np.ndarray | None = None) -> np.ndarray:

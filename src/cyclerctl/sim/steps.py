@@ -40,7 +40,15 @@ class Chunk:
     final: bool
 
 
+_PICK = np.array([K.C_T, K.C_V, K.C_I, K.C_STEP_T, K.C_TEMP])
+
+
 def _columns(out: np.ndarray) -> dict[str, np.ndarray]:
+    if len(out) == 1:  # a sample alone (real-time pacing): one copy, the columns are views of it
+        row = out[:, _PICK]
+        row[0, 4] -= KELVIN
+        return {"test_time_second": row[:, 0], "voltage_volt": row[:, 1], "current_ampere": row[:, 2],
+                "step_time_second": row[:, 3], "temperature_t1_celsius": row[:, 4]}
     return {
         "test_time_second": out[:, K.C_T].copy(),
         "voltage_volt": out[:, K.C_V].copy(),
