@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import gc
 import json
 import logging
 import math
@@ -401,6 +402,17 @@ class Session:
     async def execute(self) -> dict[str, str]:
         """Run every channel to its end; returns ch -> final state. Exports at the end."""
         stop_mqtt = asyncio.Event()
+        # everything set up so far (programs, models, tables) lives as long as the run: the cyclic
+        # garbage collector need not scan it again (a full collection over a rack's objects stalls
+        # the event loop for tens of milliseconds, which real-time channels see as latency)
+        gc.collect()
+        gc.freeze()
+        try:
+            return await self._execute(stop_mqtt)
+        finally:
+            gc.unfreeze()
+
+    async def _execute(self, stop_mqtt: asyncio.Event) -> dict[str, str]:
         mqtt_task = None
         async with contextlib.AsyncExitStack() as stack:
             url = await self._start_broker(stack)

@@ -32,6 +32,7 @@ from . import schema
 
 JOURNAL_NAME = "journal.sqlite"
 ROWS_PER_STATEMENT = 64  # sample rows per INSERT statement
+KICK_GAP = 0.01  # s of wall time: commits asked for early (kick) come at most this often
 FEW_ROWS = 8  # channels with at most this many rows in a commit share one INSERT batch
 
 # (state name, engine state JSON, channel state) of a channel at the moment of a commit
@@ -235,6 +236,11 @@ class Journal:
                 except TimeoutError:
                     pass
                 self._kick.clear()
+                # kicks in quick succession (channels starting or ending steps one after another)
+                # share one commit: at most one commit per KICK_GAP
+                gap = self._last_commit + min(KICK_GAP, self.commit_interval) - time.monotonic()
+                if gap > 0 and not stop.is_set():
+                    await asyncio.sleep(gap)
                 next_at = time.monotonic() + self.commit_interval
                 try:
                     await self.commit()
