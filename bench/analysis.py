@@ -154,21 +154,20 @@ def timed(ops, stream) -> tuple[float, float, int]:
 def eis_rates(cols, events) -> str:
     """Points, spectra, circuit fits and least-squares runs (multi-start) per CPU second of the EIS
     operator alone."""
-    import scipy.optimize
-
     from cyclerctl.analysis import circuits
 
     runs = [0]
-    inner = scipy.optimize.least_squares
 
-    def counted(*a, **k):
-        runs[0] += 1
-        return inner(*a, **k)
+    def counted(inner):
+        def run(*a, **k):
+            runs[0] += 1
+            return inner(*a, **k)
+        return run
 
     ops = operators_for(CELL)
     op = ops[[o.kind for o in ops].index("eis")]
-    saved = circuits.least_squares
-    circuits.least_squares = counted
+    saved = circuits.least_squares, circuits.leastsq
+    circuits.least_squares, circuits.leastsq = (counted(f) for f in saved)
     try:
         c0 = time.process_time()
         rows = []
@@ -176,7 +175,7 @@ def eis_rates(cols, events) -> str:
             rows += op.feed_samples(item) if kind == "samples" else op.feed_event(item)
         cpu = time.process_time() - c0
     finally:
-        circuits.least_squares = saved
+        circuits.least_squares, circuits.leastsq = saved
     n_fits = sum(len(r.data.get("fits") or []) for r in rows)
     n = cols["test_time_second"].size
     return (f"{len(rows)} spectra of {n // max(len(rows), 1)} points in {cpu:.2f} CPU s: {n / cpu:,.0f} points/s, "

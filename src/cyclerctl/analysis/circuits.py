@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares, leastsq
 
 from ..errors import ConfigError
 
@@ -39,8 +39,10 @@ class _Grid:
 
     def __init__(self, w: np.ndarray) -> None:
         self.w = w
-        self.ones = np.ones(w.shape, dtype=complex)
+        self.zero = np.zeros(w.shape, dtype=complex)
         self.jw = 1j * w
+        self.inv_jw = 1.0 / self.jw
+        self.sqrt_jw = np.sqrt(self.jw)
         self.warburg = (1 - 1j) / np.sqrt(w)
         self.log_jw = np.log(self.jw)
 
@@ -68,55 +70,60 @@ def _diffusion_shape(kind: str, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return g, dg
 
 
-def _element(kind: str, lo: int) -> Callable[[np.ndarray, _Grid, np.ndarray], np.ndarray]:
-    """Z of one element; writes ∂Z/∂p of its parameters into rows lo.. of `jac` (parameter, frequency)."""
-    def ev(p: np.ndarray, g: _Grid, jac: np.ndarray) -> np.ndarray:
-        a = p[lo]
-        if kind == "R":
-            jac[lo] = 1.0
-            return g.ones * a
-        if kind == "C":
-            z = 1.0 / (g.jw * a)
-            jac[lo] = -z / a
+# Z of one element and ∂Z/∂p of its parameters (a = p[lo], b = p[lo + 1]) as source lines; {z}, {a}, {b},
+# {j0}, {j1} are the names the generator gives them. R's impedance and L's derivative are scalars or
+# frequency factors (no array built for them).
+_ELEMENT_CODE: dict[str, tuple[str, ...]] = {
+    "R": ("{z} = {a}", "jac[{lo}] = 1.0"),
+    "C": ("{z} = g.inv_jw / {a}", "jac[{lo}] = -{z} / {a}"),
+    "L": ("{z} = g.jw * {a}", "jac[{lo}] = g.jw"),
+    "CPE": ("{z} = np.exp(-{b} * g.log_jw) / {a}", "jac[{lo}] = -{z} / {a}", "jac[{lo1}] = -{z} * g.log_jw"),
+    "W": ("{z} = {a} * g.warburg", "jac[{lo}] = g.warburg"),
+}
+_DIFFUSION_CODE = ("{s} = g.sqrt_jw * math.sqrt({b})", "{sh}, {dsh} = shape({kind!r}, {s})", "{z} = {a} * {sh}",
+                   "jac[{lo}] = {sh}", "jac[{lo1}] = {a} * {dsh} * {s} / (2.0 * {b})")  # ds/dτ = s/(2τ)
+
+
+def _compile(tree: tuple, n_par: int, text: str) -> Callable[[np.ndarray, _Grid, np.ndarray], np.ndarray]:
+    """One straight-line function (p, grid, jac) -> Z for the parsed `tree`, writing ∂Z/∂p into the rows
+    of `jac` (parameter, frequency). A parallel group Z = 1/Σ(1/Z_i) scales the rows of branch i by
+    ∂Z/∂Z_i = (Z/Z_i)²."""
+    lines: list[str] = []
+    count = [0]
+
+    def fresh(stem: str) -> str:
+        count[0] += 1
+        return f"{stem}{count[0]}"
+
+    def emit(node: tuple) -> str:
+        if node[0] == "element":
+            _, kind, lo = node
+            names = {"z": fresh("z"), "a": f"p[{lo}]", "b": f"p[{lo + 1}]", "lo": lo, "lo1": lo + 1,
+                     "s": fresh("s"), "sh": fresh("g"), "dsh": fresh("dg"), "kind": kind}
+            for line in _ELEMENT_CODE.get(kind, _DIFFUSION_CODE):
+                lines.append(line.format(**names))
+            return names["z"]
+        if node[0] == "series":
+            parts = [emit(sub) for sub in node[1]]
+            z = fresh("z")
+            lines.append(f"{z} = {' + '.join(parts)}")
             return z
-        if kind == "L":
-            jac[lo] = g.jw
-            return g.jw * a
-        if kind == "CPE":
-            z = 1.0 / (a * np.exp(p[lo + 1] * g.log_jw))
-            jac[lo] = -z / a
-            jac[lo + 1] = -z * g.log_jw
-            return z
-        if kind == "W":
-            jac[lo] = g.warburg
-            return a * g.warburg
-        tau = p[lo + 1]
-        s = np.sqrt(g.jw * tau)
-        shape, dshape = _diffusion_shape(kind, s)
-        jac[lo] = shape
-        jac[lo + 1] = a * dshape * s / (2 * tau)  # ds/dτ = s/(2τ)
-        return a * shape
-    return ev
-
-
-def _series(parts: list) -> Callable:
-    def ev(p, g, jac):
-        z = parts[0](p, g, jac)
-        for f in parts[1:]:
-            z = z + f(p, g, jac)
-        return z
-    return ev
-
-
-def _parallel(branches: list[tuple[Callable, int, int]]) -> Callable:
-    """Z = 1/Σ(1/Z_i); a parameter of branch i: ∂Z/∂p = (Z/Z_i)² ∂Z_i/∂p."""
-    def ev(p, g, jac):
-        ys = [1.0 / f(p, g, jac) for f, _, _ in branches]
-        z = 1.0 / sum(ys)
+        branches = [(emit(sub), lo, hi) for sub, lo, hi in node[1]]
+        ys = []
+        for zb, _, _ in branches:
+            ys.append(fresh("y"))
+            lines.append(f"{ys[-1]} = 1.0 / {zb}")
+        z = fresh("z")
+        lines.append(f"{z} = 1.0 / ({' + '.join(ys)})")
         for (_, lo, hi), y in zip(branches, ys, strict=True):
-            jac[lo:hi] *= (z * y) ** 2
+            lines.append(f"jac[{lo}:{hi}] *= ({z} * {y}) ** 2")
         return z
-    return ev
+
+    top = emit(tree)
+    src = "def impedance(p, g, jac):\n" + "".join(f"    {ln}\n" for ln in lines) + f"    return {top} + g.zero\n"
+    scope = {"np": np, "math": math, "shape": _diffusion_shape}
+    exec(compile(src, f"<circuit {text}>", "exec"), scope)
+    return scope["impedance"]
 
 
 @dataclass
@@ -174,7 +181,7 @@ def parse_circuit(text: str) -> Circuit:
                 raise ConfigError(f"circuit {text!r}: element {tok!r} appears twice")
             names.append(pname)
             kinds.append(kind)
-        return _element(kind, start)
+        return ("element", kind, start)
 
     def series():
         nonlocal k
@@ -182,7 +189,7 @@ def parse_circuit(text: str) -> Circuit:
         while k < len(tokens) and tokens[k] == "-":
             k += 1
             parts.append(term())
-        return parts[0] if len(parts) == 1 else _series(parts)
+        return parts[0] if len(parts) == 1 else ("series", parts)
 
     def term():
         nonlocal k
@@ -203,7 +210,7 @@ def parse_circuit(text: str) -> Circuit:
             if k >= len(tokens) or tokens[k] != ")":
                 raise ConfigError(f"circuit {text!r}: missing ')'")
             k += 1
-            return _parallel(branches)
+            return ("parallel", branches)
         if tok in ("(", ")", ",", "-"):
             raise ConfigError(f"circuit {text!r}: unexpected {tok!r}")
         return element(tok)
@@ -211,7 +218,17 @@ def parse_circuit(text: str) -> Circuit:
     f = series()
     if k != len(tokens):
         raise ConfigError(f"circuit {text!r}: unexpected {tokens[k]!r}")
-    return Circuit(text, names, kinds, f)
+    return Circuit(text, names, kinds, _compile(f, len(names), text))
+
+
+@dataclass
+class _Run:
+    """One local least-squares run: the end point, ½ Σ r², ∂r/∂x (one row per variable), converged."""
+
+    x: np.ndarray
+    cost: float
+    jac: np.ndarray
+    success: bool
 
 
 @dataclass
@@ -462,51 +479,66 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     c = parse_circuit(circuit) if isinstance(circuit, str) else circuit
     freq = np.asarray(freq, dtype=np.float64)
     z = np.asarray(z, dtype=complex)
-    wmod = np.abs(z)
     n_par = len(c.names)
     is_alpha = np.array([n.endswith("_alpha") for n in c.names])
-    zj = c.model(freq)
-    last: list = [None, None]  # x and Jacobian of the latest residual evaluation
-    inv_w = 1.0 / wmod
     any_alpha = bool(is_alpha.any())
+    grid = _Grid(2 * np.pi * freq)
+    inv_w = 1.0 / np.abs(z)
+    zbuf = np.empty((n_par, freq.size), dtype=complex)  # ∂Z/∂p, parameter-major
+    cache: list = [None, None, None]  # x, residual and Jacobian (parameter-major) of the latest evaluation
 
     def to_params(x: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):  # a trial step far out: inf, caught as a non-finite residual
             return np.where(is_alpha, x, np.exp(x)) if any_alpha else np.exp(x)
 
-    def resid(x: np.ndarray) -> np.ndarray:
+    def evaluate(x: np.ndarray) -> None:
+        """Residuals (Re, Im interleaved: a view of the complex one) and their Jacobian in ln p (α
+        itself), one row per parameter; non-finite residuals (a step far out) become 10^6 with
+        zero derivative."""
         with np.errstate(all="ignore"):
-            p = np.where(is_alpha, x, np.exp(x)) if any_alpha else np.exp(x)
-            zm, jp = zj(p)
-            d = (zm - z) * inv_w
-            dp = np.where(is_alpha, 1.0, p) if any_alpha else p  # ∂/∂ log p = p ∂/∂p
-            jx = jp * (inv_w[:, None] * dp[None, :])
-        r = np.concatenate((d.real, d.imag))
-        jac = np.concatenate((jx.real, jx.imag))
+            p = to_params(x)
+            d = (c._eval(p, grid, zbuf) - z) * inv_w
+            dp = np.where(is_alpha, 1.0, p) if any_alpha else p  # ∂/∂ ln p = p ∂/∂p
+            jx = zbuf * (dp[:, None] * inv_w[None, :])
+        r, jac = d.view(np.float64), jx.view(np.float64)
         if not np.isfinite(r).all():
             bad = ~np.isfinite(r)
             r[bad] = 1e6
-            jac[bad] = 0.0
+            jac[:, bad] = 0.0
         if not np.isfinite(jac).all():
             jac[~np.isfinite(jac)] = 0.0
-        last[0], last[1] = x.copy(), jac
-        return r
+        cache[0], cache[1], cache[2] = x.copy(), r, jac
 
-    def jac(x: np.ndarray) -> np.ndarray:
-        if last[0] is None or not (last[0] == x).all():
-            resid(x)
-        return last[1]
+    def resid(x: np.ndarray) -> np.ndarray:
+        if cache[0] is None or not (cache[0] == x).all():
+            evaluate(x)
+        return cache[1]
+
+    def jac_rows(x: np.ndarray) -> np.ndarray:
+        if cache[0] is None or not (cache[0] == x).all():
+            evaluate(x)
+        return cache[2]
 
     lo = np.where(is_alpha, 0.3, -np.inf)
     hi = np.where(is_alpha, 1.0, np.inf)
-    method = "trf" if is_alpha.any() else "lm"  # Levenberg-Marquardt (MINPACK) where nothing is bounded
 
-    def run(x0: np.ndarray, tol: float, nfev: int):
+    def run(x0: np.ndarray, tol: float, nfev: int) -> _Run | None:
+        """One local fit from `x0`: Levenberg-Marquardt (MINPACK, through leastsq: the least wrapping
+        per evaluation) where nothing is bounded, else the trust-region reflective method."""
         try:
-            return least_squares(resid, x0, jac=jac, bounds=(lo, hi), method=method, x_scale="jac",
-                                 xtol=tol, ftol=tol, gtol=tol, max_nfev=nfev * n_par)
+            if not any_alpha:
+                with np.errstate(all="ignore"):  # leastsq's own covariance of a degenerate fit may overflow
+                    x, _, info, _, ier = leastsq(resid, x0, Dfun=jac_rows, full_output=True, col_deriv=True,
+                                                 ftol=tol, xtol=tol, gtol=tol, maxfev=nfev * n_par)
+                f = info["fvec"]
+                ok = ier in (1, 2, 3, 4)
+            else:
+                res = least_squares(resid, x0, jac=lambda x: jac_rows(x).T, bounds=(lo, hi), method="trf",
+                                    x_scale="jac", xtol=tol, ftol=tol, gtol=tol, max_nfev=nfev * n_par)
+                x, f, ok = res.x, res.fun, bool(res.success)
         except (ValueError, FloatingPointError):
             return None
+        return _Run(x, 0.5 * float(f @ f), jac_rows(x).copy(), ok)
 
     physical, generic = ([np.asarray(guess, float)], []) if guess is not None else _starts(c, freq, z)
 
@@ -544,7 +576,7 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     values = to_params(best.x)
     s2 = 2 * best.cost / dof
     try:
-        cov = np.linalg.pinv(best.jac.T @ best.jac) * s2
+        cov = np.linalg.pinv(best.jac @ best.jac.T) * s2
         se_x = np.sqrt(np.clip(np.diag(cov), 0, None))
     except np.linalg.LinAlgError:
         cov, se_x = None, np.full(len(values), np.nan)
