@@ -286,6 +286,8 @@ def warburg_coefficient(fit: FitResult) -> tuple[float, float, str] | None:
     return None
 BRIEF_READ_OFF = 5  # evaluations per parameter for each start read off the spectrum, before the best is converged
 BRIEF_GENERIC = 15  # the same for each generic start
+CONVERGE = 30  # evaluations per parameter for the run to convergence (a degenerate valley, e.g. an arc
+# outside the window trading R0 against R1, is not followed further: its cost no longer changes)
 
 
 def _first_valley(mim: np.ndarray, apex: int) -> int | None:
@@ -560,15 +562,15 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
         return out
 
     if len(physical) == 1:  # a single start: straight to convergence
-        best = run(log_x(physical[0]), 1e-12, 100)
+        best = run(log_x(physical[0]), 1e-12, CONVERGE)
     else:
         best = brief_best(physical, BRIEF_READ_OFF)
         if best is not None:
-            best = run(best.x, 1e-12, 100) or best
+            best = run(best.x, 1e-12, CONVERGE) or best
     if best is None or best.cost > good_cost:
         brief = brief_best(generic, BRIEF_GENERIC)
         if brief is not None:
-            brief = run(brief.x, 1e-12, 100) or brief
+            brief = run(brief.x, 1e-12, CONVERGE) or brief
             if best is None or brief.cost < best.cost:
                 best = brief
     if best is None:
