@@ -26,6 +26,7 @@ import numpy as np
 from scipy.optimize import least_squares, leastsq
 
 from ..errors import ConfigError
+from .circuit_kernel import KIND_CODE, PARALLEL, SERIES, impedance_into, residuals_into
 
 ELEMENTS: dict[str, tuple[str, ...]] = {
     "R": ("",), "C": ("",), "L": ("",), "CPE": ("Q", "alpha"), "W": ("sigma",),
@@ -34,116 +35,44 @@ ELEMENTS: dict[str, tuple[str, ...]] = {
 _TOKEN = re.compile(r"\s*(p\(|\(|\)|,|-|[A-Za-z]+\d*)")
 
 
-class _Grid:
-    """Frequency-only factors of the element impedances, computed once per fit."""
+def _program(tree: tuple) -> np.ndarray:
+    """The parsed `tree` as the postfix program of circuit_kernel: rows (op, first parameter or count)."""
+    rows: list[tuple[int, int]] = []
 
-    def __init__(self, w: np.ndarray) -> None:
-        self.w = w
-        self.zero = np.zeros(w.shape, dtype=complex)
-        self.jw = 1j * w
-        self.inv_jw = 1.0 / self.jw
-        self.sqrt_jw = np.sqrt(self.jw)
-        self.warburg = (1 - 1j) / np.sqrt(w)
-        self.log_jw = np.log(self.jw)
-
-
-def _diffusion_shape(kind: str, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """g(s) and dg/ds of the finite-diffusion elements, Z = A·g(√(jωτ))."""
-    th = np.tanh(s)
-    sech2 = 1.0 - th * th
-    if kind == "Wo":  # g = coth s / s
-        g = 1.0 / (s * th)
-        return g, -(th + s * sech2) * g * g
-    if kind == "Ws":  # g = tanh s / s
-        return th / s, (s * sech2 - th) / (s * s)
-    # Sph: g = tanh s/(s − tanh s); for |s| < 1e-2 the series 3/s² + 1/5 (no cancellation)
-    small = np.abs(s) < 1e-2
-    if not small.any():
-        den = s - th
-        return th / den, (s * sech2 - th) / (den * den)
-    ss = np.where(small, 1.0, s)
-    ths = np.where(small, np.tanh(1.0), th)
-    den = ss - ths
-    sm = np.where(small, s, 1.0)
-    g = np.where(small, 3.0 / sm ** 2 + 0.2, ths / den)
-    dg = np.where(small, -6.0 / sm ** 3, (ss * (1.0 - ths * ths) - ths) / (den * den))
-    return g, dg
-
-
-# Z of one element and ∂Z/∂p of its parameters (a = p[lo], b = p[lo + 1]) as source lines; {z}, {a}, {b},
-# {j0}, {j1} are the names the generator gives them. R's impedance and L's derivative are scalars or
-# frequency factors (no array built for them).
-_ELEMENT_CODE: dict[str, tuple[str, ...]] = {
-    "R": ("{z} = {a}", "jac[{lo}] = 1.0"),
-    "C": ("{z} = g.inv_jw / {a}", "jac[{lo}] = -{z} / {a}"),
-    "L": ("{z} = g.jw * {a}", "jac[{lo}] = g.jw"),
-    "CPE": ("{z} = np.exp(-{b} * g.log_jw) / {a}", "jac[{lo}] = -{z} / {a}", "jac[{lo1}] = -{z} * g.log_jw"),
-    "W": ("{z} = {a} * g.warburg", "jac[{lo}] = g.warburg"),
-}
-_DIFFUSION_CODE = ("{s} = g.sqrt_jw * math.sqrt({b})", "{sh}, {dsh} = shape({kind!r}, {s})", "{z} = {a} * {sh}",
-                   "jac[{lo}] = {sh}", "jac[{lo1}] = {a} * {dsh} * {s} / (2.0 * {b})")  # ds/dτ = s/(2τ)
-
-
-def _compile(tree: tuple, n_par: int, text: str) -> Callable[[np.ndarray, _Grid, np.ndarray], np.ndarray]:
-    """One straight-line function (p, grid, jac) -> Z for the parsed `tree`, writing ∂Z/∂p into the rows
-    of `jac` (parameter, frequency). A parallel group Z = 1/Σ(1/Z_i) scales the rows of branch i by
-    ∂Z/∂Z_i = (Z/Z_i)²."""
-    lines: list[str] = []
-    count = [0]
-
-    def fresh(stem: str) -> str:
-        count[0] += 1
-        return f"{stem}{count[0]}"
-
-    def emit(node: tuple) -> str:
+    def emit(node: tuple) -> None:
         if node[0] == "element":
-            _, kind, lo = node
-            names = {"z": fresh("z"), "a": f"p[{lo}]", "b": f"p[{lo + 1}]", "lo": lo, "lo1": lo + 1,
-                     "s": fresh("s"), "sh": fresh("g"), "dsh": fresh("dg"), "kind": kind}
-            for line in _ELEMENT_CODE.get(kind, _DIFFUSION_CODE):
-                lines.append(line.format(**names))
-            return names["z"]
-        if node[0] == "series":
-            parts = [emit(sub) for sub in node[1]]
-            z = fresh("z")
-            lines.append(f"{z} = {' + '.join(parts)}")
-            return z
-        branches = [(emit(sub), lo, hi) for sub, lo, hi in node[1]]
-        ys = []
-        for zb, _, _ in branches:
-            ys.append(fresh("y"))
-            lines.append(f"{ys[-1]} = 1.0 / {zb}")
-        z = fresh("z")
-        lines.append(f"{z} = 1.0 / ({' + '.join(ys)})")
-        for (_, lo, hi), y in zip(branches, ys, strict=True):
-            lines.append(f"jac[{lo}:{hi}] *= ({z} * {y}) ** 2")
-        return z
+            rows.append((KIND_CODE[node[1]], node[2]))
+            return
+        subs = node[1] if node[0] == "series" else [sub for sub, _, _ in node[1]]
+        for sub in subs:
+            emit(sub)
+        if len(subs) > 1:
+            rows.append((SERIES if node[0] == "series" else PARALLEL, len(subs)))
 
-    top = emit(tree)
-    src = "def impedance(p, g, jac):\n" + "".join(f"    {ln}\n" for ln in lines) + f"    return {top} + g.zero\n"
-    scope = {"np": np, "math": math, "shape": _diffusion_shape}
-    exec(compile(src, f"<circuit {text}>", "exec"), scope)
-    return scope["impedance"]
+    emit(tree)
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
 @dataclass
 class Circuit:
     """A parsed circuit: `names` of its parameters in order, `impedance(params, f)` and
-    `impedance_jacobian(params, f)` (Z and ∂Z/∂p in closed form)."""
+    `impedance_jacobian(params, f)` (Z and ∂Z/∂p in closed form, compiled)."""
 
     text: str
     names: list[str]
     kinds: list[str]  # element kind per parameter
-    _eval: Callable[[np.ndarray, _Grid, np.ndarray], np.ndarray]
+    program: np.ndarray  # postfix rows (op, a) of circuit_kernel
 
     def model(self, freq: np.ndarray) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        """params -> (Z, ∂Z/∂p) on the fixed frequencies `freq` (the frequency factors computed once)."""
-        g = _Grid(2 * np.pi * np.asarray(freq, dtype=np.float64))
+        """params -> (Z, ∂Z/∂p (frequency, parameter)) on the fixed frequencies `freq`."""
+        w = 2 * np.pi * np.ascontiguousarray(freq, dtype=np.float64)
         n = len(self.names)
 
         def zj(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            jac = np.empty((n, g.w.size), dtype=complex)  # parameter-major: each row contiguous
-            return self._eval(np.asarray(params, dtype=np.float64), g, jac), jac.T
+            z = np.empty(w.size, dtype=complex)
+            jac = np.empty((n, w.size), dtype=complex)  # parameter-major: each row contiguous
+            impedance_into(self.program, w, np.ascontiguousarray(params, dtype=np.float64), z, jac)
+            return z, jac.T
         return zj
 
     def impedance_jacobian(self, params: np.ndarray | list[float], freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -218,7 +147,7 @@ def parse_circuit(text: str) -> Circuit:
     f = series()
     if k != len(tokens):
         raise ConfigError(f"circuit {text!r}: unexpected {tokens[k]!r}")
-    return Circuit(text, names, kinds, _compile(f, len(names), text))
+    return Circuit(text, names, kinds, _program(f))
 
 
 @dataclass
@@ -484,31 +413,21 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     n_par = len(c.names)
     is_alpha = np.array([n.endswith("_alpha") for n in c.names])
     any_alpha = bool(is_alpha.any())
-    grid = _Grid(2 * np.pi * freq)
-    inv_w = 1.0 / np.abs(z)
-    zbuf = np.empty((n_par, freq.size), dtype=complex)  # ∂Z/∂p, parameter-major
-    cache: list = [None, None, None]  # x, residual and Jacobian (parameter-major) of the latest evaluation
+    w = 2 * np.pi * np.ascontiguousarray(freq)
+    z_data = np.ascontiguousarray(z)
+    inv_w = 1.0 / np.abs(z_data)
+    dz = np.empty((n_par, freq.size), dtype=complex)  # ∂Z/∂p, parameter-major (work space)
+    cache: list = [None, None, None]  # x, residual and Jacobian (one row per variable) of the latest evaluation
 
     def to_params(x: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):  # a trial step far out: inf, caught as a non-finite residual
             return np.where(is_alpha, x, np.exp(x)) if any_alpha else np.exp(x)
 
     def evaluate(x: np.ndarray) -> None:
-        """Residuals (Re, Im interleaved: a view of the complex one) and their Jacobian in ln p (α
-        itself), one row per parameter; non-finite residuals (a step far out) become 10^6 with
-        zero derivative."""
-        with np.errstate(all="ignore"):
-            p = to_params(x)
-            d = (c._eval(p, grid, zbuf) - z) * inv_w
-            dp = np.where(is_alpha, 1.0, p) if any_alpha else p  # ∂/∂ ln p = p ∂/∂p
-            jx = zbuf * (dp[:, None] * inv_w[None, :])
-        r, jac = d.view(np.float64), jx.view(np.float64)
-        if not np.isfinite(r).all():
-            bad = ~np.isfinite(r)
-            r[bad] = 1e6
-            jac[:, bad] = 0.0
-        if not np.isfinite(jac).all():
-            jac[~np.isfinite(jac)] = 0.0
+        """Residuals (Re, Im interleaved) and their Jacobian in ln p (α itself), compiled."""
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        r, jac = np.empty(2 * freq.size), np.empty((n_par, 2 * freq.size))
+        residuals_into(c.program, w, x, is_alpha, z_data, inv_w, dz, r, jac)
         cache[0], cache[1], cache[2] = x.copy(), r, jac
 
     def resid(x: np.ndarray) -> np.ndarray:
