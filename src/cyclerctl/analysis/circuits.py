@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy.optimize import least_squares, leastsq
+from scipy.optimize import least_squares
 
 from ..errors import ConfigError
-from .circuit_kernel import KIND_CODE, PARALLEL, SERIES, impedance_into, residuals_into
+from .circuit_kernel import KIND_CODE, PARALLEL, SERIES, impedance_into, levenberg_marquardt, residuals_into
 
 ELEMENTS: dict[str, tuple[str, ...]] = {
     "R": ("",), "C": ("",), "L": ("",), "CPE": ("Q", "alpha"), "W": ("sigma",),
@@ -444,22 +444,20 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     hi = np.where(is_alpha, 1.0, np.inf)
 
     def run(x0: np.ndarray, tol: float, nfev: int) -> _Run | None:
-        """One local fit from `x0`: Levenberg-Marquardt (MINPACK, through leastsq: the least wrapping
-        per evaluation) where nothing is bounded, else the trust-region reflective method."""
+        """One local fit from `x0`: compiled Levenberg-Marquardt (circuit_kernel) where nothing is
+        bounded, else scipy's trust-region reflective method."""
+        if not any_alpha:
+            r, jac = np.empty(2 * freq.size), np.empty((n_par, 2 * freq.size))
+            x, cost, status, _ = levenberg_marquardt(c.program, w, z_data, inv_w, is_alpha,
+                                                     np.ascontiguousarray(x0, dtype=np.float64), nfev * n_par,
+                                                     tol, r, jac)
+            return _Run(x, float(cost), jac, status in (1, 2, 4, 6))
         try:
-            if not any_alpha:
-                with np.errstate(all="ignore"):  # leastsq's own covariance of a degenerate fit may overflow
-                    x, _, info, _, ier = leastsq(resid, x0, Dfun=jac_rows, full_output=True, col_deriv=True,
-                                                 ftol=tol, xtol=tol, gtol=tol, maxfev=nfev * n_par)
-                f = info["fvec"]
-                ok = ier in (1, 2, 3, 4)
-            else:
-                res = least_squares(resid, x0, jac=lambda x: jac_rows(x).T, bounds=(lo, hi), method="trf",
-                                    x_scale="jac", xtol=tol, ftol=tol, gtol=tol, max_nfev=nfev * n_par)
-                x, f, ok = res.x, res.fun, bool(res.success)
+            res = least_squares(resid, x0, jac=lambda x: jac_rows(x).T, bounds=(lo, hi), method="trf",
+                                x_scale="jac", xtol=tol, ftol=tol, gtol=tol, max_nfev=nfev * n_par)
         except (ValueError, FloatingPointError):
             return None
-        return _Run(x, 0.5 * float(f @ f), jac_rows(x).copy(), ok)
+        return _Run(res.x, float(res.cost), jac_rows(res.x).copy(), bool(res.success))
 
     physical, generic = ([np.asarray(guess, float)], []) if guess is not None else _starts(c, freq, z)
 
