@@ -26,7 +26,15 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from ..errors import ConfigError
-from .circuit_kernel import KIND_CODE, PARALLEL, SERIES, impedance_into, levenberg_marquardt, residuals_into
+from .circuit_kernel import (
+    KIND_CODE,
+    PARALLEL,
+    SERIES,
+    impedance_into,
+    levenberg_marquardt,
+    randles_profile_into,
+    residuals_into,
+)
 
 ELEMENTS: dict[str, tuple[str, ...]] = {
     "R": ("",), "C": ("",), "L": ("",), "CPE": ("Q", "alpha"), "W": ("sigma",),
@@ -234,33 +242,21 @@ def randles_profile(freq: np.ndarray, z_we: np.ndarray, z_total: np.ndarray) -> 
     R_ct + σ(1 − j)ω^-½ is linear in R_ct and σ (weighted least squares, errors mapped back to Z and
     taken relative to the whole impedance `z_total`). A semi-infinite Warburg stands in for any
     diffusion element here; this is a starting point for the full fit, not a result. All trial C_dl
-    at once: the 2 × 2 normal equations per C_dl, solved in closed form."""
+    at once (compiled): the 2 × 2 normal equations per C_dl, solved in closed form."""
     w = 2 * np.pi * np.asarray(freq, float)
     y = 1.0 / z_we
     c_top = float(np.max(y.imag / w))
     if not c_top > 0:
         return None
-    c = np.geomspace(c_top * 1e-4, c_top, 160)[:, None]
-    u = w ** -0.5
-    with np.errstate(all="ignore"):
-        zf = 1.0 / (y - 1j * w * c)  # (trial C_dl, frequency)
-        wt2 = (np.abs(z_we / zf) ** 2 / np.abs(z_total)) ** 2  # dZ = (Z/zf)² d zf; same weight on Re and Im
-        # columns (1, 0) for R_ct and (u, −u) for σ over the stacked (Re, Im) rows
-        s11 = np.sum(wt2, axis=1)
-        s12 = np.sum(wt2 * u, axis=1)
-        s22 = np.sum(wt2 * 2 * u * u, axis=1)
-        b1 = np.sum(wt2 * zf.real, axis=1)
-        b2 = np.sum(wt2 * u * (zf.real - zf.imag), axis=1)
-        det = s11 * s22 - s12 * s12
-        r_ct = (s22 * b1 - s12 * b2) / det
-        sigma = (s11 * b2 - s12 * b1) / det
-        zm = 1.0 / (1j * w * c + 1.0 / (r_ct[:, None] + sigma[:, None] * (1 - 1j) * u))
-        cost = np.sum(np.abs((zm - z_we) / z_total) ** 2, axis=1)
+    c = np.geomspace(c_top * 1e-4, c_top, 160)
+    r_ct, sigma, cost = np.empty(c.size), np.empty(c.size), np.empty(c.size)
+    randles_profile_into(w, np.ascontiguousarray(z_we, dtype=complex), np.ascontiguousarray(z_total, dtype=complex),
+                         c, r_ct, sigma, cost)
     ok = (r_ct > 0) & (sigma > 0) & np.isfinite(cost)
     if not ok.any():
         return None
     k = int(np.argmin(np.where(ok, cost, np.inf)))
-    return float(c[k, 0]), float(r_ct[k]), float(sigma[k])
+    return float(c[k]), float(r_ct[k]), float(sigma[k])
 
 
 def _physical_starts(circuit: Circuit, f: np.ndarray, zz: np.ndarray, apex: int) -> list[np.ndarray]:
