@@ -397,6 +397,10 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     (0, 1]), with the Jacobian of the circuit in closed form. Standard errors from the Jacobian at
     the optimum, scaled by the residual variance.
 
+    Each local fit is the compiled Levenberg-Marquardt of circuit_kernel (scipy's trust-region
+    reflective method where a CPE's α is bounded), a run to convergence at most `CONVERGE`
+    evaluations per parameter.
+
     Starts (`guess`, else those of `_starts`): the few read off the spectrum each run briefly
     (`BRIEF_READ_OFF` evaluations per parameter) and the best of them to convergence. If that fit
     has χ² ≤ `good_chi2` (analyze_spectrum: the Lin-KK residual variance of the same spectrum; the
