@@ -62,6 +62,42 @@ def test_closed_form_jacobian_matches_central_differences_for_every_element():
         assert np.allclose(jac[:, i] * p[i], numeric * p[i], rtol=0, atol=1e-6 * np.abs(z).max()), c.names[i]
 
 
+def test_compiled_levenberg_marquardt_reaches_minpacks_minimum():
+    """The compiled trust-region LM and MINPACK (scipy, method "lm") from the same far-off start on a
+    noisy two-arc spectrum, on the same residuals: the same minimum, and a trial step into overflow
+    (exp of a huge log parameter) is rejected rather than fatal."""
+    from scipy.optimize import least_squares
+
+    from cyclerctl.analysis.circuit_kernel import levenberg_marquardt, residuals_into
+
+    c = parse_circuit("R0-p(R1,C1)-p(R2-Sph1,C2)")
+    truth = np.array([4.0, 6.0, 1.5e-6, 25.0, 900.0, 2000.0, 2e-5])
+    freq = np.logspace(5, -2, 49)
+    rng = np.random.default_rng(3)
+    z = c.impedance(truth, freq) * (1 + 0.002 * (rng.standard_normal(49) + 1j * rng.standard_normal(49)) / np.sqrt(2))
+    w, inv_w, is_alpha = 2 * np.pi * freq, 1 / np.abs(z), np.zeros(truth.size, dtype=bool)
+    dz = np.empty((truth.size, freq.size), dtype=complex)
+
+    def both(x):
+        r, jac = np.empty(2 * freq.size), np.empty((truth.size, 2 * freq.size))
+        residuals_into(c.program, w, np.ascontiguousarray(x), is_alpha, z, inv_w, dz, r, jac)
+        return r, jac
+
+    x0 = np.log(truth * np.array([2.0, 0.5, 3.0, 0.5, 2.0, 0.3, 1.5]))
+    ref = least_squares(lambda x: both(x)[0], x0, jac=lambda x: both(x)[1].T, method="lm", x_scale="jac",
+                        xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=3000)
+    r, jac = np.empty(2 * freq.size), np.empty((truth.size, 2 * freq.size))
+    x, cost, status, nfev = levenberg_marquardt(c.program, w, z, inv_w, is_alpha, x0, 3000, 1e-12, r, jac)
+    assert status in (1, 2, 4) and nfev < 3000
+    assert cost == pytest.approx(ref.cost, rel=1e-9)
+    np.testing.assert_allclose(x, ref.x, atol=1e-5)
+    np.testing.assert_allclose(r, both(x)[0], rtol=0, atol=1e-15)  # r and J are those at the returned x
+    far = x0.copy()
+    far[5] = 800.0  # τ = e^800: overflow on the first evaluation
+    _, cost, status, _ = levenberg_marquardt(c.program, w, z, inv_w, is_alpha, far, 200, 1e-12, r, jac)
+    assert np.isfinite(cost)
+
+
 def test_stopping_at_the_lin_kk_level_keeps_the_all_starts_fit_on_two_arcs():
     """A counter-electrode arc merging into the working electrode's: a start read off the spectrum
     can end in a minimum with R_ct at a quarter of the truth and χ² within 2× of Lin-KK's; stopping

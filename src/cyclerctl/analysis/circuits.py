@@ -26,6 +26,15 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from ..errors import ConfigError
+from .circuit_kernel import (
+    KIND_CODE,
+    PARALLEL,
+    SERIES,
+    impedance_into,
+    levenberg_marquardt,
+    randles_profile_into,
+    residuals_into,
+)
 
 ELEMENTS: dict[str, tuple[str, ...]] = {
     "R": ("",), "C": ("",), "L": ("",), "CPE": ("Q", "alpha"), "W": ("sigma",),
@@ -34,109 +43,44 @@ ELEMENTS: dict[str, tuple[str, ...]] = {
 _TOKEN = re.compile(r"\s*(p\(|\(|\)|,|-|[A-Za-z]+\d*)")
 
 
-class _Grid:
-    """Frequency-only factors of the element impedances, computed once per fit."""
+def _program(tree: tuple) -> np.ndarray:
+    """The parsed `tree` as the postfix program of circuit_kernel: rows (op, first parameter or count)."""
+    rows: list[tuple[int, int]] = []
 
-    def __init__(self, w: np.ndarray) -> None:
-        self.w = w
-        self.ones = np.ones(w.shape, dtype=complex)
-        self.jw = 1j * w
-        self.warburg = (1 - 1j) / np.sqrt(w)
-        self.log_jw = np.log(self.jw)
+    def emit(node: tuple) -> None:
+        if node[0] == "element":
+            rows.append((KIND_CODE[node[1]], node[2]))
+            return
+        subs = node[1] if node[0] == "series" else [sub for sub, _, _ in node[1]]
+        for sub in subs:
+            emit(sub)
+        if len(subs) > 1:
+            rows.append((SERIES if node[0] == "series" else PARALLEL, len(subs)))
 
-
-def _diffusion_shape(kind: str, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """g(s) and dg/ds of the finite-diffusion elements, Z = A·g(√(jωτ))."""
-    th = np.tanh(s)
-    sech2 = 1.0 - th * th
-    if kind == "Wo":  # g = coth s / s
-        g = 1.0 / (s * th)
-        return g, -(th + s * sech2) * g * g
-    if kind == "Ws":  # g = tanh s / s
-        return th / s, (s * sech2 - th) / (s * s)
-    # Sph: g = tanh s/(s − tanh s); for |s| < 1e-2 the series 3/s² + 1/5 (no cancellation)
-    small = np.abs(s) < 1e-2
-    if not small.any():
-        den = s - th
-        return th / den, (s * sech2 - th) / (den * den)
-    ss = np.where(small, 1.0, s)
-    ths = np.where(small, np.tanh(1.0), th)
-    den = ss - ths
-    sm = np.where(small, s, 1.0)
-    g = np.where(small, 3.0 / sm ** 2 + 0.2, ths / den)
-    dg = np.where(small, -6.0 / sm ** 3, (ss * (1.0 - ths * ths) - ths) / (den * den))
-    return g, dg
-
-
-def _element(kind: str, lo: int) -> Callable[[np.ndarray, _Grid, np.ndarray], np.ndarray]:
-    """Z of one element; writes ∂Z/∂p of its parameters into rows lo.. of `jac` (parameter, frequency)."""
-    def ev(p: np.ndarray, g: _Grid, jac: np.ndarray) -> np.ndarray:
-        a = p[lo]
-        if kind == "R":
-            jac[lo] = 1.0
-            return g.ones * a
-        if kind == "C":
-            z = 1.0 / (g.jw * a)
-            jac[lo] = -z / a
-            return z
-        if kind == "L":
-            jac[lo] = g.jw
-            return g.jw * a
-        if kind == "CPE":
-            z = 1.0 / (a * np.exp(p[lo + 1] * g.log_jw))
-            jac[lo] = -z / a
-            jac[lo + 1] = -z * g.log_jw
-            return z
-        if kind == "W":
-            jac[lo] = g.warburg
-            return a * g.warburg
-        tau = p[lo + 1]
-        s = np.sqrt(g.jw * tau)
-        shape, dshape = _diffusion_shape(kind, s)
-        jac[lo] = shape
-        jac[lo + 1] = a * dshape * s / (2 * tau)  # ds/dτ = s/(2τ)
-        return a * shape
-    return ev
-
-
-def _series(parts: list) -> Callable:
-    def ev(p, g, jac):
-        z = parts[0](p, g, jac)
-        for f in parts[1:]:
-            z = z + f(p, g, jac)
-        return z
-    return ev
-
-
-def _parallel(branches: list[tuple[Callable, int, int]]) -> Callable:
-    """Z = 1/Σ(1/Z_i); a parameter of branch i: ∂Z/∂p = (Z/Z_i)² ∂Z_i/∂p."""
-    def ev(p, g, jac):
-        ys = [1.0 / f(p, g, jac) for f, _, _ in branches]
-        z = 1.0 / sum(ys)
-        for (_, lo, hi), y in zip(branches, ys, strict=True):
-            jac[lo:hi] *= (z * y) ** 2
-        return z
-    return ev
+    emit(tree)
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
 @dataclass
 class Circuit:
     """A parsed circuit: `names` of its parameters in order, `impedance(params, f)` and
-    `impedance_jacobian(params, f)` (Z and ∂Z/∂p in closed form)."""
+    `impedance_jacobian(params, f)` (Z and ∂Z/∂p in closed form, compiled)."""
 
     text: str
     names: list[str]
     kinds: list[str]  # element kind per parameter
-    _eval: Callable[[np.ndarray, _Grid, np.ndarray], np.ndarray]
+    program: np.ndarray  # postfix rows (op, a) of circuit_kernel
 
     def model(self, freq: np.ndarray) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        """params -> (Z, ∂Z/∂p) on the fixed frequencies `freq` (the frequency factors computed once)."""
-        g = _Grid(2 * np.pi * np.asarray(freq, dtype=np.float64))
+        """params -> (Z, ∂Z/∂p (frequency, parameter)) on the fixed frequencies `freq`."""
+        w = 2 * np.pi * np.ascontiguousarray(freq, dtype=np.float64)
         n = len(self.names)
 
         def zj(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            jac = np.empty((n, g.w.size), dtype=complex)  # parameter-major: each row contiguous
-            return self._eval(np.asarray(params, dtype=np.float64), g, jac), jac.T
+            z = np.empty(w.size, dtype=complex)
+            jac = np.empty((n, w.size), dtype=complex)  # parameter-major: each row contiguous
+            impedance_into(self.program, w, np.ascontiguousarray(params, dtype=np.float64), z, jac)
+            return z, jac.T
         return zj
 
     def impedance_jacobian(self, params: np.ndarray | list[float], freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +118,7 @@ def parse_circuit(text: str) -> Circuit:
                 raise ConfigError(f"circuit {text!r}: element {tok!r} appears twice")
             names.append(pname)
             kinds.append(kind)
-        return _element(kind, start)
+        return ("element", kind, start)
 
     def series():
         nonlocal k
@@ -182,7 +126,7 @@ def parse_circuit(text: str) -> Circuit:
         while k < len(tokens) and tokens[k] == "-":
             k += 1
             parts.append(term())
-        return parts[0] if len(parts) == 1 else _series(parts)
+        return parts[0] if len(parts) == 1 else ("series", parts)
 
     def term():
         nonlocal k
@@ -203,7 +147,7 @@ def parse_circuit(text: str) -> Circuit:
             if k >= len(tokens) or tokens[k] != ")":
                 raise ConfigError(f"circuit {text!r}: missing ')'")
             k += 1
-            return _parallel(branches)
+            return ("parallel", branches)
         if tok in ("(", ")", ",", "-"):
             raise ConfigError(f"circuit {text!r}: unexpected {tok!r}")
         return element(tok)
@@ -211,7 +155,17 @@ def parse_circuit(text: str) -> Circuit:
     f = series()
     if k != len(tokens):
         raise ConfigError(f"circuit {text!r}: unexpected {tokens[k]!r}")
-    return Circuit(text, names, kinds, f)
+    return Circuit(text, names, kinds, _program(f))
+
+
+@dataclass
+class _Run:
+    """One local least-squares run: the end point, ½ Σ r², ∂r/∂x (one row per variable), converged."""
+
+    x: np.ndarray
+    cost: float
+    jac: np.ndarray
+    success: bool
 
 
 @dataclass
@@ -269,6 +223,8 @@ def warburg_coefficient(fit: FitResult) -> tuple[float, float, str] | None:
     return None
 BRIEF_READ_OFF = 5  # evaluations per parameter for each start read off the spectrum, before the best is converged
 BRIEF_GENERIC = 15  # the same for each generic start
+CONVERGE = 30  # evaluations per parameter for the run to convergence (a degenerate valley, e.g. an arc
+# outside the window trading R0 against R1, is not followed further: its cost no longer changes)
 
 
 def _first_valley(mim: np.ndarray, apex: int) -> int | None:
@@ -286,33 +242,21 @@ def randles_profile(freq: np.ndarray, z_we: np.ndarray, z_total: np.ndarray) -> 
     R_ct + σ(1 − j)ω^-½ is linear in R_ct and σ (weighted least squares, errors mapped back to Z and
     taken relative to the whole impedance `z_total`). A semi-infinite Warburg stands in for any
     diffusion element here; this is a starting point for the full fit, not a result. All trial C_dl
-    at once: the 2 × 2 normal equations per C_dl, solved in closed form."""
+    at once (compiled): the 2 × 2 normal equations per C_dl, solved in closed form."""
     w = 2 * np.pi * np.asarray(freq, float)
     y = 1.0 / z_we
     c_top = float(np.max(y.imag / w))
     if not c_top > 0:
         return None
-    c = np.geomspace(c_top * 1e-4, c_top, 160)[:, None]
-    u = w ** -0.5
-    with np.errstate(all="ignore"):
-        zf = 1.0 / (y - 1j * w * c)  # (trial C_dl, frequency)
-        wt2 = (np.abs(z_we / zf) ** 2 / np.abs(z_total)) ** 2  # dZ = (Z/zf)² d zf; same weight on Re and Im
-        # columns (1, 0) for R_ct and (u, −u) for σ over the stacked (Re, Im) rows
-        s11 = np.sum(wt2, axis=1)
-        s12 = np.sum(wt2 * u, axis=1)
-        s22 = np.sum(wt2 * 2 * u * u, axis=1)
-        b1 = np.sum(wt2 * zf.real, axis=1)
-        b2 = np.sum(wt2 * u * (zf.real - zf.imag), axis=1)
-        det = s11 * s22 - s12 * s12
-        r_ct = (s22 * b1 - s12 * b2) / det
-        sigma = (s11 * b2 - s12 * b1) / det
-        zm = 1.0 / (1j * w * c + 1.0 / (r_ct[:, None] + sigma[:, None] * (1 - 1j) * u))
-        cost = np.sum(np.abs((zm - z_we) / z_total) ** 2, axis=1)
+    c = np.geomspace(c_top * 1e-4, c_top, 160)
+    r_ct, sigma, cost = np.empty(c.size), np.empty(c.size), np.empty(c.size)
+    randles_profile_into(w, np.ascontiguousarray(z_we, dtype=complex), np.ascontiguousarray(z_total, dtype=complex),
+                         c, r_ct, sigma, cost)
     ok = (r_ct > 0) & (sigma > 0) & np.isfinite(cost)
     if not ok.any():
         return None
     k = int(np.argmin(np.where(ok, cost, np.inf)))
-    return float(c[k, 0]), float(r_ct[k]), float(sigma[k])
+    return float(c[k]), float(r_ct[k]), float(sigma[k])
 
 
 def _physical_starts(circuit: Circuit, f: np.ndarray, zz: np.ndarray, apex: int) -> list[np.ndarray]:
@@ -453,6 +397,10 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     (0, 1]), with the Jacobian of the circuit in closed form. Standard errors from the Jacobian at
     the optimum, scaled by the residual variance.
 
+    Each local fit is the compiled Levenberg-Marquardt of circuit_kernel (scipy's trust-region
+    reflective method where a CPE's α is bounded), a run to convergence at most `CONVERGE`
+    evaluations per parameter.
+
     Starts (`guess`, else those of `_starts`): the few read off the spectrum each run briefly
     (`BRIEF_READ_OFF` evaluations per parameter) and the best of them to convergence. If that fit
     has χ² ≤ `good_chi2` (analyze_spectrum: the Lin-KK residual variance of the same spectrum; the
@@ -462,51 +410,54 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     c = parse_circuit(circuit) if isinstance(circuit, str) else circuit
     freq = np.asarray(freq, dtype=np.float64)
     z = np.asarray(z, dtype=complex)
-    wmod = np.abs(z)
     n_par = len(c.names)
     is_alpha = np.array([n.endswith("_alpha") for n in c.names])
-    zj = c.model(freq)
-    last: list = [None, None]  # x and Jacobian of the latest residual evaluation
-    inv_w = 1.0 / wmod
     any_alpha = bool(is_alpha.any())
+    w = 2 * np.pi * np.ascontiguousarray(freq)
+    z_data = np.ascontiguousarray(z)
+    inv_w = 1.0 / np.abs(z_data)
+    dz = np.empty((n_par, freq.size), dtype=complex)  # ∂Z/∂p, parameter-major (work space)
+    cache: list = [None, None, None]  # x, residual and Jacobian (one row per variable) of the latest evaluation
 
     def to_params(x: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):  # a trial step far out: inf, caught as a non-finite residual
             return np.where(is_alpha, x, np.exp(x)) if any_alpha else np.exp(x)
 
-    def resid(x: np.ndarray) -> np.ndarray:
-        with np.errstate(all="ignore"):
-            p = np.where(is_alpha, x, np.exp(x)) if any_alpha else np.exp(x)
-            zm, jp = zj(p)
-            d = (zm - z) * inv_w
-            dp = np.where(is_alpha, 1.0, p) if any_alpha else p  # ∂/∂ log p = p ∂/∂p
-            jx = jp * (inv_w[:, None] * dp[None, :])
-        r = np.concatenate((d.real, d.imag))
-        jac = np.concatenate((jx.real, jx.imag))
-        if not np.isfinite(r).all():
-            bad = ~np.isfinite(r)
-            r[bad] = 1e6
-            jac[bad] = 0.0
-        if not np.isfinite(jac).all():
-            jac[~np.isfinite(jac)] = 0.0
-        last[0], last[1] = x.copy(), jac
-        return r
+    def evaluate(x: np.ndarray) -> None:
+        """Residuals (Re, Im interleaved) and their Jacobian in ln p (α itself), compiled."""
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        r, jac = np.empty(2 * freq.size), np.empty((n_par, 2 * freq.size))
+        residuals_into(c.program, w, x, is_alpha, z_data, inv_w, dz, r, jac)
+        cache[0], cache[1], cache[2] = x.copy(), r, jac
 
-    def jac(x: np.ndarray) -> np.ndarray:
-        if last[0] is None or not (last[0] == x).all():
-            resid(x)
-        return last[1]
+    def resid(x: np.ndarray) -> np.ndarray:
+        if cache[0] is None or not (cache[0] == x).all():
+            evaluate(x)
+        return cache[1]
+
+    def jac_rows(x: np.ndarray) -> np.ndarray:
+        if cache[0] is None or not (cache[0] == x).all():
+            evaluate(x)
+        return cache[2]
 
     lo = np.where(is_alpha, 0.3, -np.inf)
     hi = np.where(is_alpha, 1.0, np.inf)
-    method = "trf" if is_alpha.any() else "lm"  # Levenberg-Marquardt (MINPACK) where nothing is bounded
 
-    def run(x0: np.ndarray, tol: float, nfev: int):
+    def run(x0: np.ndarray, tol: float, nfev: int) -> _Run | None:
+        """One local fit from `x0`: compiled Levenberg-Marquardt (circuit_kernel) where nothing is
+        bounded, else scipy's trust-region reflective method."""
+        if not any_alpha:
+            r, jac = np.empty(2 * freq.size), np.empty((n_par, 2 * freq.size))
+            x, cost, status, _ = levenberg_marquardt(c.program, w, z_data, inv_w, is_alpha,
+                                                     np.ascontiguousarray(x0, dtype=np.float64), nfev * n_par,
+                                                     tol, r, jac)
+            return _Run(x, float(cost), jac, status in (1, 2, 4, 6))
         try:
-            return least_squares(resid, x0, jac=jac, bounds=(lo, hi), method=method, x_scale="jac",
-                                 xtol=tol, ftol=tol, gtol=tol, max_nfev=nfev * n_par)
+            res = least_squares(resid, x0, jac=lambda x: jac_rows(x).T, bounds=(lo, hi), method="trf",
+                                x_scale="jac", xtol=tol, ftol=tol, gtol=tol, max_nfev=nfev * n_par)
         except (ValueError, FloatingPointError):
             return None
+        return _Run(res.x, float(res.cost), jac_rows(res.x).copy(), bool(res.success))
 
     physical, generic = ([np.asarray(guess, float)], []) if guess is not None else _starts(c, freq, z)
 
@@ -528,15 +479,15 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
         return out
 
     if len(physical) == 1:  # a single start: straight to convergence
-        best = run(log_x(physical[0]), 1e-12, 100)
+        best = run(log_x(physical[0]), 1e-12, CONVERGE)
     else:
         best = brief_best(physical, BRIEF_READ_OFF)
         if best is not None:
-            best = run(best.x, 1e-12, 100) or best
+            best = run(best.x, 1e-12, CONVERGE) or best
     if best is None or best.cost > good_cost:
         brief = brief_best(generic, BRIEF_GENERIC)
         if brief is not None:
-            brief = run(brief.x, 1e-12, 100) or brief
+            brief = run(brief.x, 1e-12, CONVERGE) or brief
             if best is None or brief.cost < best.cost:
                 best = brief
     if best is None:
@@ -544,7 +495,7 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     values = to_params(best.x)
     s2 = 2 * best.cost / dof
     try:
-        cov = np.linalg.pinv(best.jac.T @ best.jac) * s2
+        cov = np.linalg.pinv(best.jac @ best.jac.T) * s2
         se_x = np.sqrt(np.clip(np.diag(cov), 0, None))
     except np.linalg.LinAlgError:
         cov, se_x = None, np.full(len(values), np.nan)
