@@ -210,16 +210,17 @@ class ChannelRunner:
         running = self.sm.state == State.RUNNING
         if self.channel_state_interval > 0:
             now = time.monotonic()
+            if self._last_channel_state == -math.inf:
+                # the channel's state is first saved at a phase of the interval fixed per channel, and
+                # then once per interval: a rack started together does not save every channel at once
+                self._last_channel_state = now - self.channel_state_interval + self._state_phase
             if now - self._last_channel_state < self.channel_state_interval and running:
                 if samples_only:
                     return None
                 self.es.state = self.sm.state.value
                 self.es.trailing = dict(self.safety.trailing)
                 return self.es.state, self.es.to_json(), None  # None keeps the journaled channel state
-            # the first save is at once; later ones at a phase of the interval fixed per channel, so a
-            # rack started together does not save every channel in the same commit
-            first = self._last_channel_state == -math.inf
-            self._last_channel_state = now - (self._state_phase if first else 0.0)
+            self._last_channel_state = now
         self.es.state = self.sm.state.value
         self.es.trailing = dict(self.safety.trailing)
         try:
