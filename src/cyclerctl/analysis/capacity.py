@@ -98,27 +98,33 @@ class CycleOperator:
         ok = (s0 == sc) & np.isfinite(dq) & (dt >= 0)
         if self._excluded and (sc[0] in self._excluded or sc[-1] in self._excluded or sc[0] != sc[-1]):
             ok &= ~np.isin(sc, list(self._excluded))
-        de = np.where(np.isfinite(de), de, 0.0)
+        # the counted intervals' charge, energy and duration, split by the sign of the charge:
+        # per cycle segment, sums = parts @ [I < 0, I > 0] (one product instead of masked sums)
+        parts = np.zeros((3, t.size))
+        np.copyto(parts[0], dq, where=ok)
+        np.copyto(parts[1], de, where=ok & np.isfinite(de))
+        np.copyto(parts[2], dt, where=ok)
+        sign = np.empty((2, t.size))
+        np.less(parts[0], 0.0, out=sign[0])
+        np.greater(parts[0], 0.0, out=sign[1])
 
         out: list[MetricRow] = []
         cyc_filled = np.where(np.isfinite(cyc), cyc, 1.0).astype(np.int64)
-        change = np.flatnonzero(np.diff(cyc_filled)) + 1
-        bounds = np.concatenate(([0], change, [cyc_filled.size]))
+        change = np.flatnonzero(cyc_filled[1:] != cyc_filled[:-1]) + 1
+        bounds = [0, *change.tolist(), t.size]
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             c = int(cyc_filled[a])
             if self._open is None or self._open.cycle != c:
                 out += self._close_cycle()
                 self._open = _CycleAccumulator(c, float(t[a]))
             acc = self._open
-            seg_ok = ok[a:b]
-            q, e, d = dq[a:b][seg_ok], de[a:b][seg_ok], dt[a:b][seg_ok]
-            neg, pos = q < 0, q > 0
-            acc.q_dis.add(float(-q[neg].sum()))
-            acc.q_chg.add(float(q[pos].sum()))
-            acc.e_dis.add(float(e[neg].sum()))
-            acc.e_chg.add(float(e[pos].sum()))
-            acc.t_dis.add(float(d[neg].sum()))
-            acc.t_chg.add(float(d[pos].sum()))
+            (q_neg, q_pos), (e_neg, e_pos), (t_neg, t_pos) = (parts[:, a:b] @ sign[:, a:b].T).tolist()
+            acc.q_dis.add(-q_neg)
+            acc.q_chg.add(q_pos)
+            acc.e_dis.add(e_neg)
+            acc.e_chg.add(e_pos)
+            acc.t_dis.add(t_neg)
+            acc.t_chg.add(t_pos)
             acc.t_end = float(t[b - 1])
         return out
 
