@@ -289,7 +289,7 @@ def stationary_point(derivative: Callable[[float], tuple[float, float]], x: floa
     return x
 
 
-def _search_terms(q: list[list[float]]) -> tuple[float, float, float]:
+def _search_terms(q: list[list[float]], delay: bool) -> tuple[float, float, float]:
     """Derivative of the variable-projection cost ‖r‖² with respect to x = ln τ_d, its Gauss–Newton
     curvature and the delay coefficient b, from the centred inner products q[i][j] of the columns
     (m, m_x, g, g_x, e): m the model's nonlinear part, g the delay column (zero when not fitted),
@@ -298,7 +298,7 @@ def _search_terms(q: list[list[float]]) -> tuple[float, float, float]:
     curvature is 2‖P⊥(m_x + b·g_x)‖² (P⊥ off the constant and g)."""
     zx = q[4][1] - q[0][1]
     gg = q[2][2]
-    if not gg > 0.0:
+    if not (delay and gg > 0.0):
         return -2.0 * zx, 2.0 * q[1][1], 0.0
     b = (q[4][2] - q[0][2]) / gg
     zw = zx + b * (q[4][3] - q[0][3])
@@ -357,30 +357,39 @@ class _ShortTimeColumns:
         rows[2:m] = st
         np.multiply.accumulate(rows[1:m], axis=0, out=rows[1:m])
         rows[m] = e
-        self.means = rows.mean(axis=1)
+        self.means = np.add.reduce(rows, axis=1) / t.size
         rows -= self.means[:, None]
         self.rows = rows
         self.gram = rows @ rows.T
         plain, with_delay, self.power = _series_pattern(self.k_max)
-        scale = np.array([[slope], [slope], [1.0], [1.0], [1.0]])
-        self.weights = (plain * scale, with_delay * scale)
+        self.weights = (plain.copy(), with_delay.copy())
+        for w in self.weights:
+            w[:2] *= slope
+        self._last: tuple[float, bool, np.ndarray, list[list[float]]] | None = None
 
     def inner(self, y: float, delay: bool) -> tuple[np.ndarray, list[list[float]]]:
-        """Column weights at √τ_d = y and the centred inner products of the columns."""
+        """Column weights at √τ_d = y and the centred inner products of the columns (those of the
+        fit with the delay term serve the fit without it at the same y: its columns are a subset)."""
+        last = self._last
+        if last is not None and last[0] == y and (last[1] or not delay):
+            return last[2], last[3]
         c = self.weights[delay] * np.exp(self.power * math.log(y))
-        return c, ((c @ self.gram) @ c.T).tolist()
+        q = ((c @ self.gram) @ c.T).tolist()
+        self._last = (y, delay, c, q)
+        return c, q
 
     def derivative(self, y: float, delay: bool) -> tuple[float, float]:
-        d, curv, _b = _search_terms(self.inner(y, delay)[1])
+        d, curv, _b = _search_terms(self.inner(y, delay)[1], delay)
         return 2.0 * d / y, 4.0 * curv / (y * y)  # in y = √τ_d: dx/dy = 2/y
 
     def finish(self, y: float, delay: bool) -> tuple[float, float, float, float]:
         """(a, rms residual, delay coefficient b, ‖g − ḡ‖²) at √τ_d = y."""
         c, q = self.inner(y, delay)
-        _d, _curv, b = _search_terms(q)
+        _d, _curv, b = _search_terms(q, delay)
         v = c[4] - c[0] - b * c[2]  # the residual e − m − b·g on the columns
         r = v @ self.rows
         return float(v @ self.means), math.sqrt(float(r @ r) / r.size), b, q[2][2]
+
 
 
 class SphereFit:
@@ -499,7 +508,7 @@ class SphereFit:
             cols[2:4] = 0.0
         cols[4] = self.e
         cols -= cols.mean(axis=1, keepdims=True)
-        d, curv, _b = _search_terms((cols @ cols.T).tolist())
+        d, curv, _b = _search_terms((cols @ cols.T).tolist(), delay)
         return 2.0 * d / y, 4.0 * curv / (y * y)
 
 

@@ -75,9 +75,9 @@ def tangent_at_end(t: np.ndarray, e: np.ndarray) -> tuple[float, float]:
     """Slope dE/dt at the last sample of a least-squares parabola through (t, e), and the relative
     change of the slope across the span. Returns (slope [V/s], change)."""
     x = t - t[-1]
-    if t.size < 4 or np.ptp(x) <= 0:
+    scale = float(x.max() - x.min()) if t.size else 0.0
+    if t.size < 4 or not scale > 0:
         return math.nan, math.nan
-    scale = float(np.ptp(x))
     c2, c1 = _parabola(x / scale, e)
     slope = c1 / scale
     return float(slope), float(abs(2.0 * c2 / c1)) if c1 else math.inf
@@ -173,7 +173,7 @@ class IciOperator:
         tr, vr = (np.concatenate(x) for x in self._rest)
         if tc.size < 4 or tr.size == 0:
             return []
-        current = float(np.mean(ic))
+        current = float(ic.sum()) / ic.size
         half = tc >= tc[0] + 0.5 * (tc[-1] - tc[0])
         dedt, change = tangent_at_end(tc[half], vc[half])
         w = (tr >= self.s.t_min) & (tr <= self.s.t_max)
