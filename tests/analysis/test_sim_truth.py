@@ -198,9 +198,9 @@ def test_short_gitt_pulses_on_the_simulator(plant):
 
 def ici_on_plant(p, current, n, interval=300.0, interruption=10.0, dt=1.0):
     """n ICI periods on the plant as the shipped protocol runs them (hc_ici.yaml: `interval` s of
-    current, then `interruption` s of rest, records every dt): columns, events, the truth at each
-    interruption start and 120 s before it."""
-    t, v, i, truth, before, events = [], [], [], [], [], []
+    current, then `interruption` s of rest, records every dt): columns, events and the truth at each
+    interruption start."""
+    t, v, i, truth, events = [], [], [], [], []
 
     def record(cur, h):
         v.append(p.advance_current(cur, h) if cur else p.advance_open(h))
@@ -210,9 +210,7 @@ def ici_on_plant(p, current, n, interval=300.0, interruption=10.0, dt=1.0):
     for k in range(n):
         events.append(Event("step_start", p.time, 1, 2 * k + 1, len(t),
                             {"technique": "ici", "tags": {"role": "current"}, "current_ampere": current}))
-        for j in range(round(interval / dt)):
-            if j == round((interval - 120.0) / dt):
-                before.append(p.truth())
+        for _ in range(round(interval / dt)):
             record(current, dt)
         truth.append(p.truth())
         events.append(Event("step_start", p.time, 1, 2 * k + 2, len(t),
@@ -222,7 +220,7 @@ def ici_on_plant(p, current, n, interval=300.0, interruption=10.0, dt=1.0):
             record(0.0, dt)
     events.append(Event("run_end", p.time, 1, 2 * n, len(t), {}))
     cols = {"test_time_second": np.array(t), "voltage_volt": np.array(v), "current_ampere": np.array(i)}
-    return cols, events, truth, before
+    return cols, events, truth
 
 
 def ici_rows(p, direction, n, settings):
@@ -231,8 +229,8 @@ def ici_rows(p, direction, n, settings):
     i = 30e-3 * p.cell.active_mass * 1e3
     p.advance_current(direction * i, 3600.0)
     p.advance_open(3600.0)
-    cols, events, truth, before = ici_on_plant(p, direction * i, n)
-    return cols, events, feed(IciOperator(settings), cols, events), truth, before
+    cols, events, truth = ici_on_plant(p, direction * i, n)
+    return cols, events, feed(IciOperator(settings), cols, events), truth
 
 
 @pytest.mark.parametrize("direction", [1.0, -1.0])  # desodiation, sodiation
@@ -248,7 +246,7 @@ def test_ici_factors_on_a_constant_d_particle(direction):
     p = sim.Plant(preset, noise=False)
     m = p.preset.materials[0]
     settings = IciSettings(particle_radius=m.particle_radius, nominal_capacity=p.model.mp[0, 0])
-    _cols, _events, rows, truth, _ = ici_rows(p, direction, 6, settings)
+    _cols, _events, rows, truth = ici_rows(p, direction, 6, settings)
     got = [r["diffusion_coefficient_cm2_s"] / (tr["diffusion_coefficient"] * 1e4) for r, tr in zip(rows, truth, strict=True)]
     two = [r["diffusion_coefficient_two_term_cm2_s"] / (tr["diffusion_coefficient"] * 1e4) for r, tr in zip(rows, truth, strict=True)]
     one = [r["diffusion_coefficient_one_term_cm2_s"] / (tr["diffusion_coefficient"] * 1e4) for r, tr in zip(rows, truth, strict=True)]
@@ -262,29 +260,30 @@ def test_ici_factors_on_a_constant_d_particle(direction):
 @pytest.mark.parametrize("direction", [1.0, -1.0])  # desodiation, sodiation
 def test_ici_sphere_fit_against_the_truth_channel(plant, direction):
     """The shipped ICI protocol (0.1C for 5 min, 10 s interruptions, records every 1 s) on the preset
-    after formation: the sphere fit (and the two-term estimate) within 5 % of the simulator's D on
-    every valid interruption where that D held still over the last 120 s of the current step
-    (observed 0.989-1.007), the sphere fit within 15 % elsewhere
-    (observed 0.989-1.11): the simulator looks D up on a 0.01 grid of the mean, and a step of D
-    (2.7 % per grid step above x = 0.3) shortly before an interruption leaves the profile out of its
-    steady shape. A window that starts at 0.5 s, within 2·t₀ of the double-layer delay, is flagged."""
+    after formation: on every valid interruption the sphere fit within 4 % of the simulator's D and
+    the two-term estimate within 3 % (observed: desodiating, sphere 1.001-1.004 and two-term
+    0.983-0.985; sodiating, sphere 1.015-1.028 and two-term 0.991-0.997). Sodiating reads high
+    because the preset's D falls with the mean there (d ln D/dx ≈ -3.9 above x = 0.3): over the step
+    the pseudo-steady surface offset (dx/dt)·τ_d/15 grows with τ_d, so the step's potential slope s
+    carries that drift on top of U'·dx/dt, and D ∝ s² reads it twice (about +3.5 % at x = 0.43,
+    τ_d = 2700 s); with a constant D the fit is within 3 % (test_ici_factors_on_a_constant_d_particle).
+    A window that starts at 0.5 s, within 2·t₀ of the double-layer delay, is flagged."""
     p, _ = plant
     state = p.save_state()
     try:
         m, q_th = material(p)
         settings = IciSettings(particle_radius=m.particle_radius, nominal_capacity=q_th)
-        cols, events, rows, truth, before = ici_rows(p, direction, 5, settings)
+        cols, events, rows, truth = ici_rows(p, direction, 5, settings)
         got = [r["diffusion_coefficient_cm2_s"] / (tr["diffusion_coefficient"] * 1e4) for r, tr in zip(rows, truth, strict=True)]
-        held = [tb["diffusion_coefficient"] == tr["diffusion_coefficient"] for tr, tb in zip(truth, before, strict=True)]
+        two = [r["diffusion_coefficient_two_term_cm2_s"] / (tr["diffusion_coefficient"] * 1e4)
+               for r, tr in zip(rows, truth, strict=True)]
         assert "not_pseudo_steady" in rows[0]["flags"] and not rows[0]["valid"]
-        for r, tr, g, h in zip(rows[1:], truth[1:], got[1:], held[1:], strict=True):
+        for r in rows[1:]:
             assert r["valid"], r["flags"]
-            assert abs(g - 1.0) < (0.05 if h else 0.15)
-            if h:
-                assert abs(r["diffusion_coefficient_two_term_cm2_s"] / (tr["diffusion_coefficient"] * 1e4) - 1.0) < 0.05
             assert 0.15 < r["response_delay_second"] < 0.4  # t0 = 2 R_ct C_dl
             assert r["resistance_ohm"] > p.preset.series_resistance
-        assert sum(held[1:]) >= 2
+        assert all(abs(g - 1.0) < 0.04 for g in got[1:]), got
+        assert all(abs(g - 1.0) < 0.03 for g in two[1:]), two
         early = feed(IciOperator(dataclasses.replace(settings, t_min=0.5)), cols, events)
         assert all("double_layer_delay" in r["flags"] and not r["valid"] for r in early)
     finally:
@@ -300,7 +299,7 @@ def test_ici_on_the_low_voltage_plateau_is_flagged(plant):
         m, q_th = material(p)
         while p.truth()["mean_stoichiometry"] < 0.6:
             p.advance_current(-i, 600.0)
-        cols, events, truth, _ = ici_on_plant(p, -i, 3)
+        cols, events, truth = ici_on_plant(p, -i, 3)
         assert all(abs(tr["ocv_slope"]) < 0.12 for tr in truth)
         rows = feed(IciOperator(IciSettings(particle_radius=m.particle_radius, nominal_capacity=q_th)), cols, events)
         assert all("plateau" in r["flags"] and not r["valid"] for r in rows), [r["flags"] for r in rows]

@@ -29,6 +29,15 @@ KINDS = ("cycle", "rate", "dqdv", "gitt", "ici", "cv", "eis", "arrhenius")
 
 def json_safe(value: Any) -> Any:
     """A JSON-ready copy: numpy scalars -> Python, arrays -> lists, NaN/inf -> None."""
+    kind = type(value)  # the plain Python types first (a metric row is mostly floats)
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if kind is list:
+        return [json_safe(v) for v in value]
     if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             return [json_safe(v) for v in value.tolist()]

@@ -21,14 +21,6 @@ AH = 3600.0  # C per A·h
 EXCLUDED_TECHNIQUES = frozenset({"cv", "eis"})
 
 
-def _shift(a: np.ndarray, first: float) -> np.ndarray:
-    """a delayed by one sample, `first` in front (the previous block's last value)."""
-    out = np.empty_like(a)
-    out[0] = first
-    out[1:] = a[:-1]
-    return out
-
-
 class _CycleAccumulator:
     __slots__ = ("cycle", "q_dis", "q_chg", "e_dis", "e_chg", "t_dis", "t_chg", "t_start", "t_end")
 
@@ -88,37 +80,50 @@ class CycleOperator:
         i = column(rows, "current_ampere")
         sc = column(rows, "step_count")
         cyc = column(rows, "cycle_count")
-        prev = self._prev if self._prev is not None else (np.nan, np.nan, np.nan, np.nan)
-        t0, v0, i0, s0 = (_shift(a, prev[k]) for k, a in enumerate((t, v, i, sc)))
+        # each interval pairs a sample with the one before it (the previous block's last for the first)
+        pairs = np.empty((4, t.size + 1))
+        pairs[:, 0] = self._prev if self._prev is not None else np.nan
+        pairs[0, 1:], pairs[1, 1:], pairs[2, 1:], pairs[3, 1:] = t, v, i, sc
         self._prev = (t[-1], v[-1], i[-1], sc[-1])
-
-        dt = t - t0
-        dq = 0.5 * (i + i0) * dt
-        de = 0.5 * (v * np.abs(i) + v0 * np.abs(i0)) * dt
-        ok = (s0 == sc) & np.isfinite(dq) & (dt >= 0)
+        before = pairs[:, :-1]
+        dt = t - before[0]
+        dq = 0.5 * (i + before[2]) * dt
+        vi = pairs[1] * np.abs(pairs[2])  # V·|I| at each sample
+        de = 0.5 * (vi[1:] + vi[:-1]) * dt
+        ok = (before[3] == sc) & np.isfinite(dq) & (dt >= 0)
         if self._excluded and (sc[0] in self._excluded or sc[-1] in self._excluded or sc[0] != sc[-1]):
             ok &= ~np.isin(sc, list(self._excluded))
-        de = np.where(np.isfinite(de), de, 0.0)
+        # the counted intervals' charge, energy and duration, split by the sign of the charge:
+        # per cycle segment, sums = parts @ [I < 0, I > 0] (one product instead of masked sums)
+        parts = np.zeros((3, t.size))
+        np.copyto(parts[0], dq, where=ok)
+        np.copyto(parts[1], de, where=ok & np.isfinite(de))
+        np.copyto(parts[2], dt, where=ok)
+        sign = np.empty((2, t.size))
+        sign[0] = parts[0] < 0.0
+        sign[1] = parts[0] > 0.0
 
         out: list[MetricRow] = []
-        cyc_filled = np.where(np.isfinite(cyc), cyc, 1.0).astype(np.int64)
-        change = np.flatnonzero(np.diff(cyc_filled)) + 1
-        bounds = np.concatenate(([0], change, [cyc_filled.size]))
+        c0 = cyc[0]
+        if math.isfinite(c0) and c0 == cyc[-1] and (cyc == c0).all():  # one cycle in the block
+            cyc_filled, bounds = None, [0, t.size]
+        else:
+            cyc_filled = np.where(np.isfinite(cyc), cyc, 1.0).astype(np.int64)
+            change = np.flatnonzero(cyc_filled[1:] != cyc_filled[:-1]) + 1
+            bounds = [0, *change.tolist(), t.size]
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            c = int(cyc_filled[a])
+            c = int(c0) if cyc_filled is None else int(cyc_filled[a])
             if self._open is None or self._open.cycle != c:
                 out += self._close_cycle()
                 self._open = _CycleAccumulator(c, float(t[a]))
             acc = self._open
-            seg_ok = ok[a:b]
-            q, e, d = dq[a:b][seg_ok], de[a:b][seg_ok], dt[a:b][seg_ok]
-            neg, pos = q < 0, q > 0
-            acc.q_dis.add(float(-q[neg].sum()))
-            acc.q_chg.add(float(q[pos].sum()))
-            acc.e_dis.add(float(e[neg].sum()))
-            acc.e_chg.add(float(e[pos].sum()))
-            acc.t_dis.add(float(d[neg].sum()))
-            acc.t_chg.add(float(d[pos].sum()))
+            (q_neg, q_pos), (e_neg, e_pos), (t_neg, t_pos) = (parts[:, a:b] @ sign[:, a:b].T).tolist()
+            acc.q_dis.add(-q_neg)
+            acc.q_chg.add(q_pos)
+            acc.e_dis.add(e_neg)
+            acc.e_chg.add(e_pos)
+            acc.t_dis.add(t_neg)
+            acc.t_chg.add(t_pos)
             acc.t_end = float(t[b - 1])
         return out
 

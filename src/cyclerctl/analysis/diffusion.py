@@ -13,6 +13,7 @@ the series (150 roots plus an integral tail) above: relative error < 1e-12 every
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from functools import lru_cache
@@ -62,17 +63,21 @@ def sphere_h(u: np.ndarray, n_roots: int = N_ROOTS) -> np.ndarray:
     return np.where(u > 0, h, 0.0)
 
 
-def sphere_h_and_slope(u: np.ndarray, n_roots: int = N_ROOTS) -> tuple[np.ndarray, np.ndarray]:
-    """h(u) and dh/du (u > 0): dh/du = h + 1 + 1/√(πu) at short times, 3 + 2 Σ exp(−λ_n² u) by the
-    series (tail by the same integral as h); one exponential table for both."""
+def sphere_h_derivatives(u: np.ndarray, n_roots: int = N_ROOTS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """h(u), dh/du and d²h/du² (u > 0), one exponential table for all three. Short times:
+    dh/du = h + 1 + 1/√(πu), d²h/du² = dh/du − 1/(2√π·u^{3/2}); series: dh/du = 3 + 2 Σ exp(−λ_n² u),
+    d²h/du² = −2 Σ λ_n² exp(−λ_n² u) (tails by the same integral as h's)."""
     u = np.maximum(np.atleast_1d(np.asarray(u, dtype=np.float64)), 1e-300)
     h = np.empty_like(u)
     dh = np.empty_like(u)
+    d2h = np.empty_like(u)
     short = u <= U_SHORT
     if short.any():
         us = u[short]
         h[short] = np.exp(us) * erfc(-np.sqrt(us)) - 1.0
-        dh[short] = h[short] + 1.0 + 1.0 / np.sqrt(np.pi * us)
+        p = 1.0 / np.sqrt(np.pi * us)
+        dh[short] = h[short] + 1.0 + p
+        d2h[short] = dh[short] - 0.5 * p / us
     if (~short).any():
         ul = u[~short]
         n = min(n_roots, int(math.sqrt(750.0 / float(ul.min())) / math.pi) + 3)
@@ -85,7 +90,8 @@ def sphere_h_and_slope(u: np.ndarray, n_roots: int = N_ROOTS) -> tuple[np.ndarra
         tail = (g / a - np.sqrt(np.pi) * su * ec) / np.pi**2
         h[~short] = 3.0 * ul + 0.2 - 2.0 * ((ex / lam2[None, :]).sum(axis=1) + tail)
         dh[~short] = 3.0 + 2.0 * ex.sum(axis=1) + ec / np.sqrt(np.pi * ul)  # + 2 ∫_{N+1}^∞ exp(−π²u y²) dy
-    return h, dh
+        d2h[~short] = -2.0 * (ex @ lam2) - a * g / ul - 0.5 * ec / (np.sqrt(np.pi) * ul**1.5)
+    return h, dh, d2h
 
 
 def _sphere_h_series(u: np.ndarray, n_roots: int) -> np.ndarray:
@@ -112,7 +118,8 @@ def fit_two_term(t: np.ndarray, e: np.ndarray, delay: float = 0.0) -> tuple[floa
     x1, x2 = np.sqrt(t), t
     if delay:
         x1 = x1 - 0.5 * delay / x1
-    m1, m2, me = x1.mean(), x2.mean(), e.mean()
+    n = t.size
+    m1, m2, me = float(x1.sum()) / n, float(x2.sum()) / n, float(e.sum()) / n
     u1, u2, y = x1 - m1, x2 - m2, e - me
     s11, s22, s12 = float(u1 @ u1), float(u2 @ u2), float(u1 @ u2)
     y1, y2 = float(u1 @ y), float(u2 @ y)
@@ -131,7 +138,7 @@ def fit_two_term(t: np.ndarray, e: np.ndarray, delay: float = 0.0) -> tuple[floa
 
 def _line(x: np.ndarray, e: np.ndarray) -> tuple[float, float, float]:
     """Least squares e = a + b·x in closed form (centred). Returns (a, b, R²)."""
-    mx, me = x.mean(), e.mean()
+    mx, me = float(x.sum()) / x.size, float(e.sum()) / e.size
     u, y = x - mx, e - me
     uu = float(u @ u)
     b = float(u @ y) / uu if uu > 0 else 0.0
@@ -166,6 +173,7 @@ def fit_line(t: np.ndarray, e: np.ndarray) -> tuple[float, float]:
     return a, b
 
 
+LN10 = math.log(10.0)
 _GOLD = 0.5 * (3.0 - math.sqrt(5.0))  # golden-section fraction, 0.382
 _SQRT_EPS = math.sqrt(np.finfo(float).eps)
 
@@ -232,10 +240,161 @@ def bounded_minimum(f: Callable[[float], float], lo: float, hi: float, xtol: flo
     return x
 
 
-def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.0,
-               delay: bool = True, near: float | None = None) -> tuple[float, float, float, float, float]:
-    """Fit E(t) = a + slope·θ(t − t₀) + ½·curvature·θ², θ(t) = (τ_d/3)·h(t/τ_d), for τ_d (variable
-    projection: a and the delay term are linear).
+def stationary_point(derivative: Callable[[float], tuple[float, float]], x: float, lo: float, hi: float,
+                     xtol: float, max_evals: int = 60) -> float | None:
+    """x in [lo, hi] where a smooth cost is smallest, from its exact derivative d(x) and a positive
+    curvature estimate c(x) (`derivative(x)` returns (d, c), e.g. Gauss–Newton's), starting at x.
+
+    Newton steps x − d/c; where |d| fell less than fourfold over the last step (c poor: a large
+    residual), the secant of d through the last two points instead (the cost's own curvature) when
+    that is positive. The sign of d narrows the bracket; a step that leaves it probes a bracket end
+    not yet evaluated, or else bisects; an end where d still points outward is returned (the
+    minimum at the edge). Stops (the step taken) when a step is below xtol, or when the steps
+    contract at least a thousandfold and the error the contraction predicts after this step,
+    |step|²/|previous step|, is below xtol. Returns None when d or c is not finite."""
+    a, b = lo, hi
+    a_seen = b_seen = False
+    xp = dp = math.nan
+    prev_step = math.nan
+    for _ in range(max_evals):
+        d, c = derivative(x)
+        if not (math.isfinite(d) and math.isfinite(c)):
+            return None
+        if d == 0.0:
+            return x
+        if d > 0.0:
+            if x <= lo:
+                return lo
+            b, b_seen = x, True
+        else:
+            if x >= hi:
+                return hi
+            a, a_seen = x, True
+        if abs(d) > 0.25 * abs(dp):  # (false while dp is NaN)
+            sec = (d - dp) / (x - xp)
+            if sec > 0.0:
+                c = sec
+        xn = x - d / c if c > 0.0 else math.nan
+        if not a < xn < b:
+            if xn >= b and not b_seen:
+                xn = b
+            elif xn <= a and not a_seen:
+                xn = a
+            else:
+                xn = 0.5 * (a + b)
+        step = abs(xn - x)
+        if step <= xtol or (step <= 1e-3 * prev_step and step * step <= xtol * prev_step):
+            return xn
+        xp, dp, x, prev_step = x, d, xn, step
+    return x
+
+
+def _search_terms(q: list[list[float]], delay: bool) -> tuple[float, float, float]:
+    """Derivative of the variable-projection cost ‖r‖² with respect to x = ln τ_d, its Gauss–Newton
+    curvature and the delay coefficient b, from the centred inner products q[i][j] of the columns
+    (m, m_x, g, g_x, e): m the model's nonlinear part, g the delay column (zero when not fitted),
+    _x their derivatives in x, e the data. With z = e − m and b = ⟨z,g⟩/⟨g,g⟩ the residual is
+    r = z − b·g and, as the linear coefficients are optimal, d‖r‖²/dx = −2⟨r, m_x + b·g_x⟩; the
+    curvature is 2‖P⊥(m_x + b·g_x)‖² (P⊥ off the constant and g)."""
+    zx = q[4][1] - q[0][1]
+    gg = q[2][2]
+    if not (delay and gg > 0.0):
+        return -2.0 * zx, 2.0 * q[1][1], 0.0
+    b = (q[4][2] - q[0][2]) / gg
+    zw = zx + b * (q[4][3] - q[0][3])
+    gw = q[2][1] + b * q[2][3]
+    ww = q[1][1] + 2.0 * b * q[1][3] + b * b * q[3][3]
+    return -2.0 * (zw - b * gw), 2.0 * (ww - gw * gw / gg), b
+
+
+_SERIES_TOL = 1e-17  # relative truncation of the short-time power series of h
+# largest ln u at which K terms of the series leave the first dropped term below _SERIES_TOL·√u:
+# (K+1)/2·ln u − ln Γ((K+3)/2) ≤ ln _SERIES_TOL + ½ ln u
+_SERIES_LN_U = [2.0 * (math.log(_SERIES_TOL) + math.lgamma(0.5 * (k + 3))) / k for k in range(1, 80)]
+
+
+@lru_cache(maxsize=64)
+def _series_pattern(k_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weights (without the slope) of the columns m, m_x, g, g_x, e on the powers t^{j/2}
+    (j = −1 … K, then the data) with and without the delay columns, and the powers of √τ_d
+    that multiply them: θ = Σ γ_k·√τ_d^{2−k}·t^{k/2}, g = θ'(t) = Σ (k/2)·γ_k·√τ_d^{2−k}·t^{k/2−1},
+    γ_k = 1/(3Γ(k/2 + 1)); the ln τ_d-derivatives carry a factor (1 − k/2)."""
+    m = k_max + 2
+    k = np.arange(1, k_max + 1)
+    kf = k.astype(np.float64)
+    gamma = np.exp(-np.array([math.lgamma(0.5 * v + 1.0) for v in kf])) / 3.0
+    plain = np.zeros((5, m + 1))
+    power = np.zeros((5, m + 1))
+    plain[0, k + 1] = gamma  # t^{k/2} sits in column k + 1
+    plain[1, k + 1] = (1.0 - 0.5 * kf) * gamma
+    plain[4, m] = 1.0
+    power[0:2, k + 1] = 2.0 - kf
+    power[2:4, k - 1] = 2.0 - kf  # t^{k/2 − 1} sits in column k − 1
+    with_delay = plain.copy()
+    with_delay[2, k - 1] = 0.5 * kf * gamma
+    with_delay[3, k - 1] = (1.0 - 0.5 * kf) * 0.5 * kf * gamma
+    for a in (plain, with_delay, power):
+        a.setflags(write=False)
+    return plain, with_delay, power
+
+
+class _ShortTimeColumns:
+    """The fit's columns on a window wholly at short times (t/τ_d ≤ U_SHORT for every τ_d tried) as
+    a power series in √t: h(u) = e^u·erfc(−√u) − 1 = Σ_{k≥1} u^{k/2}/Γ(k/2 + 1), so θ, the delay
+    column θ'(t) and their τ_d-derivatives are fixed powers t^{j/2} with τ_d-dependent weights
+    (`_series_pattern`). The centred powers, the data and their Gram matrix are computed once per
+    window; a search step then costs O(K²) instead of O(n) array work. K is chosen so that the
+    first dropped term is below 1e-17 of h at the largest u the search may reach."""
+
+    def __init__(self, t: np.ndarray, e: np.ndarray, slope: float, u_max: float) -> None:
+        self.k_max = bisect.bisect_left(_SERIES_LN_U, math.log(u_max)) + 1
+        self.u_max = math.exp(_SERIES_LN_U[self.k_max - 1]) if self.k_max <= len(_SERIES_LN_U) else 0.0
+        m = self.k_max + 2
+        st = np.sqrt(t)
+        rows = np.empty((m + 1, t.size))
+        rows[0] = 1.0 / st
+        rows[1] = 1.0
+        rows[2:m] = st
+        np.multiply.accumulate(rows[1:m], axis=0, out=rows[1:m])
+        rows[m] = e
+        self.means = np.add.reduce(rows, axis=1) / t.size
+        rows -= self.means[:, None]
+        self.rows = rows
+        self.gram = rows @ rows.T
+        plain, with_delay, self.power = _series_pattern(self.k_max)
+        self.weights = (plain.copy(), with_delay.copy())
+        for w in self.weights:
+            w[:2] *= slope
+        self._last: tuple[float, bool, np.ndarray, list[list[float]]] | None = None
+
+    def inner(self, y: float, delay: bool) -> tuple[np.ndarray, list[list[float]]]:
+        """Column weights at √τ_d = y and the centred inner products of the columns (those of the
+        fit with the delay term serve the fit without it at the same y: its columns are a subset)."""
+        last = self._last
+        if last is not None and last[0] == y and (last[1] or not delay):
+            return last[2], last[3]
+        c = self.weights[delay] * np.exp(self.power * math.log(y))
+        q = ((c @ self.gram) @ c.T).tolist()
+        self._last = (y, delay, c, q)
+        return c, q
+
+    def derivative(self, y: float, delay: bool) -> tuple[float, float]:
+        d, curv, _b = _search_terms(self.inner(y, delay)[1], delay)
+        return 2.0 * d / y, 4.0 * curv / (y * y)  # in y = √τ_d: dx/dy = 2/y
+
+    def finish(self, y: float, delay: bool) -> tuple[float, float, float, float]:
+        """(a, rms residual, delay coefficient b, ‖g − ḡ‖²) at √τ_d = y."""
+        c, q = self.inner(y, delay)
+        _d, _curv, b = _search_terms(q, delay)
+        v = c[4] - c[0] - b * c[2]  # the residual e − m − b·g on the columns
+        r = v @ self.rows
+        return float(v @ self.means), math.sqrt(float(r @ r) / r.size), b, q[2][2]
+
+
+
+class SphereFit:
+    """The sphere fit of one window: E(t) = a + slope·θ(t − t₀) + ½·curvature·θ²,
+    θ(t) = (τ_d/3)·h(t/τ_d), for τ_d (variable projection: a and the delay term are linear).
 
     θ is the surface excursion in units of pulse time: the surface stoichiometry is where the mean
     would be after θ seconds of the pulse current. `slope` is dE/dt of the open-circuit potential at
@@ -245,66 +404,133 @@ def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.
     C_dl in parallel with R_ct + Z_d gives E ∝ √t − 2R_ct·C_dl/√t + const at t ≫ R_ct·C_dl, i.e.
     √(t − t₀) with t₀ = 2·R_ct·C_dl (0.2 s for the hard-carbon cell; uncorrected it reads D 2 % low
     on a 40 s pulse, 5 % with the two-term fit). To first order slope·θ(t − t₀) = slope·θ(t) −
-    slope·t₀·θ'(t), a linear term; `delay=False` fixes t₀ = 0.
-    `near`: a τ_d expected within a factor 2 (a refit), searched there first.
-    Returns (τ_d [s], a [V], rms residual [V], t₀ [s], standard error of t₀ [s])."""
-    if slope == 0 or t.size < 3:
-        return math.nan, math.nan, math.nan, math.nan, math.nan
-    half_k = 0.5 * curvature
-    t_lo, t_hi = float(t.min()), float(t.max())  # a subset lies within: its u range does too
+    slope·t₀·θ'(t), a linear term.
 
-    def parts(tt: np.ndarray, ee: np.ndarray, tau_d: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """Centred residual of the fixed-τ_d model, the delay column θ'(t)·… (or None) and θ."""
+    The minimum is where the cost's exact derivative vanishes (`stationary_point`), searched over
+    √τ_d, in which θ is nearly linear at short times (θ = (2/3)√(t/π)·√τ_d + t/3 + …), so
+    Gauss–Newton steps from a guess within ±50 % land within ~1e-5 at once. A window wholly at
+    short times is searched on its power-series columns (`_ShortTimeColumns`), shared by the fits
+    with and without the delay term."""
+
+    def __init__(self, t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.0) -> None:
+        self.t, self.e, self.slope, self.half_k = t, e, slope, 0.5 * curvature
+        self.t_lo, self.t_hi = (float(t.min()), float(t.max())) if t.size else (math.nan, math.nan)
+        self._series: _ShortTimeColumns | None = None
+
+    def fit(self, delay: bool = True, near: float | None = None) -> tuple[float, float, float, float, float]:
+        """τ_d, with the delay term or without it (t₀ = 0). `near`: a τ_d expected within a factor 2
+        (a refit), searched there first. Returns (τ_d [s], a [V], rms residual [V], t₀ [s],
+        standard error of t₀ [s])."""
+        t, slope = self.t, self.slope
+        if slope == 0 or t.size < 3:
+            return math.nan, math.nan, math.nan, math.nan, math.nan
+        y = None
+        series = None
+        if near is not None and math.isfinite(near) and near > 0:
+            y0 = math.sqrt(near)
+            lo, hi = y0 * _HALF_DECADE_SQRT ** -1, y0 * _HALF_DECADE_SQRT  # τ_d within ±0.3 decades
+            u_max = self.t_hi / (lo * lo)
+            if self.half_k == 0.0 and self.t_lo > 0.0 and u_max <= U_SHORT:
+                series = self._series
+                if series is None or series.u_max < u_max:
+                    series = self._series = _ShortTimeColumns(t, self.e, slope, min(2.0 * u_max, U_SHORT))
+                y = self._search(lambda v: series.derivative(v, delay), y0, lo, hi, delay)
+            else:
+                y = self._search(lambda v: self._derivative(v, delay), y0, lo, hi, delay)
+            if min(math.log10(y / lo), math.log10(hi / y)) < 0.5e-3:  # ran into the bracket: search the whole range
+                y, series = None, None
+        if y is None:
+            span = float(t.max())
+            grid = np.linspace(math.log10(span) - 3.0, math.log10(span) + 7.0, 31)
+            sub = np.unique(np.linspace(0, t.size - 1, min(t.size, 200)).astype(np.int64))  # coarse search on a subset
+            costs = [self._cost(10.0**g, delay, t[sub], self.e[sub]) for g in grid]
+            k = int(np.argmin(costs))
+            lo, hi = 10.0 ** (0.5 * grid[max(k - 1, 0)]), 10.0 ** (0.5 * grid[min(k + 1, grid.size - 1)])
+            y = self._search(lambda v: self._derivative(v, delay), 10.0 ** (0.5 * grid[k]), lo, hi, delay)
+        tau_d = y * y
+        if series is not None and series.u_max >= self.t_hi / tau_d:
+            a, rms, b, gg = series.finish(y, delay)
+        else:
+            rc, g, theta = self._parts(t, self.e, tau_d, delay)
+            rr, b = _project(rc, g)
+            model = slope * theta + self.half_k * theta * theta + (0.0 if g is None else b * g)
+            a = float((self.e - model).mean())
+            rms = float(np.sqrt((rr**2).mean()))
+            gg = 0.0 if g is None else float((g - g.mean()) @ (g - g.mean()))
+        if not delay:
+            return float(tau_d), a, rms, 0.0, 0.0
+        se = rms * math.sqrt(t.size / max(t.size - 3, 1) / gg) / abs(slope) if gg > 0 else math.inf
+        return float(tau_d), a, rms, -b / slope, se
+
+    def _search(self, derivative: Callable[[float], tuple[float, float]], y0: float, lo: float, hi: float,
+                delay: bool) -> float:
+        y = stationary_point(derivative, y0, lo, hi, xtol=1e-12 * y0)
+        if y is None:  # a derivative that is not finite: the derivative-free search on the cost
+            log_tau = bounded_minimum(lambda v: self._cost(10.0**v, delay), 2.0 * math.log10(lo),
+                                      2.0 * math.log10(hi), xtol=1e-10)
+            y = 10.0 ** (0.5 * log_tau)
+        return y
+
+    def _parts(self, tt: np.ndarray, ee: np.ndarray, tau_d: float,
+               delay: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Centred residual of the fixed-τ_d model, the delay column θ'(t) (or None) and θ."""
         u = tt / tau_d
-        if t_lo > 0.0 and t_hi / tau_d <= U_SHORT:  # whole window short: sphere_h's closed form, unmasked
+        if self.t_lo > 0.0 and self.t_hi / tau_d <= U_SHORT:  # whole window short: the closed form, unmasked
             h = np.exp(u) * erfc(-np.sqrt(u)) - 1.0
             dh = h + 1.0 + 1.0 / np.sqrt(np.pi * u) if delay else None
         elif delay:
-            h, dh = sphere_h_and_slope(u)
+            h, dh, _d2h = sphere_h_derivatives(u)
         else:
             h, dh = sphere_h(u), None
         theta = tau_d / 3.0 * h
-        r = ee - (slope * theta + half_k * theta * theta if curvature else slope * theta)
+        r = ee - (self.slope * theta + self.half_k * theta * theta if self.half_k else self.slope * theta)
         return r - r.sum() / r.size, (None if dh is None else dh / 3.0), theta
 
-    def project(r: np.ndarray, g: np.ndarray | None) -> tuple[np.ndarray, float]:
-        if g is None:
-            return r, 0.0
-        gc = g - g.sum() / g.size
-        gg = float(gc @ gc)
-        b = float(r @ gc) / gg if gg > 0 else 0.0
-        return r - b * gc, b
-
-    def cost(log_tau: float, tt: np.ndarray = t, ee: np.ndarray = e) -> float:
-        r, g, _theta = parts(tt, ee, 10.0**log_tau)
-        r, _b = project(r, g)
+    def _cost(self, tau_d: float, delay: bool, tt: np.ndarray | None = None, ee: np.ndarray | None = None) -> float:
+        r, g, _theta = self._parts(self.t if tt is None else tt, self.e if ee is None else ee, tau_d, delay)
+        r, _b = _project(r, g)
         return float(r @ r)
 
-    res = None
-    if near is not None and math.isfinite(near) and near > 0:
-        lo, hi = math.log10(near) - 0.3, math.log10(near) + 0.3
-        res = bounded_minimum(cost, lo, hi, xtol=1e-10)
-        if min(res - lo, hi - res) < 1e-3:  # ran into the bracket: search the whole range
-            res = None
-    if res is None:
-        span = float(t.max())
-        grid = np.linspace(math.log10(span) - 3.0, math.log10(span) + 7.0, 31)
-        sub = np.unique(np.linspace(0, t.size - 1, min(t.size, 200)).astype(np.int64))  # coarse search on a subset
-        costs = [cost(g, t[sub], e[sub]) for g in grid]
-        k = int(np.argmin(costs))
-        lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
-        res = bounded_minimum(cost, lo, hi, xtol=1e-10)
-    tau_d = 10.0**res
-    rc, g, theta = parts(t, e, tau_d)  # θ as sphere_h(t/τ_d)·τ_d/3 gives it (the same closed form or series)
-    rr, b = project(rc, g)
-    model = slope * theta + half_k * theta * theta + (0.0 if g is None else b * g)
-    a = float((e - model).mean())
-    rms = float(np.sqrt((rr**2).mean()))
+    def _derivative(self, y: float, delay: bool) -> tuple[float, float]:
+        """(d cost/d√τ_d, curvature) from the columns evaluated on the whole window."""
+        t, tau_d = self.t, y * y
+        u = t / tau_d
+        h, dh, d2h = sphere_h_derivatives(u)
+        theta = tau_d / 3.0 * h
+        g = dh / 3.0
+        cols = np.empty((5, t.size))
+        cols[0] = self.slope * theta + self.half_k * theta * theta
+        cols[1] = (self.slope + 2.0 * self.half_k * theta) * (theta - t * g)  # τ_d ∂θ/∂τ_d = θ − t·θ'(t)
+        if delay:
+            cols[2] = g
+            cols[3] = u * d2h / -3.0
+        else:
+            cols[2:4] = 0.0
+        cols[4] = self.e
+        cols -= cols.mean(axis=1, keepdims=True)
+        d, curv, _b = _search_terms((cols @ cols.T).tolist(), delay)
+        return 2.0 * d / y, 4.0 * curv / (y * y)
+
+
+_HALF_DECADE_SQRT = 10.0**0.15  # √τ_d factor of ±0.3 decades in τ_d
+
+
+def _project(r: np.ndarray, g: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """r less its least-squares component along the centred g, and that coefficient."""
     if g is None:
-        return float(tau_d), a, rms, 0.0, 0.0
-    gc = g - g.mean()
-    se = rms * math.sqrt(t.size / max(t.size - 3, 1) / float(gc @ gc)) / abs(slope)
-    return float(tau_d), a, rms, -b / slope, se
+        return r, 0.0
+    gc = g - g.sum() / g.size
+    gg = float(gc @ gc)
+    b = float(r @ gc) / gg if gg > 0 else 0.0
+    return r - b * gc, b
+
+
+def fit_sphere(t: np.ndarray, e: np.ndarray, slope: float, curvature: float = 0.0,
+               delay: bool = True, near: float | None = None) -> tuple[float, float, float, float, float]:
+    """Fit E(t) = a + slope·θ(t − t₀) + ½·curvature·θ², θ(t) = (τ_d/3)·h(t/τ_d), for τ_d
+    (`SphereFit`; `delay=False` fixes t₀ = 0). `near`: a τ_d expected within a factor 2 (a refit),
+    searched there first. Returns (τ_d [s], a [V], rms residual [V], t₀ [s], standard error of t₀ [s])."""
+    return SphereFit(t, e, slope, curvature).fit(delay, near)
 
 
 def weppner_huggins(tau: float, l_eff: float, de_s: float, de_t: float) -> float:

@@ -266,7 +266,7 @@ class GittOperator:
         else:
             k = 0 if oc.all() else len(oc) - int(np.argmin(oc[::-1]))  # start of the trailing open-circuit run
             if k == 0:
-                rt, rv = np.r_[self._recent[0], t], np.r_[self._recent[1], v]
+                rt, rv = np.concatenate((self._recent[0], t)), np.concatenate((self._recent[1], v))
             else:
                 rt, rv = t[k:], v[k:]
             self._recent = (rt[-64:], rv[-64:])

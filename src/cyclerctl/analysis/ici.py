@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import Event, MetricRow, column
-from .diffusion import fit_sphere, fit_sqrt, fit_two_term, sqrt_t_diffusion
+from .diffusion import SphereFit, fit_sqrt, fit_two_term, sqrt_t_diffusion
 
 M2_TO_CM2 = 1e4
 
@@ -75,9 +75,9 @@ def tangent_at_end(t: np.ndarray, e: np.ndarray) -> tuple[float, float]:
     """Slope dE/dt at the last sample of a least-squares parabola through (t, e), and the relative
     change of the slope across the span. Returns (slope [V/s], change)."""
     x = t - t[-1]
-    if t.size < 4 or np.ptp(x) <= 0:
+    scale = float(x.max() - x.min()) if t.size else 0.0
+    if t.size < 4 or not scale > 0:
         return math.nan, math.nan
-    scale = float(np.ptp(x))
     c2, c1 = _parabola(x / scale, e)
     slope = c1 / scale
     return float(slope), float(abs(2.0 * c2 / c1)) if c1 else math.inf
@@ -86,23 +86,24 @@ def tangent_at_end(t: np.ndarray, e: np.ndarray) -> tuple[float, float]:
 def fit_interruption(t: np.ndarray, e: np.ndarray, slope: float, delay: bool = True,
                      refinements: int = 2, near: float | None = None) -> tuple[float, float, float, float]:
     """Fit E(t) = a + slope·t − slope·θ(t − t₀) (θ the sphere surface excursion) for τ_d and t₀.
-    The history term slope·t is removed first, then fit_sphere with slope −slope; t₀ from its
+    The history term slope·t is removed first, then the sphere fit with slope −slope; t₀ from its
     first-order delay term, refined by refitting on t − t₀ (the first-order term alone reads t₀
     15 % long at t₀/t_min = 0.3). A delay that is not resolved (≤ 0 or ≤ 3 standard errors) is
     dropped; one beyond t_min/2 is returned unrefined. `near`: a τ_d expected within a factor 2
     (searched there first). Returns (τ_d [s], a [V], rms [V], t₀ [s])."""
     y = e - slope * t
-    tau_d, a, rms, t0, se = fit_sphere(t, y, -slope, delay=delay, near=near)
+    window = SphereFit(t, y, -slope)
+    tau_d, a, rms, t0, se = window.fit(delay=delay, near=near)
     if not delay:
         return tau_d, a, rms, 0.0
     if not (math.isfinite(t0) and t0 > 0.0 and t0 > 3.0 * se):  # noise, not a delay
-        tau_d, a, rms, _t0, _se = fit_sphere(t, y, -slope, delay=False, near=tau_d)
+        tau_d, a, rms, _t0, _se = window.fit(delay=False, near=tau_d)
         return tau_d, a, rms, 0.0
     if t0 >= 0.5 * float(t.min()):  # too close to the window start to refine (the operator flags it)
         return tau_d, a, rms, t0
     total = t0
     for _ in range(refinements):
-        tau_d, a, rms, t0, _se = fit_sphere(t - total, y, -slope, delay=True, near=tau_d)
+        tau_d, a, rms, t0, _se = SphereFit(t - total, y, -slope).fit(delay=True, near=tau_d)
         if not math.isfinite(t0):
             break
         total += t0
@@ -172,7 +173,7 @@ class IciOperator:
         tr, vr = (np.concatenate(x) for x in self._rest)
         if tc.size < 4 or tr.size == 0:
             return []
-        current = float(np.mean(ic))
+        current = float(ic.sum()) / ic.size
         half = tc >= tc[0] + 0.5 * (tc[-1] - tc[0])
         dedt, change = tangent_at_end(tc[half], vc[half])
         w = (tr >= self.s.t_min) & (tr <= self.s.t_max)
@@ -201,10 +202,11 @@ class IciOperator:
         if change > self.s.slope_change:
             flags.append("ocv_slope_changing")
         tw, ew = tr[w], vr[w]
-        _a, k0, _c, _r2 = fit_two_term(tw, ew)
+        two_term = fit_two_term(tw, ew)
+        k0 = two_term[1]
         guess = 9.0 * math.pi / 4.0 * (k0 / dedt) ** 2  # τ_d = R²/D of the two-term estimate (within ±30 %)
         tau_d, a_s, rms, delay = fit_interruption(tw, ew, dedt, self.s.fit_delay, self.s.delay_refinements, guess)
-        a, k, c, r2 = fit_two_term(tw, ew, delay)
+        a, k, c, r2 = fit_two_term(tw, ew, delay) if delay else two_term
         a1, k1, r2_1 = fit_sqrt(tw, ew)
         r = self.s.particle_radius
         data.update({

@@ -137,13 +137,18 @@ def _eta(i, i0a, f):
 
 @njit(cache=True, _nrt=False, error_model="numpy", inline="always")
 def diffusivity(dtab, j, xbar):
+    """D_j at the mean stoichiometry xbar (reference temperature): the table row dtab[j] on the
+    uniform grid [0, 1] interpolated linearly (the preset's D(x), piecewise linear between its
+    points, is exact where those lie on the grid), held at the end values outside. Continuous in
+    xbar, so D follows the mean smoothly instead of stepping at grid points."""
     nd = dtab.shape[1] - 1
-    k = int(round(xbar * nd))
-    if k < 0:
-        k = 0
-    elif k > nd:
-        k = nd
-    return dtab[j, k]
+    y = xbar * nd
+    if not y > 0.0:  # (a NaN mean takes the first value, as the nearest lookup did)
+        return dtab[j, 0]
+    if y >= nd:
+        return dtab[j, nd]
+    k = int(y)
+    return dtab[j, k] + (y - k) * (dtab[j, k + 1] - dtab[j, k])
 
 
 @njit(cache=True, _nrt=False, error_model="numpy", inline="always")
@@ -162,7 +167,8 @@ def _prepare(a, st, mst, mp, mu, vs, dtab, cp, h, ex, fx, cache, w):
         dd = diffusivity(dtab, j, a[j, 0]) * cache[j, 5]
         fx[j, 0] = h  # the inventory mode is always integrated with the exact h
         # the decaying modes reuse the last exponentials when D and h are unchanged (h to 1e-9 relative:
-        # record grids make h differ in the last bits from step to step)
+        # record grids make h differ in the last bits from step to step); a D(x) table changes D with
+        # the mean, so those materials refresh them on every step that moves it
         if cache[j, 0] != dd or abs(cache[j, 1] - h) > 1e-9 * h:
             cache[j, 0] = dd
             cache[j, 1] = h

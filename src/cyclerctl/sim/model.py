@@ -86,8 +86,10 @@ class CellModel:
         vs = np.zeros((nm, n))
         grid = None
         utab, stab = [], []
-        dtab = np.zeros((nm, 101))
-        x101 = np.linspace(0.0, 1.0, 101)
+        # D(x) sampled every 0.001 of the mean stoichiometry; the kernel interpolates it linearly, so
+        # it is the preset's piecewise-linear D(x) (exactly where the table's points lie on the grid)
+        dtab = np.zeros((nm, 1001))
+        x_grid = np.linspace(0.0, 1.0, 1001)
         area_total = 0.0
         for j, m in enumerate(p.materials):
             mj = mass * m.mass_fraction
@@ -113,7 +115,7 @@ class CellModel:
             u1, s1 = table(m.sites_desodiation, p.reference_temperature) if m.sites_desodiation else (u0, s0)
             utab.append(np.stack([u0, u1]))
             stab.append(np.stack([s0, s1]))
-            dtab[j] = [m.diffusivity_at(x) for x in x101] if m.diffusivity_x else m.diffusivity
+            dtab[j] = [m.diffusivity_at(x) for x in x_grid] if m.diffusivity_x else m.diffusivity
             grid = u0.size
         self.mp, self.mu, self.vs, self.dtab = mp, mu, vs, dtab
         # the tables are read-only: models of the same materials share one copy (a rack of 1,000
