@@ -49,6 +49,7 @@ EXPORT_ORDER = ("test_time_second", "voltage_volt", "current_ampere", "unix_time
                 "step_count", "step_id", "step_time_second", "record_index", "temperature_t1_celsius",
                 "frequency_hertz", "real_impedance_ohm", "imaginary_impedance_ohm", "sweep_segment")
 INTEGER_COLUMNS = frozenset({"cycle_count", "step_count", "step_id", "record_index", "sweep_segment"})
+CHUNK = 20_000  # rows per Parquet row group (and per read of the journal)
 
 
 def parse_formats(text: str | Iterable[str]) -> tuple[str, ...]:
@@ -113,7 +114,7 @@ def export_channel(conn, run_dir: Path, ch: str, descriptor: dict, meta: dict, f
 
     try:
         wanted = tuple(c for c in schema.SAMPLE_COLUMNS if c == "seq" or c in names)
-        for cols in read.iter_samples(conn, ch, chunk=20_000, columns=wanted):
+        for cols in read.iter_samples(conn, ch, chunk=CHUNK, columns=wanted):
             t = _table(cols, names, labels)
             n_rows += t.num_rows
             for f in pending:
@@ -144,13 +145,16 @@ def export_channel(conn, run_dir: Path, ch: str, descriptor: dict, meta: dict, f
             w.close()
             _fsync_replace(tmp, final)
             out.append(final)
-    sidecar = stem.with_name(f"{ch}.metadata.json")
     md = metadata(ch, descriptor, meta, names, n_rows, labels)
-    tmp = _atomic(sidecar)
-    tmp.write_text(json.dumps(md, indent=2))
-    _fsync_replace(tmp, sidecar)
-    out.append(sidecar)
+    out.append(write_sidecar(stem.with_name(f"{ch}.metadata.json"), md))
     return out
+
+
+def write_sidecar(path: Path, md: dict) -> Path:
+    tmp = _atomic(path)
+    tmp.write_text(json.dumps(md, indent=2))
+    _fsync_replace(tmp, path)
+    return path
 
 
 def metadata(ch: str, descriptor: dict, meta: dict, names: list[str], n_rows: int, labels: bool) -> dict:

@@ -1,0 +1,100 @@
+"""BDF exports written while the run goes (store/stream.py): the files a run leaves are the same bytes
+as `export_run` writes from the finished journal — across several row groups, when a column first
+holds a value late in the run (then that channel is exported from the journal), and after a run that
+stopped on a full disk, left stale partial files behind and was resumed."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from helpers import assert_contiguous, journal, session
+from programs import cycling, nested_program
+
+from cyclerctl.engine.session import Session
+from cyclerctl.store import export
+from cyclerctl.store.export import export_run
+from cyclerctl.store.stream import partial_files
+
+FORMATS = ("bdf-parquet", "bdf-csv")
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(export, "CHUNK", 64)  # several row groups and a partial last one
+
+
+def exported_bytes(run_dir):
+    files = sorted(p for p in run_dir.rglob("*") if p.suffix in (".parquet", ".csv", ".json")
+                   and p.name != "run.json")
+    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in files}
+
+
+def same_as_export_run(run_dir, tmp_path):
+    """The run's files, then export_run of a copy of its journal: byte for byte the same."""
+    streamed = exported_bytes(run_dir)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("journal.sqlite", "journal.sqlite-wal", "run.json"):
+        if (run_dir / name).exists():
+            shutil.copy(run_dir / name, copy / name)
+    export_run(copy, formats=FORMATS)
+    rebuilt = exported_bytes(copy)
+    assert sorted(streamed) == sorted(rebuilt)
+    for name in rebuilt:
+        assert streamed[name] == rebuilt[name], name
+    return streamed
+
+
+async def test_streamed_files_equal_export_of_the_journal(run_dir, tmp_path, small_chunks):
+    s = session(run_dir, [cycling(3)], analysis=True, export=FORMATS, options={"block_samples": 7})
+    assert await s.execute() == {"ch1": "done"}
+    assert s.export_stream.channels["ch1"].fallback == ""  # written while running, not at the end
+    files = same_as_export_run(run_dir, tmp_path)
+    assert "ch1.bdf.parquet" in files and "ch1.bdf.csv" in files and "metrics/cycle.parquet" in files
+    assert [p.name for p in s.exported][:3] == ["ch1.bdf.parquet", "ch1.bdf.csv", "ch1.metadata.json"]
+    samples, _, _, _ = journal(run_dir)
+    meta = pq.ParquetFile(run_dir / "ch1.bdf.parquet").metadata
+    assert meta.num_rows == len(samples["seq"]) > 3 * 64 and meta.num_row_groups > 3
+    assert partial_files(run_dir) == []
+
+
+async def test_a_column_that_appears_late_is_exported_from_the_journal(run_dir, tmp_path, small_chunks):
+    s = session(run_dir, [nested_program()], export=FORMATS, options={"block_samples": 7}, commit_interval=0.0)
+    assert await s.execute() == {"ch1": "done"}
+    assert "first holds a value" in s.export_stream.channels["ch1"].fallback
+    files = same_as_export_run(run_dir, tmp_path)
+    assert b"Real Impedance / ohm" in files["ch1.bdf.csv"].splitlines()[0]
+    assert partial_files(run_dir) == []
+
+
+async def test_resume_after_a_full_disk_rebuilds_the_files(run_dir, tmp_path, small_chunks):
+    s = session(run_dir, [cycling(4)], export=FORMATS, options={"block_samples": 20}, commit_interval=0.0)
+    conn = s.journal.connection
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages + 6}")
+    assert await s.execute() == {"ch1": "faulted"}
+    assert partial_files(run_dir) == [] and not (run_dir / "ch1.bdf.csv").exists()
+    # what a kill -9 leaves: partial files that hold rows the journal may not have
+    (run_dir / "ch1.bdf.csv.partial").write_text("garbage\n")
+    (run_dir / "ch1.bdf.parquet.partial").write_bytes(b"PAR1")
+
+    again = Session.resume(run_dir, settings=s.settings)
+    assert await again.execute() == {"ch1": "done"}
+    assert again.export_stream.channels["ch1"].fallback == ""
+    samples, events, _, _ = journal(run_dir)
+    assert_contiguous(samples, events)
+    same_as_export_run(run_dir, tmp_path)
+    table = pq.read_table(run_dir / "ch1.bdf.parquet")
+    assert np.array_equal(table.column("Record Index / 1").to_numpy(), samples["seq"])  # each row once
+    assert partial_files(run_dir) == []
+
+
+async def test_no_export_no_files(run_dir):
+    s = session(run_dir, [cycling(1)])
+    await s.execute()
+    assert s.export_stream is None and not (run_dir / "ch1.bdf.parquet").exists()
+    assert sqlite3.connect(run_dir / "journal.sqlite").execute("SELECT COUNT(*) FROM samples").fetchone()[0] > 0
