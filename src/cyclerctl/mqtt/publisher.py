@@ -19,7 +19,7 @@ import math
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import __version__
@@ -31,7 +31,8 @@ from .topics import Topics, topic_id
 
 log = logging.getLogger("cyclerctl.mqtt")
 
-Publish = Callable[..., Awaitable[None]]
+# publish(topic, payload, retain, on_ack): hands a QoS 1 message over, on_ack() on its PUBACK
+Publish = Callable[[str, bytes, bool, Callable[[], None]], None]
 
 
 @dataclass
@@ -91,12 +92,10 @@ class Publisher:
         self._wake = asyncio.Event()
         self._rebirth = False
         self._more = False
-        self._props = None  # payloads say what they are (v, enc): no per-message MQTT 5 properties
         self._publish: Publish | None = None
         self._saving: asyncio.Task | None = None
         self.writer = OutboxWriter(source.path)
         self._last_ack = self._last_send = 0.0
-        self._tasks: set[asyncio.Task] = set()
         self._free_ev = asyncio.Event()
         self._errors: list[BaseException] = []
         self._load_channels()
@@ -381,23 +380,21 @@ class Publisher:
         self._inflight += 1
         self.max_inflight_seen = max(self.max_inflight_seen, self._inflight)
         self.published += 1
-        task = asyncio.get_running_loop().create_task(self._deliver(topic, body, retain, ack))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _deliver(self, topic: str, body: bytes, retain: bool, ack) -> None:
         try:
-            # no per-call timeout (it costs a task and a timer per message); the watchdog in `serve`
-            # notices a connection that stopped acknowledging
-            await self._publish(topic, body, qos=1, retain=retain, properties=self._props, timeout=math.inf)
-            self._last_ack = time.monotonic()
-            if ack is not None:
-                ack[0].ack(ack[1], ack[2])
-        except Exception as exc:  # the connection is gone: unacked rows stay in the journal
-            self._errors.append(exc)
-        finally:
+            # no per-message timeout, task or future: the watchdog in `serve` notices a connection
+            # that stopped acknowledging
+            self._publish(topic, body, retain, lambda: self._acked(ack))
+        except Exception:  # the connection is gone: unacked rows stay in the journal
             self._inflight -= 1
-            self._free_ev.set()
+            self.published -= 1
+            raise
+
+    def _acked(self, ack: tuple[Watermark, int, int] | None) -> None:
+        self._last_ack = time.monotonic()
+        if ack is not None:
+            ack[0].ack(ack[1], ack[2])
+        self._inflight -= 1
+        self._free_ev.set()
 
     async def _slot_freed(self) -> None:
         self._free_ev.clear()
@@ -418,11 +415,9 @@ class Publisher:
 
     async def abandon(self) -> None:
         """Forget in-flight publishes of a dead connection (they stay in the journal)."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        forget = getattr(self._publish, "forget", None)
+        if forget is not None:
+            forget()
+        self._inflight = 0
+        self._free_ev.set()
         self._errors = []

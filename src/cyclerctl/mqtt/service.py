@@ -18,7 +18,15 @@ from pathlib import Path
 
 from ..store.journal import CommittedFeed
 from . import payloads
-from .client import BrokerAddress, MqttError, new_client, parse_url, publish_properties, response_of
+from .client import (
+    AckedPublish,
+    BrokerAddress,
+    MqttError,
+    new_client,
+    parse_url,
+    publish_properties,
+    response_of,
+)
 from .control import CommandHandler, RunControl
 from .outbox import JournalSource
 from .publisher import Publisher, PublisherOptions
@@ -158,7 +166,7 @@ async def _serve(client, addr: BrokerAddress, topics: Topics, publisher: Publish
     async with asyncio.TaskGroup() as tg:
         inbox = tg.create_task(_inbox(client, addr, topics, handler, status))
         watch = tg.create_task(_check_echo(addr, topics, status))
-        await publisher.serve(client.publish, addr, status.sess, stop)
+        await publisher.serve(AckedPublish(client), addr, status.sess, stop)
         inbox.cancel()
         watch.cancel()
 

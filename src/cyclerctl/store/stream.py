@@ -69,7 +69,7 @@ class ExportStream:
     """Streams the BDF files of a run's channels; `push` is a Journal feed (any thread)."""
 
     def __init__(self, run_dir: str | Path, channels: Iterable[str], formats: tuple[str, ...],
-                 labels: bool = True, max_queued: int = 8) -> None:
+                 labels: bool = True, max_queued: int = 4) -> None:
         self.run_dir = Path(run_dir)
         self.formats = tuple(formats)
         self.labels = labels
@@ -121,7 +121,6 @@ class ExportStream:
     def _add(self, c: _Channel, rows: np.ndarray) -> None:
         if not len(rows):
             return
-        rows = rows + 0.0  # a copy, with -0.0 as 0.0 (the journal stores an integral REAL as an integer)
         used = ~np.isnan(rows).all(axis=0)
         if c.names is not None and (used & ~c.seen).any():
             missing = [n for n, u in zip(schema.SAMPLE_COLUMNS, used & ~c.seen, strict=True) if u]
@@ -131,18 +130,29 @@ class ExportStream:
         c.buffer.append(rows)
         c.buffered += len(rows)
         chunk = export.CHUNK  # rows per row group, as export_channel writes them
-        if c.buffered >= chunk:
-            block = np.concatenate(c.buffer) if len(c.buffer) > 1 else c.buffer[0]
-            whole = len(block) // chunk * chunk
-            for a in range(0, whole, chunk):
-                self._write(c, block[a:a + chunk])
-            rest = block[whole:]
-            c.buffer = [rest] if len(rest) else []
-            c.buffered = len(rest)
+        while c.buffered >= chunk:
+            self._write(c, self._take(c, chunk))
+
+    @staticmethod
+    def _take(c: _Channel, n: int) -> np.ndarray:
+        """The first n buffered rows (only those are copied: memory stays at one row group)."""
+        parts, got = [], 0
+        while got < n:
+            a = c.buffer[0]
+            need = n - got
+            if len(a) <= need:
+                parts.append(c.buffer.pop(0))
+            else:
+                parts.append(a[:need])
+                c.buffer[0] = a[need:]
+            got += len(parts[-1])
+        c.buffered -= n
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _write(self, c: _Channel, rows: np.ndarray) -> None:
         if c.names is None:
             c.names = [n for n in EXPORT_ORDER if n in ALWAYS or c.seen[_SOURCE[n]]]
+        rows = rows + 0.0  # -0.0 as 0.0, as the journal returns it (it stores an integral REAL as an integer)
         t = _table({n: rows[:, k] for n, k in _INDEX.items()}, c.names, self.labels)
         if not c.writers:
             stem = self.run_dir / c.ch
@@ -193,7 +203,7 @@ class ExportStream:
                 c = self.channels.get(ch)
                 if c is not None and not c.fallback and c.buffered:
                     try:
-                        self._write(c, np.concatenate(c.buffer))
+                        self._write(c, self._take(c, c.buffered))
                     except Exception as exc:  # noqa: BLE001
                         self._give_up(c, f"write failed: {exc}")
                 if c is None or c.fallback or c.rows == 0:
