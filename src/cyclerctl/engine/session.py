@@ -482,7 +482,8 @@ class Session:
 
             return asyncio.create_task(run_mqtt_process(self.run_dir / JOURNAL_NAME, url, self.settings.node,
                                                         self.control, stop, status=self.mqtt_status,
-                                                        commands=self.settings.mqtt_commands), name="mqtt")
+                                                        commands=self.settings.mqtt_commands,
+                                                        feeds=self.journal.feeds), name="mqtt")
         feed = CommittedFeed()
         self.journal.feeds.append(feed)
         return asyncio.create_task(run_mqtt(self.run_dir / JOURNAL_NAME, url, self.settings.node, self.control,

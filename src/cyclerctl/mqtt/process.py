@@ -7,8 +7,14 @@ publish second), and hands operator commands back to the engine's RunControl ove
 and output, one JSON object per line:
 
     parent -> child   {"op": "stop"}   {"op": "reply", "id": N, "ok": true, "message": "..."}
+                      {"op": "rows", "ch": ..., "n": N, "cols": K, "bytes": B} + B bytes
     child -> parent   {"op": "status", ...}   {"op": "command", "id": N, "verb": "pause", "ch": ...,
                       "actor": ..., "source": ..., "request_id": ...}   {"op": "done", ...}
+
+"rows" hands over the sample rows of a commit once its COMMIT returned (the journal writer's feed,
+little-endian float64, columns schema.SAMPLE_COLUMNS), so the child publishes live samples without
+reading them back from the journal; a block the pipe cannot take at once (the child is behind) is
+not sent, and the child reads those rows from the journal, as it does without a feed.
 
 The child stops (publishing what is committed first) on "stop" or when its standard input closes,
 so it never outlives the engine for long.
@@ -27,12 +33,42 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..store.journal import CommittedFeed
 from .service import MqttStatus, run_mqtt
 
 log = logging.getLogger("cyclerctl.mqtt")
 
 STATUS_FIELDS = ("connected", "sess", "connects", "last_error", "published", "max_inflight_seen", "echo")
 VERBS = ("pause", "resume", "skip", "stop", "abort")
+PIPE_LIMIT = 32 << 20  # bytes of rows queued for the child at most; beyond, it reads them from the journal
+
+
+class _PipeFeed:
+    """A journal feed (Journal.feeds) that writes committed rows to the child's standard input.
+    push() comes from the journal writer's thread; the write happens on the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stdin: asyncio.StreamWriter) -> None:
+        self._loop = loop
+        self._stdin = stdin
+        self.sent = self.skipped = 0  # rows
+
+    def push(self, ch: str, rows: np.ndarray) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._send, ch, rows)
+        except RuntimeError:  # the loop is closed (a commit at shutdown): the journal has the rows
+            pass
+
+    def _send(self, ch: str, rows: np.ndarray) -> None:
+        stdin = self._stdin
+        if stdin.is_closing() or stdin.transport.get_write_buffer_size() > PIPE_LIMIT:
+            self.skipped += len(rows)
+            return
+        data = np.ascontiguousarray(rows, dtype="<f8").tobytes()
+        head = {"op": "rows", "ch": ch, "n": int(rows.shape[0]), "cols": int(rows.shape[1]), "bytes": len(data)}
+        stdin.write((json.dumps(head) + "\n").encode() + data)
+        self.sent += len(rows)
 
 
 def _update(status: MqttStatus, msg: dict) -> None:
@@ -45,11 +81,12 @@ def _update(status: MqttStatus, msg: dict) -> None:
 
 async def run_mqtt_process(journal_path: str | Path, url: str, node: str, control, stop: asyncio.Event, *,
                            status: MqttStatus | None = None, commands: str = "auth",
-                           drain_timeout: float = 120.0) -> MqttStatus:
+                           drain_timeout: float = 120.0, feeds: list | None = None) -> MqttStatus:
     """run_mqtt in a child process; same arguments and result. Commands from the broker are carried
-    out here, on `control` (the engine's RunControl)."""
+    out here, on `control` (the engine's RunControl). feeds: the journal writer's Journal.feeds; the
+    committed rows are then handed to the child over its standard input."""
     status = status or MqttStatus()
-    cfg = {"journal": str(journal_path), "url": url, "node": node, "commands": commands}
+    cfg = {"journal": str(journal_path), "url": url, "node": node, "commands": commands, "feed": feeds is not None}
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2])  # the child imports this very package
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -96,6 +133,10 @@ async def run_mqtt_process(journal_path: str | Path, url: str, node: str, contro
 
     reader = asyncio.get_running_loop().create_task(pump())
     stopped = asyncio.get_running_loop().create_task(stop.wait())
+    pipe = None
+    if feeds is not None and proc.stdin is not None:
+        pipe = _PipeFeed(asyncio.get_running_loop(), proc.stdin)
+        feeds.append(pipe)
     try:
         await asyncio.wait({reader, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if reader.done() and not stop.is_set():
@@ -112,6 +153,8 @@ async def run_mqtt_process(journal_path: str | Path, url: str, node: str, contro
             await proc.wait()
         await reader
     finally:
+        if pipe is not None:
+            feeds.remove(pipe)
         stopped.cancel()
         if proc.returncode is None:
             proc.kill()
@@ -182,6 +225,7 @@ async def _child(cfg: dict) -> None:
         sys.stdout.buffer.flush()
 
     proxy = _ControlProxy(send)
+    feed = CommittedFeed() if cfg.get("feed") else None
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
 
@@ -195,7 +239,15 @@ async def _child(cfg: dict) -> None:
                 msg = json.loads(line)
             except ValueError:
                 continue
-            if msg.get("op") == "stop":
+            if msg.get("op") == "rows":
+                try:
+                    data = await reader.readexactly(int(msg["bytes"]))
+                except asyncio.IncompleteReadError:
+                    stop.set()
+                    return
+                if feed is not None:
+                    feed.push(msg["ch"], np.frombuffer(data, dtype="<f8").reshape(int(msg["n"]), int(msg["cols"])))
+            elif msg.get("op") == "stop":
                 stop.set()
             elif msg.get("op") == "reply":
                 proxy.reply(msg)
@@ -208,7 +260,7 @@ async def _child(cfg: dict) -> None:
     tasks = [loop.create_task(inbox()), loop.create_task(report())]
     try:
         await run_mqtt(cfg["journal"], cfg["url"], cfg["node"], proxy, stop, commands=cfg["commands"],
-                       status=status)
+                       status=status, feed=feed)
     finally:
         proxy.close()
         for t in tasks:

@@ -44,7 +44,8 @@ class PublisherOptions:
     max_batch: int = payloads.MAX_BATCH_SAMPLES
     max_inflight: int = 64          # outstanding QoS 1 publishes (memory bound)
     read_limit: int = 2000          # rows read per channel and stream per poll
-    feed_limit: int = 20_000        # rows taken per channel and poll from the in-process commit feed
+    feed_limit: int = 20_000        # rows taken per channel and poll from the commit feed
+    feed_grace: float = 0.25        # s to wait for committed rows to arrive on the feed before reading them
     replay_rate: float = 200.0      # backlog/replay messages per second (≤ 200 samples each)
     state_interval: float = 1.0     # s, minimum period of a channel's retained state
     outbox_interval: float = 0.5    # s between outbox watermark writes
@@ -92,6 +93,8 @@ class Publisher:
         self._wake = asyncio.Event()
         self._rebirth = False
         self._more = False
+        self._feed_wait = False  # committed rows are expected on the feed: poll again soon
+        self._feed_miss: dict[str, float] = {}  # ch -> since when the feed lacks committed rows
         self._publish: Publish | None = None
         self._saving: asyncio.Task | None = None
         self.writer = OutboxWriter(source.path)
@@ -149,13 +152,13 @@ class Publisher:
             now = time.monotonic()
             if self._inflight and now - max(self._last_ack, self._last_send) > self.opt.ack_timeout:
                 raise MqttError(f"no acknowledgement from the broker for {self.opt.ack_timeout:g} s")
-            if version != last_version or self._more or now - last_full > 1.0:
+            if version != last_version or self._more or self._feed_wait or now - last_full > 1.0:
                 last_version, last_full = version, now
                 if self._load_channels():
                     await self._announce(only_new=True)
                 rows_due = now - last_rows >= self.opt.rows_interval
                 before = self.published
-                await self._pump_live(all_streams=rows_due)
+                await self._pump_live(all_streams=rows_due, wait_feed=True)
                 if rows_due:
                     last_rows = now
                 took = time.monotonic() - now
@@ -273,18 +276,37 @@ class Publisher:
             else:  # low volume: resend in order on the stream's own topic
                 out.live_next[stream] = missing[0][0] if missing else head + 1
 
-    async def _pump_live(self, all_streams: bool = True) -> None:
+    def _feed_late(self, out: ChannelOut) -> bool:
+        """True while committed rows the feed does not hold yet may still arrive on it (for at most
+        feed_grace s); then they are read from the journal."""
+        if self.feed is None or not self.feed.pushed:
+            return False
+        if self.source.head("samples", out.ch) < out.live_next["samples"]:
+            self._feed_miss.pop(out.ch, None)  # nothing new committed
+            return True
+        now = time.monotonic()
+        since = self._feed_miss.setdefault(out.ch, now)
+        if now - since < self.opt.feed_grace:
+            self._feed_wait = True
+            return True
+        return False
+
+    async def _pump_live(self, all_streams: bool = True, wait_feed: bool = False) -> None:
         self._more = False  # set when a read hit read_limit: more is waiting, poll again at once
+        self._feed_wait = False
         for out in list(self.channels.values()):
             block = None
             if self.feed is not None:
                 block = self.feed.take(out.ch, out.live_next["samples"], self.opt.feed_limit)
             if block is not None:
+                self._feed_miss.pop(out.ch, None)
                 self._more = self._more or len(block) == self.opt.feed_limit
                 out.live_next["samples"] = int(block[-1, 0]) + 1
                 out.last_sample = payloads.array_row(self.columns, block[-1], out.ch)
                 out.state_due = True
                 await self._send_array(out, block)
+            elif wait_feed and self._feed_late(out):
+                pass
             else:
                 rows = self.source.samples(out.ch, out.live_next["samples"], limit=self.opt.read_limit)
                 self._more = self._more or len(rows) == self.opt.read_limit
