@@ -46,6 +46,7 @@ class MqttStatus:
     published: int = 0
     max_inflight_seen: int = 0
     echo: bool = False  # our own status came back through the broker (it accepts what we publish)
+    fed: int = 0  # commits whose sample rows the engine handed over (MQTT process with a feed)
     history: list[str] = field(default_factory=list)
 
 
