@@ -1,7 +1,8 @@
 """The whole pipeline on the 12,000-cycle Sn/HC long-cycling protocol.
 
 Engine + journal (SQLite WAL, synchronous=FULL) + live analysis + MQTT publishing to a local
-mosquitto (started here on a free loopback port) + BDF export, on the simulated cycler at max speed.
+mosquitto (started here on a free loopback port) + BDF export (written while the run goes, completed
+at its end), on the simulated cycler at max speed.
 Prints wall time, samples/s, CPU seconds of this process, of the MQTT process (publishing runs in a
 process of its own; --mqtt-in-process runs it as a task here) and of mosquitto, peak RSS and RSS along
 the run (it must not grow with the cycles), then
