@@ -76,14 +76,21 @@ def _table(cols: dict[str, np.ndarray], names: list[str], labels: bool) -> pa.Ta
     arrays, fields = [], []
     for c in names:
         a = cols["seq"] if c == "record_index" else cols[c]
+        null = np.isnan(a)  # NaN -> null
         if c in INTEGER_COLUMNS:
-            mask = np.isnan(a)
-            arr = pa.array(np.where(mask, 0, a).astype(np.int64), mask=mask if mask.any() else None)
+            arrays.append(_arrow(pa.int64(), np.where(null, 0, a).astype(np.int64), null))
         else:
-            arr = pa.array(a, type=pa.float64(), from_pandas=True)  # NaN -> null
-        arrays.append(arr)
+            arrays.append(_arrow(pa.float64(), np.ascontiguousarray(a, dtype=np.float64), null))
         fields.append(PREFERRED_LABELS[c] if labels else c)
     return pa.Table.from_arrays(arrays, names=fields)
+
+
+def _arrow(typ: pa.DataType, values: np.ndarray, null: np.ndarray) -> pa.Array:
+    """A contiguous numpy column as an Arrow array from its buffers (pa.array would import pandas
+    to look for a Series first: ~0.3 s of CPU and tens of MB)."""
+    n = int(null.sum())
+    validity = pa.py_buffer(np.packbits(~null, bitorder="little")) if n else None
+    return pa.Array.from_buffers(typ, len(values), [validity, pa.py_buffer(values)], null_count=n)
 
 
 def _atomic(path: Path):
