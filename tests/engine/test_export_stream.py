@@ -15,9 +15,10 @@ from helpers import assert_contiguous, journal, session
 from programs import cycling, nested_program
 
 from cyclerctl.engine.session import Session
-from cyclerctl.store import export
+from cyclerctl.store import export, schema
 from cyclerctl.store.export import export_run
-from cyclerctl.store.stream import partial_files
+from cyclerctl.store.journal import Journal
+from cyclerctl.store.stream import ExportStream, partial_files
 
 FORMATS = ("bdf-parquet", "bdf-csv")
 
@@ -98,3 +99,34 @@ async def test_no_export_no_files(run_dir):
     await s.execute()
     assert s.export_stream is None and not (run_dir / "ch1.bdf.parquet").exists()
     assert sqlite3.connect(run_dir / "journal.sqlite").execute("SELECT COUNT(*) FROM samples").fetchone()[0] > 0
+
+
+def test_minus_zero_and_nulls_are_written_as_the_journal_returns_them(tmp_path, small_chunks):
+    run = tmp_path / "run"
+    run.mkdir()
+    journal = Journal(run / "journal.sqlite")
+    journal.set_meta({"run_id": "r1"})
+    journal.add_channel("a1", "r1", {"instrument": "test"}, None, lambda: ("running", "{}", None))
+    stream = ExportStream(run, ["a1"], FORMATS)
+    journal.feeds.append(stream)
+    col = {c: k for k, c in enumerate(schema.SAMPLE_COLUMNS)}
+    first = 0
+    for n in (1, 150, 7, 90):  # commits of every size around the 64-row pieces
+        rows = np.full((n, len(schema.SAMPLE_COLUMNS)), np.nan)
+        seq = np.arange(first, first + n)
+        rows[:, col["seq"]] = seq
+        rows[:, col["test_time_second"]] = 0.5 * seq
+        rows[:, col["voltage_volt"]] = np.where(seq % 5 == 0, np.nan, 0.1 + 1e-3 * seq)
+        rows[:, col["current_ampere"]] = np.where(seq % 3 == 0, -0.0, -1.7e-3)  # a rest rounded to -0.0
+        rows[:, col["cycle_count"]] = 1 + seq // 100
+        rows[:, col["step_count"]] = 1 + seq // 40
+        rows[:, col["step_id"]] = 1 + (seq // 40) % 2
+        journal.stage_samples("a1", rows)
+        journal.commit_sync()
+        first += n
+    journal.close()
+    files = stream.finish()
+    assert [p.name for p in files] == ["a1.bdf.parquet", "a1.bdf.csv", "a1.metadata.json"]
+    same_as_export_run(run, tmp_path)
+    fields = [f for line in (run / "a1.bdf.csv").read_text().splitlines()[1:] for f in line.split(",")]
+    assert "0" in fields and "-0" not in fields

@@ -80,7 +80,9 @@ def _table(cols: dict[str, np.ndarray], names: list[str], labels: bool) -> pa.Ta
         if c in INTEGER_COLUMNS:
             arrays.append(_arrow(pa.int64(), np.where(null, 0, a).astype(np.int64), null))
         else:
-            arrays.append(_arrow(pa.float64(), np.ascontiguousarray(a, dtype=np.float64), null))
+            # a contiguous copy, with -0.0 as 0.0: the journal stores an integral REAL as an integer,
+            # so rows read back from it never hold -0.0, and rows streamed from a commit must not either
+            arrays.append(_arrow(pa.float64(), np.asarray(a, dtype=np.float64) + 0.0, null))
         fields.append(PREFERRED_LABELS[c] if labels else c)
     return pa.Table.from_arrays(arrays, names=fields)
 

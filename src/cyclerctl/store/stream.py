@@ -152,7 +152,6 @@ class ExportStream:
     def _write(self, c: _Channel, rows: np.ndarray) -> None:
         if c.names is None:
             c.names = [n for n in EXPORT_ORDER if n in ALWAYS or c.seen[_SOURCE[n]]]
-        rows = rows + 0.0  # -0.0 as 0.0, as the journal returns it (it stores an integral REAL as an integer)
         t = _table({n: rows[:, k] for n, k in _INDEX.items()}, c.names, self.labels)
         if not c.writers:
             stem = self.run_dir / c.ch
