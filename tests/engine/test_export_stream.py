@@ -101,32 +101,55 @@ async def test_no_export_no_files(run_dir):
     assert sqlite3.connect(run_dir / "journal.sqlite").execute("SELECT COUNT(*) FROM samples").fetchone()[0] > 0
 
 
-def test_minus_zero_and_nulls_are_written_as_the_journal_returns_them(tmp_path, small_chunks):
-    run = tmp_path / "run"
+def journal_rows(first: int, n: int) -> np.ndarray:
+    col = {c: k for k, c in enumerate(schema.SAMPLE_COLUMNS)}
+    rows = np.full((n, len(schema.SAMPLE_COLUMNS)), np.nan)
+    seq = np.arange(first, first + n)
+    rows[:, col["seq"]] = seq
+    rows[:, col["test_time_second"]] = 0.5 * seq
+    rows[:, col["voltage_volt"]] = np.where(seq % 5 == 0, np.nan, 0.1 + 1e-3 * seq)
+    rows[:, col["current_ampere"]] = np.where(seq % 3 == 0, -0.0, -1.7e-3)  # a rest rounded to -0.0
+    rows[:, col["cycle_count"]] = 1 + seq // 100
+    rows[:, col["step_count"]] = 1 + seq // 40
+    rows[:, col["step_id"]] = 1 + (seq // 40) % 2
+    return rows
+
+
+def streamed_journal(run, channels, sizes, **kw):
+    """A journal written by the engine's writer with an export stream as its feed."""
     run.mkdir()
     journal = Journal(run / "journal.sqlite")
     journal.set_meta({"run_id": "r1"})
-    journal.add_channel("a1", "r1", {"instrument": "test"}, None, lambda: ("running", "{}", None))
-    stream = ExportStream(run, ["a1"], FORMATS)
+    for ch in channels:
+        journal.add_channel(ch, "r1", {"instrument": "test"}, None, lambda: ("running", "{}", None))
+    stream = ExportStream(run, channels, FORMATS, **kw)
     journal.feeds.append(stream)
-    col = {c: k for k, c in enumerate(schema.SAMPLE_COLUMNS)}
     first = 0
-    for n in (1, 150, 7, 90):  # commits of every size around the 64-row pieces
-        rows = np.full((n, len(schema.SAMPLE_COLUMNS)), np.nan)
-        seq = np.arange(first, first + n)
-        rows[:, col["seq"]] = seq
-        rows[:, col["test_time_second"]] = 0.5 * seq
-        rows[:, col["voltage_volt"]] = np.where(seq % 5 == 0, np.nan, 0.1 + 1e-3 * seq)
-        rows[:, col["current_ampere"]] = np.where(seq % 3 == 0, -0.0, -1.7e-3)  # a rest rounded to -0.0
-        rows[:, col["cycle_count"]] = 1 + seq // 100
-        rows[:, col["step_count"]] = 1 + seq // 40
-        rows[:, col["step_id"]] = 1 + (seq // 40) % 2
-        journal.stage_samples("a1", rows)
+    for n in sizes:
+        for ch in channels:
+            journal.stage_samples(ch, journal_rows(first, n))
         journal.commit_sync()
         first += n
     journal.close()
+    return stream
+
+
+def test_minus_zero_and_nulls_are_written_as_the_journal_returns_them(tmp_path, small_chunks):
+    run = tmp_path / "run"
+    stream = streamed_journal(run, ["a1"], (1, 150, 7, 90))  # commits of every size around 64 rows
     files = stream.finish()
     assert [p.name for p in files] == ["a1.bdf.parquet", "a1.bdf.csv", "a1.metadata.json"]
     same_as_export_run(run, tmp_path)
     fields = [f for line in (run / "a1.bdf.csv").read_text().splitlines()[1:] for f in line.split(",")]
     assert "0" in fields and "-0" not in fields
+
+
+def test_memory_for_partial_row_groups_is_bounded(tmp_path, small_chunks):
+    run = tmp_path / "run"
+    stream = streamed_journal(run, ["a1", "a2", "a3"], (40, 40, 40, 40), max_buffered=150)
+    files = stream.finish()
+    fallback = [ch for ch, c in stream.channels.items() if c.fallback]
+    assert fallback and len(fallback) < 3  # some channels kept streaming
+    assert all(c.buffered == 0 for c in stream.channels.values())
+    assert len([p for p in files if p.suffix == ".parquet"]) == 3
+    same_as_export_run(run, tmp_path)

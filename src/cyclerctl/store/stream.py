@@ -9,7 +9,8 @@ run ends they are ``CH.bdf.parquet.partial`` and ``CH.bdf.csv.partial``; `finish
 renames them and writes the sidecars and metric tables. Fallback to `export_channel` (reading the
 journal) for a channel whose columns could not be fixed in advance (a column that first holds a
 value after the first row group was written, e.g. an EIS step late in a run), one without samples,
-or one whose streamed file failed to write. After a crash the partial files are worthless (they may
+one whose streamed file failed to write, and, while too many rows wait for their row groups across
+all channels (`max_buffered`), the channel holding the most. After a crash the partial files are worthless (they may
 miss the last commits or hold rows beyond the journal): a resumed run deletes them and first copies
 the committed rows from the journal into fresh ones (`prime`), in the writer thread.
 """
@@ -69,11 +70,16 @@ class ExportStream:
     """Streams the BDF files of a run's channels; `push` is a Journal feed (any thread)."""
 
     def __init__(self, run_dir: str | Path, channels: Iterable[str], formats: tuple[str, ...],
-                 labels: bool = True, max_queued: int = 4) -> None:
+                 labels: bool = True, max_queued: int = 4, max_buffered: int = 1_000_000) -> None:
         self.run_dir = Path(run_dir)
         self.formats = tuple(formats)
         self.labels = labels
         self.channels = {ch: _Channel(ch) for ch in channels}
+        # rows held for row groups not yet full, all channels (~112 B each): a rack of many slow
+        # channels would otherwise hold a row group per channel; beyond it the channel holding the
+        # most is exported from the journal at the end instead
+        self.max_buffered = int(max_buffered)
+        self._buffered = 0
         self._queue: queue.Queue = queue.Queue(max_queued)  # bounded: a slow disk holds the committer back
         self._thread = threading.Thread(target=self._work, name="export-stream", daemon=True)
         self._closed = False
@@ -129,12 +135,15 @@ class ExportStream:
         c.seen |= used
         c.buffer.append(rows)
         c.buffered += len(rows)
+        self._buffered += len(rows)
         chunk = export.CHUNK  # rows per row group, as export_channel writes them
         while c.buffered >= chunk:
             self._write(c, self._take(c, chunk))
+        if self._buffered > self.max_buffered:
+            most = max(self.channels.values(), key=lambda k: k.buffered)
+            self._give_up(most, f"more than {self.max_buffered:,} rows held for all channels' row groups")
 
-    @staticmethod
-    def _take(c: _Channel, n: int) -> np.ndarray:
+    def _take(self, c: _Channel, n: int) -> np.ndarray:
         """The first n buffered rows (only those are copied: memory stays at one row group)."""
         parts, got = [], 0
         while got < n:
@@ -147,6 +156,7 @@ class ExportStream:
                 c.buffer[0] = a[need:]
             got += len(parts[-1])
         c.buffered -= n
+        self._buffered -= n
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _write(self, c: _Channel, rows: np.ndarray) -> None:
@@ -169,6 +179,7 @@ class ExportStream:
 
     def _give_up(self, c: _Channel, why: str) -> None:
         c.fallback = why
+        self._buffered -= c.buffered
         c.buffer, c.buffered = [], 0
         self._discard(c)
 
