@@ -100,7 +100,6 @@ class Publisher:
         self.writer = OutboxWriter(source.path)
         self._last_ack = self._last_send = 0.0
         self._free_ev = asyncio.Event()
-        self._errors: list[BaseException] = []
         self._load_channels()
         for (ch, stream), seq in source.outbox().items():
             if ch in self.channels and stream in STREAMS:
@@ -137,7 +136,6 @@ class Publisher:
         """Publish until `stop` is set (then drain and return) or a publish fails (then raise)."""
         self.sess = sess
         self._publish = publish
-        self._errors = []
         self._tokens = self.opt.replay_rate
         self._load_channels()
         await self._announce()
@@ -147,7 +145,6 @@ class Publisher:
         last_save = time.monotonic()
         self._last_ack = time.monotonic()
         while not stop.is_set():
-            self._check()
             version = self.source.data_version()
             now = time.monotonic()
             if self._inflight and now - max(self._last_ack, self._last_send) > self.opt.ack_timeout:
@@ -187,7 +184,6 @@ class Publisher:
         try:
             async with asyncio.timeout(self.opt.drain_timeout):
                 while True:
-                    self._check()
                     before = self.published
                     await self._pump_live()
                     await self._pump_backlog(time.monotonic(), unthrottled=True)
@@ -197,7 +193,6 @@ class Publisher:
                 await self._wait_idle()
         except TimeoutError:
             log.warning("mqtt: stopped before every committed row was acknowledged; the journal keeps them")
-        self._check()
         if self._saving is not None:
             await asyncio.gather(self._saving, return_exceptions=True)
         self.save_outbox()
@@ -396,7 +391,6 @@ class Publisher:
             body = payloads.dumps(body)
         while self._inflight >= self.opt.max_inflight:
             await self._slot_freed()
-        self._check()
         if not self._inflight:
             self._last_send = time.monotonic()
         self._inflight += 1
@@ -421,15 +415,10 @@ class Publisher:
     async def _slot_freed(self) -> None:
         self._free_ev.clear()
         await self._free_ev.wait()
-        self._check()
 
     async def _wait_idle(self) -> None:
         while self._inflight:
             await self._slot_freed()
-
-    def _check(self) -> None:
-        if self._errors:
-            raise self._errors[0]
 
     @property
     def inflight(self) -> int:
@@ -442,4 +431,3 @@ class Publisher:
             forget()
         self._inflight = 0
         self._free_ev.set()
-        self._errors = []
