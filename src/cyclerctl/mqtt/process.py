@@ -203,11 +203,12 @@ async def run_mqtt_process(journal_path: str | Path, url: str, node: str, contro
     finally:
         if pipe is not None:
             feeds.remove(pipe)
-            pipe.close()
         stopped.cancel()
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        if pipe is not None:
+            pipe.close()  # the child is gone: a write still blocked fails at once
         for task in list(answers):
             task.cancel()
     status.connected = False
