@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 from helpers import assert_contiguous
 
@@ -137,3 +139,9 @@ async def test_kill_minus_9_and_resume(tmp_path, instrument):
         assert len(read.samples(conn, "ch1")["seq"]) == len(samples["seq"])
     finally:
         conn.close()
+    # the BDF files, written while running and rebuilt from the journal at every resume, hold every
+    # sample exactly once, with the journal's values
+    for table in (pq.read_table(run_dir / "ch1.bdf.parquet"), pacsv.read_csv(run_dir / "ch1.bdf.csv")):
+        assert np.array_equal(table.column("Record Index / 1").to_numpy(), samples["seq"])
+        np.testing.assert_array_equal(table.column("Voltage / V").to_numpy(), samples["voltage_volt"])
+    assert not list(run_dir.glob("*.partial"))

@@ -4,6 +4,8 @@
 - A command from the broker is carried out by the engine's RunControl in the parent process, and the
   reply goes back to the sender.
 - It stops when its standard input closes (the engine's process died), so it never lingers.
+- Given the journal writer's feeds, it gets each commit's rows over a pipe and publishes them live
+  (every sample once, the journal's values) without reading them back.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ import sys
 import time
 
 import aiomqtt
+import numpy as np
 
 from cyclerctl.mqtt.process import run_mqtt_process
+from cyclerctl.store import schema
+from cyclerctl.store.journal import Journal
 
 from .broker import MosquittoSub
+from .test_feed import sample_rows
 
 NODE = "proc-node"
 
@@ -73,3 +79,38 @@ def test_the_child_stops_when_its_standard_input_closes(journal):
     lines = [json.loads(line) for line in out.splitlines()]
     assert proc.returncode == 0
     assert lines[-1]["op"] == "done" and lines[-1]["connected"] is False
+
+
+async def test_committed_rows_reach_the_child_over_its_feed(mosquitto_anon, tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.set_meta({"run_id": "feed-run"})
+    journal.add_channel("a1", "feed-run", {}, None, lambda: ("running", "{}", None))
+    rng = np.random.default_rng(5)
+    stop = asyncio.Event()
+    blocks = []
+    with MosquittoSub(mosquitto_anon.port, [f"cycler/v1/{NODE}/ch/a1/data"], tmp_path) as sub:
+        task = asyncio.create_task(run_mqtt_process(journal.path, mosquitto_anon.url(), NODE, None, stop,
+                                                    commands="off", feeds=journal.feeds))
+        await asyncio.sleep(1.5)  # connected: what follows is live
+        first = 0
+        for n in (300, 1, 2500, 40):
+            blocks.append(sample_rows(first, n, 230, rng))
+            journal.stage_samples("a1", blocks[-1])
+            await journal.commit()
+            first += n
+            await asyncio.sleep(0.3)
+        await asyncio.sleep(1.0)
+        stop.set()
+        status = await asyncio.wait_for(task, 30)
+        await asyncio.sleep(0.3)
+    journal.close()
+    assert status.fed == 4 and journal.feeds == []
+    got = {}
+    for _, text in sub.messages():
+        p = json.loads(text)
+        for k in range(p["n"]):
+            assert p["seq"] + k not in got
+            got[p["seq"] + k] = p["cols"]["voltage_volt"][k]
+    want = np.concatenate(blocks)[:, schema.SAMPLE_COLUMNS.index("voltage_volt")]
+    assert sorted(got) == list(range(len(want)))
+    np.testing.assert_array_equal([got[k] for k in range(len(want))], want)

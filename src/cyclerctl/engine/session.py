@@ -20,6 +20,7 @@ import math
 import os
 import pickle
 import re
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -181,6 +182,9 @@ class Session:
         self.mqtt_url: str | None = None
         self.mqtt_status: Any = None
         self.exported: list[Path] = []
+        self.export_stream: Any = None  # store.stream.ExportStream of the running execute()
+        self.export_time = 0.0  # s of wall time spent completing the exports at the end
+        self.export_cpu = 0.0  # s of CPU time of this process for that
         self.notes: list[str] = []
         self.resumed = False
 
@@ -400,7 +404,42 @@ class Session:
     # ---- running ----------------------------------------------------------------------------------
 
     async def execute(self) -> dict[str, str]:
-        """Run every channel to its end; returns ch -> final state. Exports at the end."""
+        """Run every channel to its end; returns ch -> final state. The BDF exports are written while
+        the run goes and completed at its end."""
+        stream = self.export_stream = self._start_export_stream()
+        try:
+            results = await self._execute()
+        except BaseException:
+            if stream is not None:
+                stream.abandon()
+            raise
+        if stream is not None:
+            t, c = time.perf_counter(), time.process_time()
+            if self.journal.failed is None:
+                self.exported = stream.finish()
+            else:
+                stream.abandon()
+            self.export_time, self.export_cpu = time.perf_counter() - t, time.process_time() - c
+        return results
+
+    def _start_export_stream(self):
+        """The BDF files written while the run goes (store/stream.py), fed by every commit; a resumed
+        run first copies what is committed into fresh files."""
+        if not self.settings.export:
+            return None
+        from ..store.export import parse_formats
+        from ..store.stream import ExportStream, partial_files
+
+        for p in partial_files(self.run_dir):  # left by a run that did not end cleanly
+            p.unlink(missing_ok=True)
+        stream = ExportStream(self.run_dir, list(self.runners), parse_formats(self.settings.export))
+        if self.resumed:
+            for ch, r in self.runners.items():
+                stream.prime(ch, r.es.seq)
+        self.journal.feeds.append(stream)
+        return stream
+
+    async def _execute(self) -> dict[str, str]:
         stop_mqtt = asyncio.Event()
         # everything set up so far (programs, models, tables) lives as long as the run: the cyclic
         # garbage collector need not scan it again (a full collection over a rack's objects stalls
@@ -447,10 +486,6 @@ class Session:
                         self.notes.append(f"MQTT publisher ended with: {exc}")
         self._finish_status()
         self.journal.close()
-        if self.journal.failed is None and self.settings.export:
-            from ..store.export import export_run
-
-            self.exported = export_run(self.run_dir, formats=self.settings.export)
         return results
 
     async def _run_channel(self, runner: ChannelRunner, k: int) -> str:
@@ -489,7 +524,8 @@ class Session:
 
             return asyncio.create_task(run_mqtt_process(self.run_dir / JOURNAL_NAME, url, self.settings.node,
                                                         self.control, stop, status=self.mqtt_status,
-                                                        commands=self.settings.mqtt_commands), name="mqtt")
+                                                        commands=self.settings.mqtt_commands,
+                                                        feeds=self.journal.feeds), name="mqtt")
         feed = CommittedFeed()
         self.journal.feeds.append(feed)
         return asyncio.create_task(run_mqtt(self.run_dir / JOURNAL_NAME, url, self.settings.node, self.control,

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import ssl
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiomqtt
+from paho.mqtt.client import MQTT_ERR_SUCCESS
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -173,3 +175,42 @@ def new_client(addr: BrokerAddress, *, identifier: str | None = None,
         **kwargs)
     client.pending_calls_threshold = max_inflight + 1  # we bound concurrency ourselves
     return client
+
+
+class AckedPublish:
+    """QoS 1 publishing on an entered client without a coroutine, an event and a task per message:
+    `publish(topic, payload, retain, on_ack)` hands the message to the client library at once and
+    calls `on_ack()` when the broker's PUBACK arrives. Raises MqttCodeError when the client cannot
+    take the message (disconnected). Publishes made through the client's own `publish` coroutine
+    are acknowledged as before. `forget()` drops the callbacks of a dead connection."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._paho = client._client
+        self._theirs = client._pending_publishes  # the coroutine publishes of aiomqtt itself
+        self._acks: dict[int, Callable[[], None]] = {}
+        self._early: set[int] = set()  # acknowledged before publish() returned
+        self._chained = self._paho.on_publish
+        self._paho.on_publish = self._on_publish
+
+    def _on_publish(self, client, userdata, mid: int, *rest) -> None:
+        cb = self._acks.pop(mid, None)
+        if cb is not None:
+            cb()
+        elif mid in self._theirs:
+            self._chained(client, userdata, mid, *rest)
+        else:
+            self._early.add(mid)
+
+    def __call__(self, topic: str, payload: bytes, retain: bool, on_ack: Callable[[], None]) -> None:
+        info = self._paho.publish(topic, payload, 1, retain)
+        if info.rc != MQTT_ERR_SUCCESS:
+            raise MqttCodeError(info.rc, "Could not publish message")
+        if info.mid in self._early:
+            self._early.discard(info.mid)
+            on_ack()
+        else:
+            self._acks[info.mid] = on_ack
+
+    def forget(self) -> None:
+        self._acks.clear()
+        self._early.clear()

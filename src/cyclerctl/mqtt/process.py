@@ -10,6 +10,13 @@ and output, one JSON object per line:
     child -> parent   {"op": "status", ...}   {"op": "command", "id": N, "verb": "pause", "ch": ...,
                       "actor": ..., "source": ..., "request_id": ...}   {"op": "done", ...}
 
+With the journal writer's feeds given (the engine does), the sample rows of every commit also go to
+the child once their COMMIT returned, over a pipe of their own ({"ch": ..., "n": N, "cols": K,
+"bytes": B} and B bytes of little-endian float64, columns schema.SAMPLE_COLUMNS), so the child
+publishes live samples without reading them back from the journal. A block the pipe cannot take
+(the child is behind) is not sent, and the child reads those rows from the journal, as it does
+without a feed.
+
 The child stops (publishing what is committed first) on "stop" or when its standard input closes,
 so it never outlives the engine for long.
 """
@@ -22,17 +29,82 @@ import dataclasses
 import json
 import logging
 import os
+import queue
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..store.journal import CommittedFeed
 from .service import MqttStatus, run_mqtt
 
 log = logging.getLogger("cyclerctl.mqtt")
 
-STATUS_FIELDS = ("connected", "sess", "connects", "last_error", "published", "max_inflight_seen", "echo")
+STATUS_FIELDS = ("connected", "sess", "connects", "last_error", "published", "max_inflight_seen", "echo", "fed")
 VERBS = ("pause", "resume", "skip", "stop", "abort")
+
+
+class _PipeFeed:
+    """A journal feed (Journal.feeds) that writes committed rows to a pipe the child reads. push()
+    comes from the journal writer's thread and only queues the rows (never blocks: a block that does
+    not fit in the queue is not sent, the child reads it from the journal); a thread of its own
+    writes them, since the engine's event loop may not get to it for long at max speed."""
+
+    def __init__(self, fd: int, max_blocks: int = 4) -> None:
+        self._fd = fd
+        self._queue: queue.Queue = queue.Queue(max_blocks)
+        self.sent = self.skipped = 0  # rows
+        self._dead = False
+        self._thread = threading.Thread(target=self._write, name="mqtt-feed", daemon=True)
+        self._thread.start()
+
+    def push(self, ch: str, rows: np.ndarray) -> None:
+        if self._dead:
+            return
+        try:
+            self._queue.put_nowait((ch, rows))
+        except queue.Full:
+            self.skipped += len(rows)
+
+    def _write(self) -> None:
+        try:
+            while (item := self._queue.get()) is not None:
+                ch, rows = item
+                data = memoryview(np.ascontiguousarray(rows, dtype="<f8")).cast("B")  # no copy
+                head = {"ch": ch, "n": int(rows.shape[0]), "cols": int(rows.shape[1]), "bytes": len(data)}
+                for view in (memoryview((json.dumps(head) + "\n").encode()), data):
+                    while view:
+                        view = view[os.write(self._fd, view):]
+                self.sent += len(rows)
+        except OSError:  # the child is gone: the journal has everything
+            self._dead = True
+        finally:
+            os.close(self._fd)
+
+    def close(self) -> None:
+        self._dead = True
+        while True:
+            try:
+                self._queue.put_nowait(None)
+                break
+            except queue.Full:  # drop what is still queued: the child reads it from the journal
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get_nowait()
+        self._thread.join(timeout=5)
+
+
+def _read_feed(fd: int, feed: CommittedFeed) -> None:
+    """Child side: committed rows from the engine's pipe into the publisher's feed (a thread)."""
+    with os.fdopen(fd, "rb") as f:
+        while line := f.readline():
+            head = json.loads(line)
+            data = f.read(int(head["bytes"]))
+            if len(data) < int(head["bytes"]):
+                return
+            feed.push(head["ch"], np.frombuffer(data, dtype="<f8").reshape(int(head["n"]), int(head["cols"])))
 
 
 def _update(status: MqttStatus, msg: dict) -> None:
@@ -45,17 +117,34 @@ def _update(status: MqttStatus, msg: dict) -> None:
 
 async def run_mqtt_process(journal_path: str | Path, url: str, node: str, control, stop: asyncio.Event, *,
                            status: MqttStatus | None = None, commands: str = "auth",
-                           drain_timeout: float = 120.0) -> MqttStatus:
+                           drain_timeout: float = 120.0, feeds: list | None = None) -> MqttStatus:
     """run_mqtt in a child process; same arguments and result. Commands from the broker are carried
-    out here, on `control` (the engine's RunControl)."""
+    out here, on `control` (the engine's RunControl). feeds: the journal writer's Journal.feeds; the
+    committed rows are then handed to the child over its standard input."""
     status = status or MqttStatus()
     cfg = {"journal": str(journal_path), "url": url, "node": node, "commands": commands}
+    feed_r = feed_w = None
+    if feeds is not None:
+        feed_r, feed_w = os.pipe()
+        cfg["feed_fd"] = feed_r
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2])  # the child imports this very package
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cyclerctl.mqtt.process", json.dumps(cfg),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cyclerctl.mqtt.process", json.dumps(cfg),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+            pass_fds=() if feed_r is None else (feed_r,))
+    except BaseException:
+        for fd in (feed_r, feed_w):
+            if fd is not None:
+                os.close(fd)
+        raise
+    pipe = None
+    if feed_r is not None:
+        os.close(feed_r)
+        pipe = _PipeFeed(feed_w)
+        feeds.append(pipe)
     answers: set[asyncio.Task] = set()
 
     def send(msg: dict) -> None:
@@ -112,10 +201,14 @@ async def run_mqtt_process(journal_path: str | Path, url: str, node: str, contro
             await proc.wait()
         await reader
     finally:
+        if pipe is not None:
+            feeds.remove(pipe)
         stopped.cancel()
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        if pipe is not None:
+            pipe.close()  # the child is gone: a write still blocked fails at once
         for task in list(answers):
             task.cancel()
     status.connected = False
@@ -182,6 +275,10 @@ async def _child(cfg: dict) -> None:
         sys.stdout.buffer.flush()
 
     proxy = _ControlProxy(send)
+    feed = None
+    if cfg.get("feed_fd") is not None:
+        feed = CommittedFeed()
+        threading.Thread(target=_read_feed, args=(cfg["feed_fd"], feed), name="feed", daemon=True).start()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
 
@@ -202,17 +299,19 @@ async def _child(cfg: dict) -> None:
 
     async def report() -> None:
         while True:
+            status.fed = feed.pushed if feed is not None else 0
             send({"op": "status", **_status_dict(status)})
             await asyncio.sleep(0.5)
 
     tasks = [loop.create_task(inbox()), loop.create_task(report())]
     try:
         await run_mqtt(cfg["journal"], cfg["url"], cfg["node"], proxy, stop, commands=cfg["commands"],
-                       status=status)
+                       status=status, feed=feed)
     finally:
         proxy.close()
         for t in tasks:
             t.cancel()
+        status.fed = feed.pushed if feed is not None else 0
         send({"op": "done", **_status_dict(status)})
 
 

@@ -19,7 +19,7 @@ import math
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import __version__
@@ -31,7 +31,8 @@ from .topics import Topics, topic_id
 
 log = logging.getLogger("cyclerctl.mqtt")
 
-Publish = Callable[..., Awaitable[None]]
+# publish(topic, payload, retain, on_ack): hands a QoS 1 message over, on_ack() on its PUBACK
+Publish = Callable[[str, bytes, bool, Callable[[], None]], None]
 
 
 @dataclass
@@ -43,7 +44,8 @@ class PublisherOptions:
     max_batch: int = payloads.MAX_BATCH_SAMPLES
     max_inflight: int = 64          # outstanding QoS 1 publishes (memory bound)
     read_limit: int = 2000          # rows read per channel and stream per poll
-    feed_limit: int = 20_000        # rows taken per channel and poll from the in-process commit feed
+    feed_limit: int = 20_000        # rows taken per channel and poll from the commit feed
+    feed_grace: float = 0.25        # s to wait for committed rows to arrive on the feed before reading them
     replay_rate: float = 200.0      # backlog/replay messages per second (≤ 200 samples each)
     state_interval: float = 1.0     # s, minimum period of a channel's retained state
     outbox_interval: float = 0.5    # s between outbox watermark writes
@@ -91,14 +93,13 @@ class Publisher:
         self._wake = asyncio.Event()
         self._rebirth = False
         self._more = False
-        self._props = None  # payloads say what they are (v, enc): no per-message MQTT 5 properties
+        self._feed_wait = False  # committed rows are expected on the feed: poll again soon
+        self._feed_miss: dict[str, float] = {}  # ch -> since when the feed lacks committed rows
         self._publish: Publish | None = None
         self._saving: asyncio.Task | None = None
         self.writer = OutboxWriter(source.path)
         self._last_ack = self._last_send = 0.0
-        self._tasks: set[asyncio.Task] = set()
         self._free_ev = asyncio.Event()
-        self._errors: list[BaseException] = []
         self._load_channels()
         for (ch, stream), seq in source.outbox().items():
             if ch in self.channels and stream in STREAMS:
@@ -135,7 +136,6 @@ class Publisher:
         """Publish until `stop` is set (then drain and return) or a publish fails (then raise)."""
         self.sess = sess
         self._publish = publish
-        self._errors = []
         self._tokens = self.opt.replay_rate
         self._load_channels()
         await self._announce()
@@ -145,18 +145,17 @@ class Publisher:
         last_save = time.monotonic()
         self._last_ack = time.monotonic()
         while not stop.is_set():
-            self._check()
             version = self.source.data_version()
             now = time.monotonic()
             if self._inflight and now - max(self._last_ack, self._last_send) > self.opt.ack_timeout:
                 raise MqttError(f"no acknowledgement from the broker for {self.opt.ack_timeout:g} s")
-            if version != last_version or self._more or now - last_full > 1.0:
+            if version != last_version or self._more or self._feed_wait or now - last_full > 1.0:
                 last_version, last_full = version, now
                 if self._load_channels():
                     await self._announce(only_new=True)
                 rows_due = now - last_rows >= self.opt.rows_interval
                 before = self.published
-                await self._pump_live(all_streams=rows_due)
+                await self._pump_live(all_streams=rows_due, wait_feed=True)
                 if rows_due:
                     last_rows = now
                 took = time.monotonic() - now
@@ -185,7 +184,6 @@ class Publisher:
         try:
             async with asyncio.timeout(self.opt.drain_timeout):
                 while True:
-                    self._check()
                     before = self.published
                     await self._pump_live()
                     await self._pump_backlog(time.monotonic(), unthrottled=True)
@@ -195,7 +193,6 @@ class Publisher:
                 await self._wait_idle()
         except TimeoutError:
             log.warning("mqtt: stopped before every committed row was acknowledged; the journal keeps them")
-        self._check()
         if self._saving is not None:
             await asyncio.gather(self._saving, return_exceptions=True)
         self.save_outbox()
@@ -274,18 +271,37 @@ class Publisher:
             else:  # low volume: resend in order on the stream's own topic
                 out.live_next[stream] = missing[0][0] if missing else head + 1
 
-    async def _pump_live(self, all_streams: bool = True) -> None:
+    def _feed_late(self, out: ChannelOut) -> bool:
+        """True while committed rows the feed does not hold yet may still arrive on it (for at most
+        feed_grace s); then they are read from the journal."""
+        if self.feed is None or not self.feed.pushed:
+            return False
+        if self.source.head("samples", out.ch) < out.live_next["samples"]:
+            self._feed_miss.pop(out.ch, None)  # nothing new committed
+            return True
+        now = time.monotonic()
+        since = self._feed_miss.setdefault(out.ch, now)
+        if now - since < self.opt.feed_grace:
+            self._feed_wait = True
+            return True
+        return False
+
+    async def _pump_live(self, all_streams: bool = True, wait_feed: bool = False) -> None:
         self._more = False  # set when a read hit read_limit: more is waiting, poll again at once
+        self._feed_wait = False
         for out in list(self.channels.values()):
             block = None
             if self.feed is not None:
                 block = self.feed.take(out.ch, out.live_next["samples"], self.opt.feed_limit)
             if block is not None:
+                self._feed_miss.pop(out.ch, None)
                 self._more = self._more or len(block) == self.opt.feed_limit
                 out.live_next["samples"] = int(block[-1, 0]) + 1
                 out.last_sample = payloads.array_row(self.columns, block[-1], out.ch)
                 out.state_due = True
                 await self._send_array(out, block)
+            elif wait_feed and self._feed_late(out):
+                pass
             else:
                 rows = self.source.samples(out.ch, out.live_next["samples"], limit=self.opt.read_limit)
                 self._more = self._more or len(rows) == self.opt.read_limit
@@ -375,42 +391,34 @@ class Publisher:
             body = payloads.dumps(body)
         while self._inflight >= self.opt.max_inflight:
             await self._slot_freed()
-        self._check()
         if not self._inflight:
             self._last_send = time.monotonic()
         self._inflight += 1
         self.max_inflight_seen = max(self.max_inflight_seen, self._inflight)
         self.published += 1
-        task = asyncio.get_running_loop().create_task(self._deliver(topic, body, retain, ack))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _deliver(self, topic: str, body: bytes, retain: bool, ack) -> None:
         try:
-            # no per-call timeout (it costs a task and a timer per message); the watchdog in `serve`
-            # notices a connection that stopped acknowledging
-            await self._publish(topic, body, qos=1, retain=retain, properties=self._props, timeout=math.inf)
-            self._last_ack = time.monotonic()
-            if ack is not None:
-                ack[0].ack(ack[1], ack[2])
-        except Exception as exc:  # the connection is gone: unacked rows stay in the journal
-            self._errors.append(exc)
-        finally:
+            # no per-message timeout, task or future: the watchdog in `serve` notices a connection
+            # that stopped acknowledging
+            self._publish(topic, body, retain, lambda: self._acked(ack))
+        except Exception:  # the connection is gone: unacked rows stay in the journal
             self._inflight -= 1
-            self._free_ev.set()
+            self.published -= 1
+            raise
+
+    def _acked(self, ack: tuple[Watermark, int, int] | None) -> None:
+        self._last_ack = time.monotonic()
+        if ack is not None:
+            ack[0].ack(ack[1], ack[2])
+        self._inflight -= 1
+        self._free_ev.set()
 
     async def _slot_freed(self) -> None:
         self._free_ev.clear()
         await self._free_ev.wait()
-        self._check()
 
     async def _wait_idle(self) -> None:
         while self._inflight:
             await self._slot_freed()
-
-    def _check(self) -> None:
-        if self._errors:
-            raise self._errors[0]
 
     @property
     def inflight(self) -> int:
@@ -418,11 +426,8 @@ class Publisher:
 
     async def abandon(self) -> None:
         """Forget in-flight publishes of a dead connection (they stay in the journal)."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
-        self._errors = []
+        forget = getattr(self._publish, "forget", None)
+        if forget is not None:
+            forget()
+        self._inflight = 0
+        self._free_ev.set()

@@ -18,7 +18,15 @@ from pathlib import Path
 
 from ..store.journal import CommittedFeed
 from . import payloads
-from .client import BrokerAddress, MqttError, new_client, parse_url, publish_properties, response_of
+from .client import (
+    AckedPublish,
+    BrokerAddress,
+    MqttError,
+    new_client,
+    parse_url,
+    publish_properties,
+    response_of,
+)
 from .control import CommandHandler, RunControl
 from .outbox import JournalSource
 from .publisher import Publisher, PublisherOptions
@@ -38,6 +46,7 @@ class MqttStatus:
     published: int = 0
     max_inflight_seen: int = 0
     echo: bool = False  # our own status came back through the broker (it accepts what we publish)
+    fed: int = 0  # commits whose sample rows the engine handed over (MQTT process with a feed)
     history: list[str] = field(default_factory=list)
 
 
@@ -158,7 +167,7 @@ async def _serve(client, addr: BrokerAddress, topics: Topics, publisher: Publish
     async with asyncio.TaskGroup() as tg:
         inbox = tg.create_task(_inbox(client, addr, topics, handler, status))
         watch = tg.create_task(_check_echo(addr, topics, status))
-        await publisher.serve(client.publish, addr, status.sess, stop)
+        await publisher.serve(AckedPublish(client), addr, status.sess, stop)
         inbox.cancel()
         watch.cancel()
 

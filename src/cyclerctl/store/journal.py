@@ -58,10 +58,12 @@ class CommittedFeed:
         self._blocks: dict[str, deque[np.ndarray]] = {}
         self._rows = 0
         self._lock = threading.Lock()
+        self.pushed = 0  # blocks handed over so far
 
     def push(self, ch: str, rows: np.ndarray) -> None:
         """rows: committed samples of `ch` (columns schema.SAMPLE_COLUMNS, consecutive seq)."""
         with self._lock:
+            self.pushed += 1
             self._blocks.setdefault(ch, deque()).append(rows)
             self._rows += len(rows)
             while self._rows > self.max_rows:  # drop the oldest block of the longest queue
