@@ -447,11 +447,11 @@ class Session:
         gc.collect()
         gc.freeze()
         try:
-            return await self._execute(stop_mqtt)
+            return await self._run_channels(stop_mqtt)
         finally:
             gc.unfreeze()
 
-    async def _execute(self, stop_mqtt: asyncio.Event) -> dict[str, str]:
+    async def _run_channels(self, stop_mqtt: asyncio.Event) -> dict[str, str]:
         mqtt_task = None
         async with contextlib.AsyncExitStack() as stack:
             url = await self._start_broker(stack)
