@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
+from numba import njit
+from scipy.ndimage import correlate1d, gaussian_filter1d
 from scipy.signal import find_peaks
 
 from .base import Event, MetricRow, column
@@ -23,12 +24,76 @@ from .base import Event, MetricRow, column
 INCLUDED_TECHNIQUES = frozenset({"gcd", "cccv", ""})
 
 
-def _shift(a: np.ndarray, first: float) -> np.ndarray:
-    """a delayed by one sample, `first` in front (the previous block's last value)."""
-    out = np.empty_like(a)
-    out[0] = first
-    out[1:] = a[:-1]
-    return out
+_NONE = np.empty(0)
+
+
+@njit(cache=True, nogil=True)
+def _intervals(t, v, i, sc, cyc, pt, pv, pi, ps, excluded):  # pragma: no cover - compiled
+    """The sample intervals of a block that carry charge: interval k runs from sample k-1 (the
+    previous block's last for k = 0: pt, pv, pi, ps) to sample k within one step, with finite
+    voltages and ΔQ = ½(I_k + I_{k-1})Δt finite and non-zero, in a step not in `excluded` (sorted).
+    Returns their sample indices, start voltages, |ΔQ|, and the runs of one direction (0 discharge,
+    1 charge) and cycle: the index into the intervals where each run starts, its direction, its cycle."""
+    n = t.shape[0]
+    idx = np.empty(n, np.int64)
+    v0 = np.empty(n)
+    dqa = np.empty(n)
+    starts = np.empty(n, np.int64)
+    dirs = np.empty(n, np.int64)
+    cycles = np.empty(n, np.int64)
+    m = 0
+    runs = 0
+    last_key = -1
+    ta, va, ia, sa = pt, pv, pi, ps
+    for k in range(n):
+        tb, vb, ib, sb = t[k], v[k], i[k], sc[k]
+        dq = 0.5 * (ib + ia) * (tb - ta)
+        ok = sa == sb and np.isfinite(dq) and np.isfinite(vb) and np.isfinite(va) and dq != 0.0
+        if ok and excluded.shape[0] > 0:
+            j = np.searchsorted(excluded, sb)
+            ok = not (j < excluded.shape[0] and excluded[j] == sb)
+        if ok:
+            d = 0 if dq < 0 else 1
+            c = np.int64(cyc[k]) if np.isfinite(cyc[k]) else np.int64(1)
+            key = d * 1_000_000_000 + c
+            if key != last_key:
+                starts[runs] = m
+                dirs[runs] = d
+                cycles[runs] = c
+                runs += 1
+                last_key = key
+            idx[m] = k
+            v0[m] = va
+            dqa[m] = abs(dq)
+            m += 1
+        ta, va, ia, sa = tb, vb, ib, sb
+    return idx[:m], v0[:m], dqa[:m], starts[:runs], dirs[:runs], cycles[:runs]
+
+
+@njit(cache=True, nogil=True)
+def _spread(va, vb, q, bins, v_min, width):  # pragma: no cover - compiled
+    """Add each interval's charge q[m] (moving from va[m] to vb[m]) to the bins it crosses, in
+    proportion to the overlap (in bin units; what falls outside the bins is dropped, what lands on one
+    clipped edge bin stays there). Returns (total charge, lowest voltage, highest voltage)."""
+    n = bins.shape[0]
+    qs, lo, hi = 0.0, np.inf, -np.inf
+    for m in range(va.shape[0]):
+        a, b, w = va[m], vb[m], q[m]
+        if a > b:
+            a, b = b, a
+        qs += w
+        lo = min(lo, a)
+        hi = max(hi, b)
+        x0 = (a - v_min) / width
+        x1 = (b - v_min) / width
+        k0 = min(max(int(np.floor(x0)), 0), n - 1)
+        k1 = min(max(int(np.floor(x1)), 0), n - 1)
+        if k0 == k1:
+            bins[k0] += w
+        else:
+            for k in range(k0, k1 + 1):
+                bins[k] += w * (min(x1, k + 1.0) - max(x0, float(k))) / (x1 - x0)
+    return qs, lo, hi
 
 
 def keeps_curve(cycle: int | None) -> bool:
@@ -60,6 +125,7 @@ class DqdvOperator:
         self._reset(None, None)
         self._tracks: dict[str, list[dict]] = {"discharge": [], "charge": []}
         self._next_peak_id = 0
+        self._weights: np.ndarray | None = None  # the smoothing kernel (_kernel)
 
     def _reset(self, direction: str | None, cycle: int | None) -> None:
         self._dir = direction
@@ -91,49 +157,38 @@ class DqdvOperator:
         self._prev = (t[-1], v[-1], i[-1], sc[-1])
         if sc[0] == sc[-1] and sc[0] in self._excluded:
             return []  # the block is one step that does not count (CV, EIS, GITT, ICI, ...)
-        t0, v0, i0, s0 = (_shift(a, prev[k]) for k, a in enumerate((t, v, i, sc)))
-        dq = 0.5 * (i + i0) * (t - t0)
-        ok = (s0 == sc) & np.isfinite(dq) & np.isfinite(v) & np.isfinite(v0) & (dq != 0)
         if self._excluded and (sc[0] in self._excluded or sc[-1] in self._excluded or sc[0] != sc[-1]):
-            ok &= ~np.isin(sc, list(self._excluded))
-        idx = np.flatnonzero(ok)
+            excluded = np.array(sorted(self._excluded), dtype=np.float64)
+        else:
+            excluded = _NONE
+        f64 = np.float64
+        idx, v0, dqa, starts, dirs, cycles = _intervals(
+            np.ascontiguousarray(t, dtype=f64), np.ascontiguousarray(v, dtype=f64),
+            np.ascontiguousarray(i, dtype=f64), np.ascontiguousarray(sc, dtype=f64),
+            np.ascontiguousarray(cyc, dtype=f64), float(prev[0]), float(prev[1]), float(prev[2]), float(prev[3]),
+            excluded)
         if idx.size == 0:
             return []
-        direction = np.where(dq[idx] < 0, 0, 1)  # 0 discharge, 1 charge
-        cyc_i = np.where(np.isfinite(cyc[idx]), cyc[idx], 1).astype(np.int64)
-        key = direction * 1_000_000_000 + cyc_i
-        cut = np.concatenate(([0], np.flatnonzero(np.diff(key)) + 1, [idx.size]))
         out: list[MetricRow] = []
-        for a, b in zip(cut[:-1], cut[1:], strict=True):
-            d = "discharge" if direction[a] == 0 else "charge"
-            c = int(cyc_i[a])
+        bounds = [*starts.tolist(), idx.size]
+        for s_, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            d = "discharge" if dirs[s_] == 0 else "charge"
+            c = int(cycles[s_])
             if (d, c) != (self._dir, self._cycle):
                 out += self._close()
                 self._reset(d, c)
-            j = idx[a:b]
-            self._accumulate(v0[j], v[j], np.abs(dq[j]))
-            self._t_end = float(t[j[-1]])
+            if a == 0 and b == idx.size:
+                self._accumulate(v0, v[idx], dqa)
+            else:
+                self._accumulate(v0[a:b], v[idx[a:b]], dqa[a:b])
+            self._t_end = float(t[idx[b - 1]])
         return out
 
     def _accumulate(self, va: np.ndarray, vb: np.ndarray, q: np.ndarray) -> None:
-        lo, hi = np.minimum(va, vb), np.maximum(va, vb)
-        self._q += float(q.sum())
-        self._lo, self._hi = min(self._lo, float(lo.min())), max(self._hi, float(hi.max()))
-        x0, x1 = (lo - self.v_min) / self.width, (hi - self.v_min) / self.width  # in bin units
-        k0 = np.clip(np.floor(x0).astype(np.int64), 0, self.n - 1)
-        k1 = np.clip(np.floor(x1).astype(np.int64), 0, self.n - 1)
-        span = k1 - k0 + 1
-        one = span == 1
-        if one.any():
-            self._bins += np.bincount(k0[one], weights=q[one], minlength=self.n)
-        many = ~one
-        if many.any():  # spread over every bin the interval crosses, in proportion to the overlap
-            j = np.repeat(np.flatnonzero(many), span[many])
-            offs = np.arange(j.size) - np.repeat(np.cumsum(span[many]) - span[many], span[many])
-            k = k0[j] + offs
-            overlap = np.minimum(x1[j], k + 1.0) - np.maximum(x0[j], k.astype(np.float64))
-            w = q[j] * overlap / (x1[j] - x0[j])
-            self._bins += np.bincount(k, weights=w, minlength=self.n)
+        qs, lo, hi = _spread(np.ascontiguousarray(va, dtype=np.float64), np.ascontiguousarray(vb, dtype=np.float64),
+                             np.ascontiguousarray(q, dtype=np.float64), self._bins, self.v_min, self.width)
+        self._q += qs
+        self._lo, self._hi = min(self._lo, lo), max(self._hi, hi)
 
     # ---- read-out ----------------------------------------------------------------------------------
 
@@ -145,16 +200,15 @@ class DqdvOperator:
         if self._dir is None or self._q <= 0 or not np.isfinite(self._lo):
             self._reset(None, None)
             return []
-        q_bins = self.bin_charge()
         scale = 1 / 3.6 / (self.active_mass * 1e3) if self.active_mass else 1 / 3.6  # C -> mAh(/g)
-        dqdv = q_bins / self.width * scale
         sigma = self.fwhm / (2 * np.sqrt(2 * np.log(2))) / self.width
         margin = int(4 * sigma) + 2  # keep the smoothed tails: the area stays the half cycle's capacity
         k0 = max(0, int((self._lo - self.v_min) / self.width) - margin)
         k1 = min(self.n, int((self._hi - self.v_min) / self.width) + margin)
         # every bin holding charge lies inside [k0, k1) with `margin` empty bins on each side, so
         # smoothing only that window (zeros beyond it) gives the same numbers at a fraction of the cost
-        smooth = gaussian_filter1d(dqdv[k0:k1], sigma, mode="constant")
+        dqdv = self._bins[k0:k1] / self.width * scale
+        smooth = correlate1d(dqdv, self._kernel(sigma), mode="constant")  # = gaussian_filter1d(dqdv, sigma)
         volts = 0.5 * (self.edges[k0:k1] + self.edges[k0 + 1:k1 + 1])
         peaks = self._peaks(volts, smooth)
         unit = "mah_g_v" if self.active_mass else "mah_v"
@@ -171,6 +225,16 @@ class DqdvOperator:
         })
         self._reset(None, None)
         return [row]
+
+    def _kernel(self, sigma: float) -> np.ndarray:
+        """gaussian_filter1d's weights for `sigma` (its response to a unit impulse: the same numbers,
+        computed once instead of at every half cycle)."""
+        if self._weights is None:
+            radius = int(4.0 * sigma + 0.5)  # gaussian_filter1d's default truncate = 4
+            impulse = np.zeros(2 * radius + 1)
+            impulse[radius] = 1.0
+            self._weights = gaussian_filter1d(impulse, sigma, mode="constant")
+        return self._weights
 
     def _peaks(self, volts: np.ndarray, y: np.ndarray) -> list[dict]:
         if y.size < 3 or not np.any(y > 0):
