@@ -121,7 +121,7 @@ def streamed_journal(run, channels, sizes, **kw):
     journal = Journal(run / "journal.sqlite")
     journal.set_meta({"run_id": "r1"})
     for ch in channels:
-        journal.add_channel(ch, "r1", {"instrument": "test"}, None, lambda: ("running", "{}", None))
+        journal.add_channel(ch, "r1", {"instrument": "test"}, None, lambda *_: ("running", "{}", None))
     stream = ExportStream(run, channels, FORMATS, **kw)
     journal.feeds.append(stream)
     first = 0

