@@ -249,8 +249,7 @@ class ChannelRunner:
         now = self.test_time_now()
         unix = es.unix_origin + now
         data = _clean(data)
-        row = (es.event_seq, kind, now, unix, es.cycle_count, es.step_count, es.seq,
-               json.dumps(data, allow_nan=False))
+        row = (es.event_seq, kind, now, unix, es.cycle_count, es.step_count, es.seq, _json(data))
         self.journal.stage_event(self.name, row)
         ev = self._Event(kind=kind, test_time_second=now, cycle_count=es.cycle_count,
                          step_count=es.step_count, sample_seq=es.seq, data=data, ch=self.name,
@@ -263,10 +262,7 @@ class ChannelRunner:
     def _metrics(self, rows) -> None:
         for r in rows or ():
             data = dict(r.data)
-            try:
-                text = json.dumps(data, allow_nan=False)
-            except (TypeError, ValueError):
-                text = json.dumps(_clean(data), allow_nan=False)
+            text = _json(data)
             self.journal.stage_metric(self.name, (self.es.metric_seq, r.kind, data.get("test_time_second"),
                                                   data.get("cycle_count"), text))
             self.es.metric_seq += 1
@@ -803,6 +799,15 @@ def _reversible_key(row: dict, cell_kind: str) -> str:
         if k in row:
             return k
     return f"{base}_capacity_ah"
+
+
+def _json(data: dict[str, Any]) -> str:
+    """The JSON text of an event's or a metric row's data: NaN and ±inf as null, numpy values as
+    numbers (orjson; what it does not take goes through _clean and the standard library)."""
+    try:
+        return orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    except TypeError:
+        return json.dumps(_clean(data), allow_nan=False)
 
 
 def _clean(o: Any) -> Any:

@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -229,7 +230,7 @@ def _metric_batch(rows: list[tuple]) -> pa.Table:
     for ch, seq, t, cyc, data in rows:
         for k, v in (("ch", ch), ("seq", seq), ("test_time_second", t), ("cycle_count", cyc)):
             columns[k].append(v)
-        for k, v in json.loads(data).items():
+        for k, v in orjson.loads(data).items():
             if k in ("ch", "seq", "test_time_second", "cycle_count"):
                 continue
             col = columns.get(k)
