@@ -288,3 +288,34 @@ def test_wall_clock_hands_the_first_sample_over_at_once():
     assert len(ref[0]) > 1
     for name in ("test_time_second", "voltage_volt", "current_ampere", "step_time_second"):
         np.testing.assert_array_equal(cat(paced, name), cat(ref, name))
+
+
+def test_wall_clock_blocks_smaller_than_what_is_computed():
+    """On a wall clock the model runs half a second of wall time at a time; with a smaller
+    max_block_span (real-time acquisition) that is handed over a block per record, each due at its
+    last sample: the same samples, noise included, as in half-second blocks."""
+
+    class Clock(VirtualClock):  # a paced clock (finite speed) that does not wait
+        speed = 1.0
+
+    step = discharge(record=Record(every=0.1))
+
+    def pulled(span):
+        ch = SimChannel(noise=True, seed=5, clock=Clock(), truth=True)
+        items = []
+        for due, block in ch.pull_step(step, StepStart(test_time=0.0, max_block_span=span)):
+            items.append((due, block))
+            if len(items) >= 60:
+                break
+        return items
+
+    fine, coarse = pulled(0.1), pulled(0.5)
+    assert all(len(b) == 1 for _, b in fine)
+    assert max(len(b) for _, b in coarse) == 5
+    assert all(due == b.time[-1] for due, b in fine)  # each at the time of its sample
+    n = sum(len(b) for _, b in fine)
+    for col in ("test_time_second", "voltage_volt", "current_ampere", "step_time_second"):
+        assert np.array_equal(np.concatenate([b.columns[col] for _, b in fine]),
+                              np.concatenate([b.columns[col] for _, b in coarse])[:n])
+    assert np.array_equal(np.concatenate([b.truth["surface_stoichiometry"] for _, b in fine]),
+                          np.concatenate([b.truth["surface_stoichiometry"] for _, b in coarse])[:n])

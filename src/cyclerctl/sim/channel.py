@@ -73,12 +73,17 @@ class SimChannel:
 
     # ---- steps ----------------------------------------------------------------------------------
 
-    def _span(self, start: StepStart) -> float:
+    def _spans(self, start: StepStart) -> tuple[float, float]:
+        """(test time per block handed over, test time computed at once). On a wall clock the model
+        is advanced about half a second of wall time at a time, and what that computed is handed
+        over in blocks of at most the engine's max_block_span, each at the time of its last sample
+        (a real-time rack at 10 Hz: one model call per five samples, one block per sample)."""
         span = start.max_block_span if start.max_block_span > 0 else math.inf
         speed = getattr(self.clock, "speed", math.inf)
         if math.isfinite(speed):
-            span = min(span, max(0.5 * speed, 1e-3))  # a block about every half second of wall time
-        return span
+            half = max(0.5 * speed, 1e-3)
+            return min(span, half), half
+        return span, span
 
     def _noisy(self, cols: dict[str, np.ndarray]) -> None:
         p = self.preset
@@ -138,8 +143,9 @@ class SimChannel:
         offset = self.clock.now() - start.test_time
         sweep_pos = start.extra.get("sweep_position") if start.extra else None
         resume, self._resume = self._resume, None
+        deliver, compute = self._spans(start)
         for chunk in run_step(self.model, step, start.test_time, start.step_time, start.step_charge,
-                              span=self._span(start), max_samples=self.max_block_samples,
+                              span=compute, max_samples=self.max_block_samples,
                               sweep_position=sweep_pos, resume=resume, holder=self._live,
                               first_alone=math.isfinite(getattr(self.clock, "speed", math.inf))):
             cols = chunk.columns
@@ -150,8 +156,11 @@ class SimChannel:
                     truth = self.model.truth(chunk.rows)
                 else:
                     truth = {"temperature_kelvin": cols["temperature_t1_celsius"] + KELVIN}
-            block = Block(cols, end=chunk.end if chunk.final else None, final=chunk.final, truth=truth)
             t = cols["test_time_second"]
+            if len(t) > 1 and deliver < compute:
+                yield from _split(cols, truth, chunk, deliver, offset)
+                continue
+            block = Block(cols, end=chunk.end if chunk.final else None, final=chunk.final, truth=truth)
             yield (float(t[-1]) + offset if len(t) else -math.inf), block
 
     pull_step = _blocks
@@ -173,3 +182,24 @@ class SimChannel:
         clock_t = extra.get("clock")
         if clock_t is not None and hasattr(self.clock, "advance_to"):
             self.clock.advance_to(float(clock_t))
+
+
+def _split(cols: dict[str, np.ndarray], truth: dict[str, np.ndarray] | None, chunk, deliver: float,
+           offset: float) -> Iterator[tuple[float, Block]]:
+    """A computed chunk handed over in blocks spanning less than `deliver` s of test time each (views
+    of its columns); the last carries the chunk's end."""
+    t = cols["test_time_second"].tolist()
+    n = len(t)
+    bounds = [0]
+    for k in range(1, n):
+        if t[k] >= t[bounds[-1]] + deliver * (1.0 - 1e-9):
+            bounds.append(k)
+    bounds.append(n)
+    last = len(bounds) - 2
+    for m in range(last + 1):
+        a, b = bounds[m], bounds[m + 1]
+        sub = {name: arr[a:b] for name, arr in cols.items()}
+        sub_truth = None if truth is None else {name: arr[a:b] for name, arr in truth.items()}
+        final = chunk.final and m == last
+        yield t[b - 1] + offset, Block(sub, end=chunk.end if final else None, final=final, truth=sub_truth)
+
