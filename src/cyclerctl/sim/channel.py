@@ -168,7 +168,9 @@ class SimChannel:
     # ---- state ----------------------------------------------------------------------------------
 
     def save_state(self) -> bytes:
-        """The full model state, the noise generator and the clock time (for crash-safe resume)."""
+        """The full model state, the noise generator and the clock time (for crash-safe resume).
+        At max speed that is the moment of the last block handed over; on a wall clock the model may
+        be ahead of it by what it computed at once (up to half a second of wall time)."""
         ss = self._live.get("ss")
         return self.model.save_state({"rng": self.rng.bit_generator.state, "clock": self.clock.now(),
                                       "step": None if ss is None else ss.tolist()})
