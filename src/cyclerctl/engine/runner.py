@@ -207,22 +207,23 @@ class ChannelRunner:
         channel_state_interval (real-time racks) such a commit then carries the state at most once per
         interval: the samples after it are enough to continue (Session.resume rolls the engine state
         forward over them, EngineState.roll_forward). Any event or metric row brings the state along."""
-        running = self.sm.state == State.RUNNING
+        keep_channel_state = False
         if self.channel_state_interval > 0:
             now = time.monotonic()
             if self._last_channel_state == -math.inf:
                 # the channel's state is first saved at a phase of the interval fixed per channel, and
                 # then once per interval: a rack started together does not save every channel at once
                 self._last_channel_state = now - self.channel_state_interval + self._state_phase
-            if now - self._last_channel_state < self.channel_state_interval and running:
+            if now - self._last_channel_state < self.channel_state_interval and self.sm.state == State.RUNNING:
                 if samples_only:
                     return None
-                self.es.state = self.sm.state.value
-                self.es.trailing = dict(self.safety.trailing)
-                return self.es.state, self.es.to_json(), None  # None keeps the journaled channel state
-            self._last_channel_state = now
+                keep_channel_state = True
+            else:
+                self._last_channel_state = now
         self.es.state = self.sm.state.value
         self.es.trailing = dict(self.safety.trailing)
+        if keep_channel_state:
+            return self.es.state, self.es.to_json(), None  # None keeps the journaled channel state
         try:
             blob = self.channel.save_state()
         except Exception:  # noqa: BLE001 - a channel that cannot save is resumed without its state

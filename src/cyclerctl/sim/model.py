@@ -245,40 +245,33 @@ class CellModel:
         ss's segment start at `rate` V/s) until an end fires, t_stop, or max_samples are recorded."""
         if rate:
             ss[K.S_SEG_V0] = target  # a sweep starts its segment at `target` at ss's segment time
-        e_code, e_op, e_val, e_win = self._end_arrays(ends)
-        rows = max(2, max_samples)
-        if self._out is None or self._out.shape[0] < rows:
-            self._out = np.empty((rows, self.n_columns))
-        out = self._out[:rows]
-        n, end, reason = K.run(self.a, self.st, self.mst, self.mp, self.mu, self.vs, self.utab, self.stab,
-                               self.dtab, self.cp, ss, int(mode), float(target), float(rate),
-                               float(current_limit), float(t_stop), float(every or 0.0),
-                               float(voltage_change or 0.0), float(current_change or 0.0),
-                               e_code, e_op, e_val, e_win, out, self.ex, self.fx, self.cache, self.w)
-        return RunResult(out[:n].copy(), None if end < 0 else int(end), int(reason))
+        step = self.stepper(ss, mode, target, rate=rate, current_limit=current_limit, every=every,
+                            voltage_change=voltage_change, current_change=current_change, ends=ends,
+                            max_samples=max_samples)
+        return RunResult(*step(t_stop))
 
-    def stepper(self, ss: np.ndarray, mode: int, target: float, *, current_limit: float = math.inf,
-                every: float | None = None, voltage_change: float | None = None,
+    def stepper(self, ss: np.ndarray, mode: int, target: float, *, rate: float = 0.0,
+                current_limit: float = math.inf, every: float | None = None, voltage_change: float | None = None,
                 current_change: float | None = None, ends: tuple[End, ...] = (), max_samples: int = 200_000
                 ) -> Callable[[float], tuple[np.ndarray, int | None, int]]:
         """`run` with everything but t_stop bound once: the blocks of one current, voltage or rest
-        step differ only in where they stop (no sweep: its segments change the arguments).
-        Returns step(t_stop) -> (out rows, end index or None, reason)."""
+        step differ only in where they stop. Returns step(t_stop) -> (out rows, end index or None,
+        reason)."""
         e_code, e_op, e_val, e_win = self._end_arrays(ends)
         rows = max(2, max_samples)
         if self._out is None or self._out.shape[0] < rows:
             self._out = np.empty((rows, self.n_columns))
         out = self._out[:rows]
         args = [self.a, self.st, self.mst, self.mp, self.mu, self.vs, self.utab, self.stab, self.dtab, self.cp,
-                ss, int(mode), float(target), 0.0, float(current_limit), 0.0, float(every or 0.0),
+                ss, int(mode), float(target), float(rate), float(current_limit), 0.0, float(every or 0.0),
                 float(voltage_change or 0.0), float(current_change or 0.0), e_code, e_op, e_val, e_win, out,
                 self.ex, self.fx, self.cache, self.w]
         kernel = K.run
 
         def step(t_stop: float) -> tuple[np.ndarray, int | None, int]:
-            args[15] = t_stop
+            args[15] = float(t_stop)
             n, end, reason = kernel(*args)
-            return out[:n].copy(), (None if end < 0 else end), reason
+            return out[:n].copy(), (None if end < 0 else int(end)), int(reason)
 
         return step
 

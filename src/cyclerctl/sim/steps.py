@@ -131,17 +131,11 @@ def run_step(model: CellModel, step: Step, test_time: float, step_time: float = 
     t_timeout = model.time - step_time + timeout
     first = first_alone and ss[K.S_FIRST] != 0.0
     advance = model.stepper(ss, mode, target, current_limit=limit, **common)
-    st, every = model.st, rec.every
     while True:
         if first:  # a run to the present time records just the first sample
-            t_stop, first = float(st[K.TIME]), False
-        else:  # `span` from now, moved on to the record grid (a block boundary adds no sample)
-            t_stop = float(st[K.TIME]) + span
-            if every and math.isfinite(t_stop):
-                rec_t = float(ss[K.S_REC_T])
-                t_stop = rec_t + max(math.ceil((t_stop - rec_t) / every - 1e-9), 1) * every
-            if t_stop > t_timeout:
-                t_stop = t_timeout
+            t_stop, first = model.time, False
+        else:
+            t_stop = min(_aligned_stop(model, ss, span, rec.every), t_timeout)
         out, end, reason = advance(t_stop)
         if reason == K.R_STOP and model.time >= t_timeout - 1e-9:
             raise InstrumentError(f"chamber did not settle at {step.temperature - KELVIN:.1f} degC "
