@@ -41,12 +41,18 @@ def sample_rows(first: int, n: int, step_len: int, rng: np.random.Generator) -> 
     return rows
 
 
-def test_batches_from_the_committed_array_equal_those_from_the_journal(tmp_path):
-    rng = np.random.default_rng(3)
+def fed_journal(tmp_path):
+    """A journal of one channel, a1, with a CommittedFeed on it."""
     journal = Journal(tmp_path / "journal.sqlite")
     feed = CommittedFeed()
     journal.feeds.append(feed)
     journal.add_channel("a1", "run", {}, None, lambda *_: ("running", "{}", None))
+    return journal, feed
+
+
+def test_batches_from_the_committed_array_equal_those_from_the_journal(tmp_path):
+    rng = np.random.default_rng(3)
+    journal, feed = fed_journal(tmp_path)
     first = 0
     for n in (1, 457, 3, 1200):
         journal.stage_samples("a1", sample_rows(first, n, 230, rng))
@@ -70,10 +76,7 @@ def test_batches_from_the_committed_array_equal_those_from_the_journal(tmp_path)
 
 def test_the_feed_holds_only_committed_rows_and_continues_at_the_asked_seq(tmp_path):
     rng = np.random.default_rng(4)
-    journal = Journal(tmp_path / "journal.sqlite")
-    feed = CommittedFeed()
-    journal.feeds.append(feed)
-    journal.add_channel("a1", "run", {}, None, lambda *_: ("running", "{}", None))
+    journal, feed = fed_journal(tmp_path)
     journal.stage_samples("a1", sample_rows(0, 100, 40, rng))
     assert feed.take("a1", 0, 1000) is None  # staged, not committed
     journal.commit_sync()
