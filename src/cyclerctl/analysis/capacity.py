@@ -14,11 +14,54 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+from numba import njit
 
 from .base import Event, KahanSum, MetricRow, column
 
 AH = 3600.0  # C per A·h
 EXCLUDED_TECHNIQUES = frozenset({"cv", "eis"})
+
+
+_NONE = np.empty(0)
+
+
+@njit(cache=True, nogil=True)
+def _segment_sums(t, v, i, sc, cyc, pt, pv, pi, ps, excluded):  # pragma: no cover - compiled
+    """One pass over a block: interval k pairs sample k with sample k-1 (the previous block's last,
+    pt, pv, pi, ps, for k = 0) and counts when both are in the same step, not one in `excluded`
+    (sorted step counts), with ΔQ = ½(I_k + I_{k-1})Δt finite and Δt ≥ 0. Per run of one cycle
+    number (a NaN cycle counts as 1): its first sample index, its cycle, and the sums of ΔQ, energy
+    ½(V_k|I_k| + V_{k-1}|I_{k-1}|)Δt (where finite) and Δt over its intervals with ΔQ < 0 and with ΔQ > 0
+    (columns q_neg, q_pos, e_neg, e_pos, t_neg, t_pos)."""
+    n = t.shape[0]
+    starts = np.empty(n, np.int64)
+    cycles = np.empty(n, np.int64)
+    sums = np.zeros((n, 6))
+    segs = 0
+    ta, va, ia, sa = pt, pv, pi, ps
+    for k in range(n):
+        tb, vb, ib, sb = t[k], v[k], i[k], sc[k]
+        c = np.int64(cyc[k]) if np.isfinite(cyc[k]) else np.int64(1)
+        if segs == 0 or c != cycles[segs - 1]:
+            starts[segs] = k
+            cycles[segs] = c
+            segs += 1
+        dt = tb - ta
+        dq = 0.5 * (ib + ia) * dt
+        ok = sa == sb and np.isfinite(dq) and dt >= 0.0
+        if ok and excluded.shape[0] > 0:
+            j = np.searchsorted(excluded, sb)
+            ok = not (j < excluded.shape[0] and excluded[j] == sb)
+        if ok and dq != 0.0:
+            col = 0 if dq < 0.0 else 1
+            s = segs - 1
+            sums[s, col] += dq
+            de = 0.5 * (vb * abs(ib) + va * abs(ia)) * dt
+            if np.isfinite(de):
+                sums[s, 2 + col] += de
+            sums[s, 4 + col] += dt
+        ta, va, ia, sa = tb, vb, ib, sb
+    return starts[:segs], cycles[:segs], sums[:segs]
 
 
 class _CycleAccumulator:
@@ -49,6 +92,7 @@ class CycleOperator:
         self._prev: tuple[float, float, float, float] | None = None  # t, V, I, step_count
         self._open: _CycleAccumulator | None = None
         self._excluded: set[float] = set()  # step counts of CV and EIS steps
+        self._excluded_sorted = _NONE  # the same, as a sorted array (_segment_sums)
         # what later cycles refer to, kept small so memory does not grow with the cycles: the latest
         # cycle row, the first CE, and each cycle's reversible capacity (retention against any cycle)
         self.last: dict | None = None
@@ -65,6 +109,7 @@ class CycleOperator:
         if event.kind == "step_start" and event.step_count is not None:
             if str(event.data.get("technique") or "") in EXCLUDED_TECHNIQUES:
                 self._excluded.add(float(event.step_count))
+                self._excluded_sorted = np.array(sorted(self._excluded), dtype=np.float64)
             return []
         if event.kind == "run_end":
             rows = self._close_cycle()
@@ -80,44 +125,18 @@ class CycleOperator:
         i = column(rows, "current_ampere")
         sc = column(rows, "step_count")
         cyc = column(rows, "cycle_count")
-        # each interval pairs a sample with the one before it (the previous block's last for the first)
-        pairs = np.empty((4, t.size + 1))
-        pairs[:, 0] = self._prev if self._prev is not None else np.nan
-        pairs[0, 1:], pairs[1, 1:], pairs[2, 1:], pairs[3, 1:] = t, v, i, sc
+        prev = self._prev if self._prev is not None else (math.nan, math.nan, math.nan, math.nan)
         self._prev = (t[-1], v[-1], i[-1], sc[-1])
-        before = pairs[:, :-1]
-        dt = t - before[0]
-        dq = 0.5 * (i + before[2]) * dt
-        vi = pairs[1] * np.abs(pairs[2])  # V·|I| at each sample
-        de = 0.5 * (vi[1:] + vi[:-1]) * dt
-        ok = (before[3] == sc) & np.isfinite(dq) & (dt >= 0)
-        if self._excluded and (sc[0] in self._excluded or sc[-1] in self._excluded or sc[0] != sc[-1]):
-            ok &= ~np.isin(sc, list(self._excluded))
-        # the counted intervals' charge, energy and duration, split by the sign of the charge:
-        # per cycle segment, sums = parts @ [I < 0, I > 0] (one product instead of masked sums)
-        parts = np.zeros((3, t.size))
-        np.copyto(parts[0], dq, where=ok)
-        np.copyto(parts[1], de, where=ok & np.isfinite(de))
-        np.copyto(parts[2], dt, where=ok)
-        sign = np.empty((2, t.size))
-        sign[0] = parts[0] < 0.0
-        sign[1] = parts[0] > 0.0
-
+        starts, cycles, sums = _segment_sums(t, v, i, sc, cyc, float(prev[0]), float(prev[1]), float(prev[2]),
+                                             float(prev[3]), self._excluded_sorted)
         out: list[MetricRow] = []
-        c0 = cyc[0]
-        if math.isfinite(c0) and c0 == cyc[-1] and (cyc == c0).all():  # one cycle in the block
-            cyc_filled, bounds = None, [0, t.size]
-        else:
-            cyc_filled = np.where(np.isfinite(cyc), cyc, 1.0).astype(np.int64)
-            change = np.flatnonzero(cyc_filled[1:] != cyc_filled[:-1]) + 1
-            bounds = [0, *change.tolist(), t.size]
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            c = int(c0) if cyc_filled is None else int(cyc_filled[a])
+        ends = [*starts[1:].tolist(), t.size]
+        for a, c, b, (q_neg, q_pos, e_neg, e_pos, t_neg, t_pos) in zip(starts.tolist(), cycles.tolist(), ends,
+                                                                       sums.tolist(), strict=True):
             if self._open is None or self._open.cycle != c:
                 out += self._close_cycle()
                 self._open = _CycleAccumulator(c, float(t[a]))
             acc = self._open
-            (q_neg, q_pos), (e_neg, e_pos), (t_neg, t_pos) = (parts[:, a:b] @ sign[:, a:b].T).tolist()
             acc.q_dis.add(-q_neg)
             acc.q_chg.add(q_pos)
             acc.e_dis.add(e_neg)
