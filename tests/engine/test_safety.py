@@ -76,3 +76,24 @@ def test_one_sample_blocks_trip_where_one_block_does():
                 one = (one.limit, one.value, j)
                 break
         assert one == (None if whole is None else (whole.limit, whole.value, whole.index))
+
+
+def test_blocks_split_anywhere_trip_where_one_block_does():
+    """The debounce carry of the block path: the same samples in two blocks split at any point trip
+    at the same sample with the same value as in one block."""
+    rng = np.random.default_rng(11)
+    for _ in range(400):
+        n = 12
+        v = rng.choice([1.0, -0.01, -0.03, -0.2, 2.51, 2.6, np.nan], n, p=[.55, .1, .1, .05, .1, .05, .05])
+        i = rng.choice([0.0, 5.2e-3, -5.3e-3, 6e-3], n, p=[.7, .1, .1, .1])
+        temp = rng.choice([25.0, 60.5, -10.5, 63.0], n, p=[.8, .08, .08, .04])
+        whole = SafetyMonitor().check(LIM, cols(v, i, temp), None)
+        cut = int(rng.integers(1, n))
+        m = SafetyMonitor()
+        got = m.check(LIM, cols(v[:cut], i[:cut], temp[:cut]), None)
+        if got is None:
+            got = m.check(LIM, cols(v[cut:], i[cut:], temp[cut:]), None)
+            got = None if got is None else (got.limit, got.value, got.index + cut)
+        else:
+            got = (got.limit, got.value, got.index)
+        assert got == (None if whole is None else (whole.limit, whole.value, whole.index))

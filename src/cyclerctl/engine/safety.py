@@ -3,7 +3,7 @@
 A limit trips when 2 consecutive samples are outside it (a single noisy sample does not), or at once
 when one sample is outside by more than a large margin: 50 mV for voltage, 10 % of the limit for
 current, 2 K for temperature. Consecutive samples may straddle two blocks, so the count of trailing
-violations carries over. Step duration trips at once. Vectorized over the block.
+violations carries over. Step duration trips at once. One compiled pass per limit and block.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from ..program import Limits
 
@@ -62,12 +63,11 @@ class SafetyMonitor:
             self._side(trips, "voltage_min", v, limits.voltage_min, -1, VOLTAGE_MARGIN)
             self._side(trips, "voltage_max", v, limits.voltage_max, +1, VOLTAGE_MARGIN)
         if i is not None and not eis and math.isfinite(limits.current_max):
-            self._side(trips, "current_max", np.abs(i), limits.current_max, +1,
-                       CURRENT_MARGIN * limits.current_max)
+            self._side(trips, "current_max", i, limits.current_max, +1, CURRENT_MARGIN * limits.current_max,
+                       absolute=True)
         if t is not None:
-            tk = t + KELVIN
-            self._side(trips, "temperature_min", tk, limits.temperature_min, -1, TEMPERATURE_MARGIN)
-            self._side(trips, "temperature_max", tk, limits.temperature_max, +1, TEMPERATURE_MARGIN)
+            self._side(trips, "temperature_min", t, limits.temperature_min, -1, TEMPERATURE_MARGIN, offset=KELVIN)
+            self._side(trips, "temperature_max", t, limits.temperature_max, +1, TEMPERATURE_MARGIN, offset=KELVIN)
         if step_time is not None and len(step_time) and math.isfinite(limits.step_duration_max):
             over = np.flatnonzero(step_time > limits.step_duration_max)
             if len(over):
@@ -117,34 +117,40 @@ class SafetyMonitor:
         self._plan_for = limits
         return self._plan
 
-    def _side(self, trips: list[Trip], name: str, x: np.ndarray, bound: float, sign: int, margin: float) -> None:
+    def _side(self, trips: list[Trip], name: str, x: np.ndarray, bound: float, sign: int, margin: float,
+              absolute: bool = False, offset: float = 0.0) -> None:
+        """The limit `bound` on x (|x| if `absolute`, x + `offset`) over one block."""
         if not math.isfinite(bound) or len(x) == 0:
             return
-        excess = (x - bound) * sign  # > 0 outside the limit
-        with np.errstate(invalid="ignore"):
-            out = excess > 0
-            hard = excess > margin
-        prev = self.trailing.get(name, 0)
-        if not out.any():
-            self.trailing[name] = 0
-            return
-        # index of the first sample that completes a run of DEBOUNCE violations (counting the carry)
-        first: int | None = None
-        hard_idx = np.flatnonzero(hard)
-        if len(hard_idx):
-            first = int(hard_idx[0])
-        if prev >= 1 and out[0]:
-            first = 0 if first is None else min(first, 0)
-        pair = np.flatnonzero(out[1:] & out[:-1])
-        if len(pair):
-            k = int(pair[0]) + 1
-            first = k if first is None else min(first, k)
-        # trailing run length for the next block
-        if out[-1]:
-            not_out = np.flatnonzero(~out)
-            run = len(out) - 1 - int(not_out[-1]) if len(not_out) else len(out) + prev
-            self.trailing[name] = run
+        first, run = _scan(x, bound, float(sign), margin, self.trailing.get(name, 0), absolute, offset)
+        self.trailing[name] = run
+        if first >= 0:
+            value = float(x[first])
+            trips.append(Trip(name, (abs(value) if absolute else value + offset), bound, first))
+
+
+@njit(cache=True, nogil=True)
+def _scan(x, bound, sign, margin, prev, absolute, offset):  # pragma: no cover - compiled
+    """One pass over a block for one limit: a sample is out when (x − bound)·sign > 0 (NaN is not),
+    hard when that excess is above `margin`. Returns the index of the first sample that trips (the
+    first hard one, the first completing DEBOUNCE = 2 consecutive outs, or 0 when the previous
+    block ended outside (`prev` ≥ 1) and this one starts outside), or -1; and the run of outs at
+    the block's end (plus `prev` when the whole block is out) for the next block."""
+    n = x.shape[0]
+    first = -1
+    run = 0
+    before = prev >= 1
+    for k in range(n):
+        xk = abs(x[k]) if absolute else x[k] + offset
+        excess = (xk - bound) * sign
+        out = excess > 0.0
+        if out:
+            if first < 0 and (excess > margin or before):
+                first = k
+            run += 1
         else:
-            self.trailing[name] = 0
-        if first is not None:
-            trips.append(Trip(name, float(x[first]), bound, first))
+            run = 0
+        before = out
+    if run == n and n > 0:
+        run += prev
+    return first, run
