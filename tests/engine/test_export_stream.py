@@ -136,7 +136,7 @@ def streamed_journal(run, channels, sizes, **kw):
 
 def test_minus_zero_and_nulls_are_written_as_the_journal_returns_them(tmp_path, small_chunks):
     run = tmp_path / "run"
-    stream = streamed_journal(run, ["a1"], (1, 150, 7, 90))  # commits of every size around 64 rows
+    stream = streamed_journal(run, ["a1"], (1, 150, 7, 90))  # commits of every size around 96 rows
     files = stream.finish()
     assert [p.name for p in files] == ["a1.bdf.parquet", "a1.bdf.csv", "a1.metadata.json"]
     same_as_export_run(run, tmp_path)

@@ -31,7 +31,7 @@ from ..errors import JournalError
 from . import schema
 
 JOURNAL_NAME = "journal.sqlite"
-ROWS_PER_STATEMENT = 64  # sample rows per INSERT statement
+ROWS_PER_STATEMENT = 96  # sample rows per INSERT statement (at most 999 parameters: see _insert_samples)
 KICK_GAP = 0.01  # s of wall time: commits asked for early (kick) come at most this often
 FEW_ROWS = 8  # channels with at most this many rows in a commit share one INSERT batch
 
@@ -380,7 +380,7 @@ class Journal:
 
     def _insert_samples(self, c: sqlite3.Connection, ch: str, rows: np.ndarray) -> None:
         """INSERT the rows, binding only the columns that hold a value in this batch (a column that
-        is NULL throughout, e.g. impedance during cycling, is left to its default NULL), up to 64 rows
+        is NULL throughout, e.g. impedance during cycling, is left to its default NULL), up to 96 rows
         per statement (multi-row VALUES): fewer Python floats to make and bind, fewer statement steps."""
         used = ~np.isnan(rows).all(axis=0)
         used[0] = True  # seq
