@@ -13,6 +13,7 @@ Only galvanostatic cycling steps (gcd, cccv) count; GITT, ICI, CV and EIS steps 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -181,12 +182,24 @@ def _peaks_above(y, p, lowest):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _close_window(bins, k0, k1, width, scale, w, edges, prominence):  # pragma: no cover - compiled
-    """The close of a half cycle on bins[k0:k1]: dQ/dV (bins / width * scale) smoothed by w, and its
-    peaks (find_peaks_prominence with p = prominence · max; none on fewer than 3 bins or without a
-    positive value). Returns (smoothed curve, peaks: one row (voltage, height, prominence) each)."""
+def _close_window(bins, lo, hi, v_min, width, margin, scale, w, edges, prominence, prev_v, prev_id, window,
+                  next_id, curve):  # pragma: no cover - compiled
+    """The close of a half cycle whose charge lies between voltages lo and hi: dQ/dV (bins / width ·
+    scale) on the bins of [lo, hi] and `margin` more on each side, smoothed by w; its peaks
+    (find_peaks_prominence with p = prominence · max; none on fewer than 3 bins or without a positive
+    value), each with the id of the nearest unclaimed peak of the previous half cycle (voltages prev_v,
+    ids prev_id) within `window`, else the next new id. Returns (smoothed curve, bin-centre voltages
+    (empty unless `curve`), peaks as rows (voltage, height, prominence), their ids, the next new id,
+    whether peaks were searched for: if not, the previous half cycle's peaks stay the ones to track)."""
+    k0 = max(0, int((lo - v_min) / width) - margin)
+    k1 = min(bins.shape[0], int((hi - v_min) / width) + margin)
+    # every bin holding charge lies inside [k0, k1) with `margin` empty bins on each side, so
+    # smoothing only that window (zeros beyond it) gives the same numbers at a fraction of the cost
     y = smooth(bins[k0:k1], w, width, scale)
     n = y.shape[0]
+    volts = np.empty(n if curve else 0)
+    for k in range(volts.shape[0]):
+        volts[k] = 0.5 * (edges[k0 + k] + edges[k0 + k + 1])
     top, lowest = -np.inf, np.inf
     positive = False
     for k in range(n):
@@ -196,14 +209,29 @@ def _close_window(bins, k0, k1, width, scale, w, edges, prominence):  # pragma: 
             lowest = y[k]
         positive = positive or y[k] > 0
     if n < 3 or not positive:
-        return y, np.empty((0, 3))
+        return y, volts, np.empty((3, 0)), np.empty(0, np.int64), next_id, False
     idx, prom = _peaks_above(y, prominence * top, lowest)
-    peaks = np.empty((idx.shape[0], 3))
-    for m in range(idx.shape[0]):
-        peaks[m, 0] = 0.5 * (edges[k0 + idx[m]] + edges[k0 + idx[m] + 1])
-        peaks[m, 1] = y[idx[m]]
-        peaks[m, 2] = prom[m]
-    return y, peaks
+    m = idx.shape[0]
+    peaks = np.empty((3, m))
+    ids = np.empty(m, np.int64)
+    used = np.zeros(prev_v.shape[0], np.bool_)
+    for a in range(m):
+        vk = 0.5 * (edges[k0 + idx[a]] + edges[k0 + idx[a] + 1])
+        peaks[0, a] = vk
+        peaks[1, a] = y[idx[a]]
+        peaks[2, a] = prom[a]
+        best, best_d = -1, np.inf
+        for j in range(prev_v.shape[0]):  # the first of the nearest on a tie
+            d = abs(prev_v[j] - vk)
+            if not used[j] and d <= window and d < best_d:
+                best, best_d = j, d
+        if best >= 0:
+            used[best] = True
+            ids[a] = prev_id[best]
+        else:
+            ids[a] = next_id
+            next_id += 1
+    return y, volts, peaks, ids, next_id, True
 
 
 def keeps_curve(cycle: int | None) -> bool:
@@ -233,7 +261,8 @@ class DqdvOperator:
         self._excluded: set[float] = set()  # step counts of steps that do not count
         self._prev: tuple[float, float, float, float] | None = None
         self._reset(None, None)
-        self._tracks: dict[str, list[dict]] = {"discharge": [], "charge": []}
+        # the previous half cycle's peaks of each direction: voltages, ids
+        self._tracks = {d: (np.empty(0), np.empty(0, np.int64)) for d in ("discharge", "charge")}
         self._next_peak_id = 0
         self._weights: np.ndarray | None = None  # the smoothing kernel (_kernel)
         self._consts: tuple[float, int, np.ndarray] | None = None  # mAh scale, window margin, kernel
@@ -302,7 +331,7 @@ class DqdvOperator:
         return self._bins.copy()
 
     def _close(self, final: bool = False) -> list[MetricRow]:
-        if self._dir is None or self._q <= 0 or not np.isfinite(self._lo):
+        if self._dir is None or self._q <= 0 or not math.isfinite(self._lo):
             self._reset(None, None)
             return []
         if self._consts is None:
@@ -311,24 +340,25 @@ class DqdvOperator:
             margin = int(4 * sigma) + 2  # keep the smoothed tails: the area stays the half cycle's capacity
             self._consts = (scale, margin, self._kernel(sigma))
         scale, margin, weights = self._consts
-        k0 = max(0, int((self._lo - self.v_min) / self.width) - margin)
-        k1 = min(self.n, int((self._hi - self.v_min) / self.width) + margin)
-        # every bin holding charge lies inside [k0, k1) with `margin` empty bins on each side, so
-        # smoothing only that window (zeros beyond it) gives the same numbers at a fraction of the cost
-        curve_y, found = _close_window(self._bins, k0, k1, self.width, scale, weights, self.edges,
-                                       self.prominence)  # = gaussian_filter1d, find_peaks
-        peaks = self._track(found.tolist())
-        unit = "mah_g_v" if self.active_mass else "mah_v"
         curve = final or keeps_curve(self._cycle)
+        prev_v, prev_id = self._tracks[self._dir]
+        y, volts, found, ids, self._next_peak_id, searched = _close_window(
+            self._bins, self._lo, self._hi, self.v_min, self.width, margin, scale, weights, self.edges,
+            self.prominence, prev_v, prev_id, self.track_window, self._next_peak_id, curve)
+        if searched:
+            self._tracks[self._dir] = (found[0], ids)
+        v, h, p = found.tolist()
+        unit = "mah_g_v" if self.active_mass else "mah_v"
         row = MetricRow("dqdv", {
             "cycle_count": self._cycle,
             "test_time_second": self._t_end,
             "direction": self._dir,
             "capacity_ah": self._q / 3600.0,
             "bin_width_volt": self.width,
-            "voltage_volt": 0.5 * (self.edges[k0:k1] + self.edges[k0 + 1:k1 + 1]) if curve else None,
-            f"dqdv_{unit}": curve_y if curve else None,
-            "peaks": peaks,
+            "voltage_volt": volts if curve else None,
+            f"dqdv_{unit}": y if curve else None,
+            "peaks": [{"id": i, "voltage_volt": vk, "height": hk, "prominence": pk}
+                      for i, vk, hk, pk in zip(ids.tolist(), v, h, p, strict=True)],
         })
         self._reset(None, None)
         return [row]
@@ -342,22 +372,3 @@ class DqdvOperator:
             impulse[radius] = 1.0
             self._weights = gaussian_filter1d(impulse, sigma, mode="constant")
         return self._weights
-
-    def _track(self, found: list[list[float]]) -> list[dict]:
-        """The peaks of this half cycle with their ids: each takes the id of the nearest not yet taken
-        peak of the previous half cycle of the same direction within `track_window`, else a new one."""
-        prev = self._tracks[self._dir]
-        used: set[int] = set()
-        peaks = []
-        window = self.track_window
-        for vk, hk, pk in found:
-            ids = [p for p in prev if p["id"] not in used and abs(p["voltage_volt"] - vk) <= window]
-            if ids:
-                pid = min(ids, key=lambda p: abs(p["voltage_volt"] - vk))["id"]
-            else:
-                pid = self._next_peak_id
-                self._next_peak_id += 1
-            used.add(pid)
-            peaks.append({"id": pid, "voltage_volt": vk, "height": hk, "prominence": pk})
-        self._tracks[self._dir] = peaks
-        return peaks
