@@ -29,21 +29,43 @@ _NONE = np.empty(0)
 
 
 @njit(cache=True, nogil=True)
-def _feed(t, v, i, sc, cyc, start, pt, pv, pi, ps, excluded, cur_d, cur_c, bins, v_min, width):  # pragma: no cover - compiled
-    """_intervals and _spread in one pass for the open half cycle (direction cur_d, 0 discharge,
-    1 charge, -1 none; cycle cur_c), from sample `start` of the block (its previous sample: the
-    block's sample start-1, or pt, pv, pi, ps for start = 0). Stops at the first counting interval of
-    another direction or cycle. Returns (where it stopped: that interval's sample index or n, its
-    direction, its cycle, the intervals spread, their total charge, lowest and highest voltage, the
-    time of the last one)."""
+def _spread(bins, a, b, w, v_min, width):  # pragma: no cover - compiled
+    """Add charge w, moving from voltage a to b (a ≤ b), to the bins it crosses in proportion to the
+    overlap (in bin units; what falls outside the bins is dropped, what lands on one clipped edge bin
+    stays there)."""
+    nb = bins.shape[0]
+    x0 = (a - v_min) / width
+    x1 = (b - v_min) / width
+    k0 = min(max(int(np.floor(x0)), 0), nb - 1)
+    k1 = min(max(int(np.floor(x1)), 0), nb - 1)
+    if k0 == k1:
+        bins[k0] += w
+    else:
+        for k in range(k0, k1 + 1):
+            bins[k] += w * (min(x1, k + 1.0) - max(x0, float(k))) / (x1 - x0)
+
+
+@njit(cache=True, nogil=True)
+def _feed(t, v, i, sc, cyc, start, pt, pv, pi, ps, excluded, cur_d, cur_c, bins, spare, v_min,
+          width):  # pragma: no cover - compiled
+    """The block's sample intervals that carry charge, spread into the bins as they are found, from
+    sample `start` (its previous sample: the block's sample start-1, or pt, pv, pi, ps for start = 0).
+    Interval k runs from sample k-1 to sample k within one step, with finite voltages and
+    ΔQ = ½(I_k + I_{k-1})Δt finite and non-zero, in a step not in `excluded` (sorted); its direction
+    is 0 (discharge, ΔQ < 0) or 1, its cycle cyc[k] (1 if NaN).
+    Intervals of the open half cycle (direction cur_d, -1 for none; cycle cur_c) go into `bins`; at the
+    first interval of another half cycle the next ones go into `spare` (zeros) until a third begins.
+    Returns (where it stopped: the third's first interval or n; the second's direction (-1 if none)
+    and cycle; then for each of the two: intervals spread, their total |ΔQ|, lowest and highest
+    voltage, time of the last one)."""
     n = t.shape[0]
     if start == 0:
         ta, va, ia, sa = pt, pv, pi, ps
     else:
         ta, va, ia, sa = t[start - 1], v[start - 1], i[start - 1], sc[start - 1]
-    nb = bins.shape[0]
-    m = 0
-    qs, lo, hi, t_end = 0.0, np.inf, -np.inf, np.nan
+    m, qs, lo, hi, t_end = 0, 0.0, np.inf, -np.inf, np.nan
+    m2, qs2, lo2, hi2, t_end2 = 0, 0.0, np.inf, -np.inf, np.nan
+    d_next, c_next = -1, np.int64(0)
     for k in range(start, n):
         tb, vb, ib, sb = t[k], v[k], i[k], sc[k]
         dq = 0.5 * (ib + ia) * (tb - ta)
@@ -55,26 +77,25 @@ def _feed(t, v, i, sc, cyc, start, pt, pv, pi, ps, excluded, cur_d, cur_c, bins,
             d = 0 if dq < 0 else 1
             c = np.int64(cyc[k]) if np.isfinite(cyc[k]) else np.int64(1)
             if d != cur_d or c != cur_c:
-                return k, d, c, m, qs, lo, hi, t_end
+                if d_next >= 0:
+                    return k, d_next, c_next, m, qs, lo, hi, t_end, m2, qs2, lo2, hi2, t_end2
+                d_next, c_next = d, c
+                cur_d, cur_c = d, c
             a, b, w = va, vb, abs(dq)
             if a > b:
                 a, b = b, a
-            qs += w
-            lo = min(lo, a)
-            hi = max(hi, b)
-            x0 = (a - v_min) / width
-            x1 = (b - v_min) / width
-            k0 = min(max(int(np.floor(x0)), 0), nb - 1)
-            k1 = min(max(int(np.floor(x1)), 0), nb - 1)
-            if k0 == k1:
-                bins[k0] += w
+            if d_next < 0:
+                _spread(bins, a, b, w, v_min, width)
+                qs += w
+                lo, hi, t_end = min(lo, a), max(hi, b), tb
+                m += 1
             else:
-                for kk in range(k0, k1 + 1):
-                    bins[kk] += w * (min(x1, kk + 1.0) - max(x0, float(kk))) / (x1 - x0)
-            t_end = tb
-            m += 1
+                _spread(spare, a, b, w, v_min, width)
+                qs2 += w
+                lo2, hi2, t_end2 = min(lo2, a), max(hi2, b), tb
+                m2 += 1
         ta, va, ia, sa = tb, vb, ib, sb
-    return n, -1, np.int64(0), m, qs, lo, hi, t_end
+    return n, d_next, c_next, m, qs, lo, hi, t_end, m2, qs2, lo2, hi2, t_end2
 
 
 @njit(cache=True, nogil=True)
@@ -260,6 +281,7 @@ class DqdvOperator:
         self.track_window = track_window
         self._excluded: set[float] = set()  # step counts of steps that do not count
         self._prev: tuple[float, float, float, float] | None = None
+        self._spare = np.zeros(self.n)  # zeros: the bins of the next half cycle while a block is spread
         self._reset(None, None)
         # the previous half cycle's peaks of each direction: voltages, ids
         self._tracks = {d: (np.empty(0), np.empty(0, np.int64)) for d in ("discharge", "charge")}
@@ -311,17 +333,25 @@ class DqdvOperator:
         cur_d = -1 if self._dir is None else (0 if self._dir == "discharge" else 1)
         cur_c = self._cycle if self._cycle is not None else 0
         while True:
-            # the samples of the open half cycle, up to the first interval of another one
-            pos, d, c, m, qs, lo, hi, t_end = _feed(t, v, i, sc, cyc, pos, pt, pv, pi, ps, excluded, cur_d, cur_c,
-                                                    self._bins, self.v_min, self.width)
+            # the open half cycle's intervals, then the next half cycle's into the spare bins
+            pos, d, c, m, qs, lo, hi, t_end, m2, qs2, lo2, hi2, t_end2 = _feed(
+                t, v, i, sc, cyc, pos, pt, pv, pi, ps, excluded, cur_d, cur_c, self._bins, self._spare,
+                self.v_min, self.width)
             if m:
                 self._q += qs
                 self._lo, self._hi = min(self._lo, lo), max(self._hi, hi)
                 self._t_end = t_end
-            if pos >= n:
+            if d < 0:
                 return out
             out += self._close()
-            self._reset("discharge" if d == 0 else "charge", c)
+            self._bins, self._spare = self._spare, self._bins  # the close left fresh zeros
+            self._dir, self._cycle = "discharge" if d == 0 else "charge", c
+            if m2:
+                self._q += qs2
+                self._lo, self._hi = min(self._lo, lo2), max(self._hi, hi2)
+                self._t_end = t_end2
+            if pos >= n:
+                return out
             cur_d, cur_c = d, c
 
     # ---- read-out ----------------------------------------------------------------------------------
