@@ -110,3 +110,52 @@ def test_close_matches_the_scipy_pipeline_on_a_half_cycle():
     assert np.allclose(row.data["dqdv_mah_g_v"], y, rtol=1e-15, atol=0.0)
     assert [p["voltage_volt"] for p in row.data["peaks"]] == volts[idx].tolist()
     assert [p["prominence"] for p in row.data["peaks"]] == pytest.approx(props["prominences"].tolist(), rel=1e-14)
+
+
+def cycling(n_cycles=4, per_half=300):
+    """Galvanostatic half cycles with two dQ/dV features each, as journal columns (steps 1, 2, ...)."""
+    cols = {k: [] for k in ("test_time_second", "voltage_volt", "current_ampere", "step_count", "cycle_count")}
+    q = np.linspace(0, 1, per_half)
+    t0, step = 0.0, 0
+    for c in range(1, n_cycles + 1):
+        for cur in (-1e-4, 1e-4):
+            step += 1
+            shift = 0.004 * c
+            v = (1.0 - 0.9 * q - 0.05 * np.tanh((q - 0.6) * 30) - 0.03 * np.tanh((q - 0.3 - shift) * 40)
+                 if cur < 0 else 0.1 + 0.9 * q + 0.05 * np.tanh((q - 0.4) * 30) + 0.03 * np.tanh((q - 0.7 + shift) * 40))
+            for k, a in (("test_time_second", t0 + q * 3600), ("voltage_volt", v), ("current_ampere", np.full(q.size, cur)),
+                         ("step_count", np.full(q.size, float(step))), ("cycle_count", np.full(q.size, float(c)))):
+                cols[k].append(a)
+            t0 += 3601.0
+    return {k: np.concatenate(a) for k, a in cols.items()}
+
+
+def feed(cols, cuts):
+    op, rows = DqdvOperator(active_mass=1e-6), []
+    edges = [0, *sorted(set(cuts)), cols["test_time_second"].size]
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        rows += op.feed_samples({k: v[a:b] for k, v in cols.items()})
+    rows += op.feed_event(Event("run_end", float(cols["test_time_second"][-1])))
+    return [r.data for r in rows]
+
+
+def test_many_half_cycles_in_one_block_equal_one_block_per_half_cycle():
+    cols = cycling()
+    whole = feed(cols, [])
+    per_step = feed(cols, list(range(300, cols["test_time_second"].size, 300)))
+    assert len(whole) == 8 and whole == per_step  # each half cycle's intervals summed in the same order
+    assert all(len(r["peaks"]) == 3 for r in whole)
+    assert [p["id"] for p in whole[2]["peaks"]] == [p["id"] for p in whole[0]["peaks"]]  # tracked
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 2399), max_size=30))
+def test_any_block_split_gives_the_same_rows(cuts):
+    cols = cycling()
+    whole, split = feed(cols, []), feed(cols, cuts)
+    assert len(split) == len(whole)
+    for a, b in zip(whole, split, strict=True):
+        assert [p["id"] for p in a["peaks"]] == [p["id"] for p in b["peaks"]]
+        assert [p["voltage_volt"] for p in a["peaks"]] == [p["voltage_volt"] for p in b["peaks"]]
+        assert b["capacity_ah"] == pytest.approx(a["capacity_ah"], rel=1e-12)
+        assert np.allclose(b["dqdv_mah_g_v"], a["dqdv_mah_g_v"], rtol=1e-12, atol=1e-12 * max(a["dqdv_mah_g_v"]))
