@@ -28,7 +28,7 @@ INCLUDED_TECHNIQUES = frozenset({"gcd", "cccv", ""})
 _NONE = np.empty(0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _spread(bins, a, b, w, v_min, width):  # pragma: no cover - compiled
     """Add charge w, moving from voltage a to b (a ≤ b), to the bins it crosses in proportion to the
     overlap (in bin units; what falls outside the bins is dropped, what lands on one clipped edge bin
@@ -45,7 +45,7 @@ def _spread(bins, a, b, w, v_min, width):  # pragma: no cover - compiled
             bins[k] += w * (min(x1, k + 1.0) - max(x0, float(k))) / (x1 - x0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _feed(t, v, i, sc, cyc, start, pt, pv, pi, ps, excluded, cur_d, cur_c, bins, spare, v_min,
           width):  # pragma: no cover - compiled
     """The block's sample intervals that carry charge, spread into the bins as they are found, from
@@ -98,7 +98,7 @@ def _feed(t, v, i, sc, cyc, start, pt, pv, pi, ps, excluded, cur_d, cur_c, bins,
     return n, d_next, c_next, m, qs, lo, hi, t_end, m2, qs2, lo2, hi2, t_end2
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def smooth(x, w, width=1.0, scale=1.0):  # pragma: no cover - compiled
     """correlate1d(x / width * scale, w, mode="constant") for an odd, symmetric w, summed in the order
     scipy.ndimage sums it (each output: the centre term, then the pairs from the outermost in): the
@@ -119,7 +119,7 @@ def smooth(x, w, width=1.0, scale=1.0):  # pragma: no cover - compiled
     return y
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def find_peaks_prominence(y, p):  # pragma: no cover - compiled
     """The peaks of scipy.signal.find_peaks(y, prominence=p) for a finite y: local maxima (a flat top
     counts once, at its middle sample, rounded down; never the first or last sample) whose prominence
@@ -138,7 +138,7 @@ def find_peaks_prominence(y, p):  # pragma: no cover - compiled
     return _peaks_above(y, p, lowest)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _peaks_above(y, p, lowest):  # pragma: no cover - compiled
     """find_peaks_prominence, given the lowest sample of y: a peak with top − lowest < p is dropped
     without walking its sides (no base lies below the lowest sample)."""
@@ -202,7 +202,7 @@ def _peaks_above(y, p, lowest):  # pragma: no cover - compiled
     return idx[:m], prom[:m]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _close_window(bins, lo, hi, v_min, width, margin, scale, w, edges, prominence, prev_v, prev_id, window,
                   next_id, curve):  # pragma: no cover - compiled
     """The close of a half cycle whose charge lies between voltages lo and hi: dQ/dV (bins / width ·
@@ -287,7 +287,7 @@ class DqdvOperator:
         self._tracks = {d: (np.empty(0), np.empty(0, np.int64)) for d in ("discharge", "charge")}
         self._next_peak_id = 0
         self._weights: np.ndarray | None = None  # the smoothing kernel (_kernel)
-        self._consts: tuple[float, int, np.ndarray] | None = None  # mAh scale, window margin, kernel
+        self._smoothing: tuple[int, np.ndarray] | None = None  # window margin (bins), kernel
 
     def _reset(self, direction: str | None, cycle: int | None) -> None:
         self._dir = direction
@@ -364,12 +364,12 @@ class DqdvOperator:
         if self._dir is None or self._q <= 0 or not math.isfinite(self._lo):
             self._reset(None, None)
             return []
-        if self._consts is None:
-            scale = 1 / 3.6 / (self.active_mass * 1e3) if self.active_mass else 1 / 3.6  # C -> mAh(/g)
+        scale = 1 / 3.6 / (self.active_mass * 1e3) if self.active_mass else 1 / 3.6  # C -> mAh(/g)
+        if self._smoothing is None:  # computed once, as the kernel is
             sigma = self.fwhm / (2 * np.sqrt(2 * np.log(2))) / self.width
             margin = int(4 * sigma) + 2  # keep the smoothed tails: the area stays the half cycle's capacity
-            self._consts = (scale, margin, self._kernel(sigma))
-        scale, margin, weights = self._consts
+            self._smoothing = (margin, self._kernel(sigma))
+        margin, weights = self._smoothing
         curve = final or keeps_curve(self._cycle)
         prev_v, prev_id = self._tracks[self._dir]
         y, volts, found, ids, self._next_peak_id, searched = _close_window(
