@@ -2,15 +2,16 @@
 
 Workload: the Sn@HC-2-1 preset (sn_hc) through SimChannel (noise on, VirtualClock), cycling at
 1.7 A/g between 0.005 and 2.0 V with a record every 30 s or 10 mV, as
-protocols/snhc_long_cycling_1p7.yaml; each half cycle arrives as one sample block (~140 samples),
+protocols/snhc_long_cycling_1p7.yaml; each half cycle arrives as one sample block (~120-140 samples),
 after its step_start event. The stream is fed through DqdvOperator alone, `--repeat` times (a fresh
 operator each time), and the best pass is printed: CPU µs per half cycle (time.process_time) for
 feed_samples without the half-cycle close, for the close (smoothing, peaks, tracking, the row), and
 the sum. `--baseline FILE` times another version of dqdv.py in alternating passes of the same run
 (a fair comparison on a busy host) and compares its rows; `--save FILE` writes the metric rows as
-JSON, `--compare FILE` checks them against such a file (rows equal: floats to 1e-12 relative).
+JSON, `--compare FILE` checks them against such a file (rows equal: every number the same).
 
 Run:  python bench/dqdv_cost.py [--cycles 200] [--repeat 5] [--baseline old_dqdv.py]
+      (old_dqdv.py e.g. from `git show REV:src/cyclerctl/analysis/dqdv.py > old_dqdv.py`)
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import time
 
@@ -112,16 +112,6 @@ def one_pass(stream, mass: float, operator: type = DqdvOperator) -> tuple[float,
     return total - spent[0] - spent[1], spent[0], spent[1], spent[2], rows
 
 
-def same(a, b, rel: float = 1e-12) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return a == b or math.isclose(a, b, rel_tol=rel, abs_tol=0.0)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k], rel) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(same(x, y, rel) for x, y in zip(a, b, strict=True))
-    return a == b
-
-
 def report(title: str, passes, halves: int, samples: int) -> tuple[float, list]:
     """Print the best pass (least total CPU); returns its total CPU µs per half cycle and its rows
     (JSON round trip)."""
@@ -169,14 +159,14 @@ def main() -> None:
         totals[name], data[name] = report(name, passes[name], halves, samples)
     if args.baseline:
         print(f"baseline / this version: {totals['baseline'] / totals['this version']:.2f}x; rows equal: "
-              f"{same(data['this version'], data['baseline'])}")
+              f"{data['this version'] == data['baseline']}")
     if args.save:
         with open(args.save, "w") as f:
             json.dump(data["this version"], f)
     if args.compare:
         with open(args.compare) as f:
             ref = json.load(f)
-        print("rows equal to", args.compare, ":", same(data["this version"], ref))
+        print("rows equal to", args.compare, ":", data["this version"] == ref)
 
 
 if __name__ == "__main__":
