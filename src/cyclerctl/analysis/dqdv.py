@@ -5,19 +5,20 @@ V_k; the charge is spread uniformly over that voltage span (exact for a linear V
 interval), so sparse records (e.g. every 5 mV) give no comb artefacts: each interval adds to every
 bin it crosses its share of the overlap (O(bins crossed) per sample, bounded memory).
 At the end of a half cycle the bin charges are divided by the bin width and smoothed with a Gaussian
-(FWHM 10 mV by default, as cellpy); peaks are located with scipy's find_peaks and tracked across
-cycles (a peak keeps its id while it moves less than `track_window` from one cycle to the next).
+(FWHM 10 mV by default, as cellpy); peaks are located as scipy.signal.find_peaks(y, prominence=p)
+defines them (one compiled pass with the smoothing) and tracked across cycles (a peak keeps its id
+while it moves less than `track_window` from one cycle to the next).
 Only galvanostatic cycling steps (gcd, cccv) count; GITT, ICI, CV and EIS steps do not.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
 from numba import njit
-from scipy.ndimage import correlate1d, gaussian_filter1d
-from scipy.signal import find_peaks
+from scipy.ndimage import gaussian_filter1d
 
 from .base import Event, MetricRow, column
 
@@ -27,25 +28,45 @@ INCLUDED_TECHNIQUES = frozenset({"gcd", "cccv", ""})
 _NONE = np.empty(0)
 
 
-@njit(cache=True, nogil=True)
-def _intervals(t, v, i, sc, cyc, pt, pv, pi, ps, excluded):  # pragma: no cover - compiled
-    """The sample intervals of a block that carry charge: interval k runs from sample k-1 (the
-    previous block's last for k = 0: pt, pv, pi, ps) to sample k within one step, with finite
-    voltages and ΔQ = ½(I_k + I_{k-1})Δt finite and non-zero, in a step not in `excluded` (sorted).
-    Returns their sample indices, start voltages, |ΔQ|, and the runs of one direction (0 discharge,
-    1 charge) and cycle: the index into the intervals where each run starts, its direction, its cycle."""
+@njit(cache=True, nogil=True, error_model="numpy")
+def _spread(bins, a, b, w, v_min, width):  # pragma: no cover - compiled
+    """Add charge w, moving from voltage a to b (a ≤ b), to the bins it crosses in proportion to the
+    overlap (in bin units; what falls outside the bins is dropped, what lands on one clipped edge bin
+    stays there)."""
+    nb = bins.shape[0]
+    x0 = (a - v_min) / width
+    x1 = (b - v_min) / width
+    k0 = min(max(int(np.floor(x0)), 0), nb - 1)
+    k1 = min(max(int(np.floor(x1)), 0), nb - 1)
+    if k0 == k1:
+        bins[k0] += w
+    else:
+        for k in range(k0, k1 + 1):
+            bins[k] += w * (min(x1, k + 1.0) - max(x0, float(k))) / (x1 - x0)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _feed(t, v, i, sc, cyc, start, pt, pv, pi, ps, excluded, cur_d, cur_c, bins, spare, v_min,
+          width):  # pragma: no cover - compiled
+    """The block's sample intervals that carry charge, spread into the bins as they are found, from
+    sample `start` (its previous sample: the block's sample start-1, or pt, pv, pi, ps for start = 0).
+    Interval k runs from sample k-1 to sample k within one step, with finite voltages and
+    ΔQ = ½(I_k + I_{k-1})Δt finite and non-zero, in a step not in `excluded` (sorted); its direction
+    is 0 (discharge, ΔQ < 0) or 1, its cycle cyc[k] (1 if NaN).
+    Intervals of the open half cycle (direction cur_d, -1 for none; cycle cur_c) go into `bins`; at the
+    first interval of another half cycle the next ones go into `spare` (zeros) until a third begins.
+    Returns (where it stopped: the third's first interval or n; the second's direction (-1 if none)
+    and cycle; then for each of the two: intervals spread, their total |ΔQ|, lowest and highest
+    voltage, time of the last one)."""
     n = t.shape[0]
-    idx = np.empty(n, np.int64)
-    v0 = np.empty(n)
-    dqa = np.empty(n)
-    starts = np.empty(n, np.int64)
-    dirs = np.empty(n, np.int64)
-    cycles = np.empty(n, np.int64)
-    m = 0
-    runs = 0
-    last_key = -1
-    ta, va, ia, sa = pt, pv, pi, ps
-    for k in range(n):
+    if start == 0:
+        ta, va, ia, sa = pt, pv, pi, ps
+    else:
+        ta, va, ia, sa = t[start - 1], v[start - 1], i[start - 1], sc[start - 1]
+    m, qs, lo, hi, t_end = 0, 0.0, np.inf, -np.inf, np.nan
+    m2, qs2, lo2, hi2, t_end2 = 0, 0.0, np.inf, -np.inf, np.nan
+    d_next, c_next = -1, np.int64(0)
+    for k in range(start, n):
         tb, vb, ib, sb = t[k], v[k], i[k], sc[k]
         dq = 0.5 * (ib + ia) * (tb - ta)
         ok = sa == sb and np.isfinite(dq) and np.isfinite(vb) and np.isfinite(va) and dq != 0.0
@@ -55,45 +76,183 @@ def _intervals(t, v, i, sc, cyc, pt, pv, pi, ps, excluded):  # pragma: no cover 
         if ok:
             d = 0 if dq < 0 else 1
             c = np.int64(cyc[k]) if np.isfinite(cyc[k]) else np.int64(1)
-            key = d * 1_000_000_000 + c
-            if key != last_key:
-                starts[runs] = m
-                dirs[runs] = d
-                cycles[runs] = c
-                runs += 1
-                last_key = key
-            idx[m] = k
-            v0[m] = va
-            dqa[m] = abs(dq)
-            m += 1
+            if d != cur_d or c != cur_c:
+                if d_next >= 0:
+                    return k, d_next, c_next, m, qs, lo, hi, t_end, m2, qs2, lo2, hi2, t_end2
+                d_next, c_next = d, c
+                cur_d, cur_c = d, c
+            a, b, w = va, vb, abs(dq)
+            if a > b:
+                a, b = b, a
+            if d_next < 0:
+                _spread(bins, a, b, w, v_min, width)
+                qs += w
+                lo, hi, t_end = min(lo, a), max(hi, b), tb
+                m += 1
+            else:
+                _spread(spare, a, b, w, v_min, width)
+                qs2 += w
+                lo2, hi2, t_end2 = min(lo2, a), max(hi2, b), tb
+                m2 += 1
         ta, va, ia, sa = tb, vb, ib, sb
-    return idx[:m], v0[:m], dqa[:m], starts[:runs], dirs[:runs], cycles[:runs]
+    return n, d_next, c_next, m, qs, lo, hi, t_end, m2, qs2, lo2, hi2, t_end2
 
 
-@njit(cache=True, nogil=True)
-def _spread(va, vb, q, bins, v_min, width):  # pragma: no cover - compiled
-    """Add each interval's charge q[m] (moving from va[m] to vb[m]) to the bins it crosses, in
-    proportion to the overlap (in bin units; what falls outside the bins is dropped, what lands on one
-    clipped edge bin stays there). Returns (total charge, lowest voltage, highest voltage)."""
-    n = bins.shape[0]
-    qs, lo, hi = 0.0, np.inf, -np.inf
-    for m in range(va.shape[0]):
-        a, b, w = va[m], vb[m], q[m]
-        if a > b:
-            a, b = b, a
-        qs += w
-        lo = min(lo, a)
-        hi = max(hi, b)
-        x0 = (a - v_min) / width
-        x1 = (b - v_min) / width
-        k0 = min(max(int(np.floor(x0)), 0), n - 1)
-        k1 = min(max(int(np.floor(x1)), 0), n - 1)
-        if k0 == k1:
-            bins[k0] += w
+@njit(cache=True, nogil=True, error_model="numpy")
+def smooth(x, w, width=1.0, scale=1.0):  # pragma: no cover - compiled
+    """correlate1d(x / width * scale, w, mode="constant") for an odd, symmetric w, summed in the order
+    scipy.ndimage sums it (each output: the centre term, then the pairs from the outermost in): the
+    same numbers."""
+    n, r = x.shape[0], w.shape[0] // 2
+    xp = np.zeros(n + 2 * r)  # x / width * scale with r zeros on each side (mode="constant", cval 0)
+    for k in range(n):
+        xp[r + k] = x[k] / width * scale
+    y = np.empty(n)
+    for k in range(n):
+        y[k] = xp[r + k] * w[r]
+    for j in range(-r, 0):  # one pair of taps over the whole line at a time (the order of each sum kept)
+        wj = w[r + j]
+        a = xp[r + j:r + j + n]
+        b = xp[r - j:r - j + n]
+        for k in range(n):  # (views, so that the loop vectorizes)
+            y[k] += (a[k] + b[k]) * wj
+    return y
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def find_peaks_prominence(y, p):  # pragma: no cover - compiled
+    """The peaks of scipy.signal.find_peaks(y, prominence=p) for a finite y: local maxima (a flat top
+    counts once, at its middle sample, rounded down; never the first or last sample) whose prominence
+    is ≥ p. The prominence is the height above the higher of the two bases, each base the lowest
+    sample between the peak and the nearest strictly higher sample on that side (or that end of y).
+    Returns (peak indices, prominences), in increasing index.
+
+    Both sides are walked in step; a peak is dropped as soon as one finished side shows top − base < p
+    (its prominence can only be smaller), and the other side stops once its minimum is at or below the
+    finished side's (the higher base is then known): the kept peaks and their prominences are
+    scipy's to the bit."""
+    lowest = np.inf
+    for k in range(y.shape[0]):
+        if y[k] < lowest:
+            lowest = y[k]
+    return _peaks_above(y, p, lowest)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _peaks_above(y, p, lowest):  # pragma: no cover - compiled
+    """find_peaks_prominence, given the lowest sample of y: a peak with top − lowest < p is dropped
+    without walking its sides (no base lies below the lowest sample)."""
+    n = y.shape[0]
+    idx = np.empty(max(n // 2, 1), np.int64)
+    prom = np.empty(max(n // 2, 1))
+    m = 0
+    i = 1
+    while i < n - 1:
+        if y[i - 1] < y[i]:
+            ahead = i + 1
+            while ahead < n - 1 and y[ahead] == y[i]:
+                ahead += 1
+            if y[ahead] < y[i]:
+                peak = (i + ahead - 1) // 2
+                top = y[peak]
+                if top - lowest < p:
+                    i = ahead + 1
+                    continue
+                lm, rm = top, top
+                lj, rj = peak - 1, peak + 1
+                lopen, ropen = True, True
+                while lopen and ropen:
+                    if lj >= 0 and y[lj] <= top:
+                        if y[lj] < lm:
+                            lm = y[lj]
+                        lj -= 1
+                    else:
+                        lopen = False
+                    if rj < n and y[rj] <= top:
+                        if y[rj] < rm:
+                            rm = y[rj]
+                        rj += 1
+                    else:
+                        ropen = False
+                keep = True
+                if lopen:  # the right side is finished
+                    if top - rm < p:
+                        keep = False
+                    else:
+                        while lj >= 0 and y[lj] <= top and lm > rm:
+                            if y[lj] < lm:
+                                lm = y[lj]
+                            lj -= 1
+                elif ropen:  # the left side is finished
+                    if top - lm < p:
+                        keep = False
+                    else:
+                        while rj < n and y[rj] <= top and rm > lm:
+                            if y[rj] < rm:
+                                rm = y[rj]
+                            rj += 1
+                if keep:
+                    pr = top - max(lm, rm)
+                    if p <= pr:
+                        idx[m] = peak
+                        prom[m] = pr
+                        m += 1
+                i = ahead
+        i += 1
+    return idx[:m], prom[:m]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _close_window(bins, lo, hi, v_min, width, margin, scale, w, edges, prominence, prev_v, prev_id, window,
+                  next_id, curve):  # pragma: no cover - compiled
+    """The close of a half cycle whose charge lies between voltages lo and hi: dQ/dV (bins / width ·
+    scale) on the bins of [lo, hi] and `margin` more on each side, smoothed by w; its peaks
+    (find_peaks_prominence with p = prominence · max; none on fewer than 3 bins or without a positive
+    value), each with the id of the nearest unclaimed peak of the previous half cycle (voltages prev_v,
+    ids prev_id) within `window`, else the next new id. Returns (smoothed curve, bin-centre voltages
+    (empty unless `curve`), peaks as rows (voltage, height, prominence), their ids, the next new id,
+    whether peaks were searched for: if not, the previous half cycle's peaks stay the ones to track)."""
+    k0 = max(0, int((lo - v_min) / width) - margin)
+    k1 = min(bins.shape[0], int((hi - v_min) / width) + margin)
+    # every bin holding charge lies inside [k0, k1) with `margin` empty bins on each side, so
+    # smoothing only that window (zeros beyond it) gives the same numbers at a fraction of the cost
+    y = smooth(bins[k0:k1], w, width, scale)
+    n = y.shape[0]
+    volts = np.empty(n if curve else 0)
+    for k in range(volts.shape[0]):
+        volts[k] = 0.5 * (edges[k0 + k] + edges[k0 + k + 1])
+    top, lowest = -np.inf, np.inf
+    positive = False
+    for k in range(n):
+        if y[k] > top or np.isnan(y[k]):
+            top = y[k]
+        if y[k] < lowest:
+            lowest = y[k]
+        positive = positive or y[k] > 0
+    if n < 3 or not positive:
+        return y, volts, np.empty((3, 0)), np.empty(0, np.int64), next_id, False
+    idx, prom = _peaks_above(y, prominence * top, lowest)
+    m = idx.shape[0]
+    peaks = np.empty((3, m))
+    ids = np.empty(m, np.int64)
+    used = np.zeros(prev_v.shape[0], np.bool_)
+    for a in range(m):
+        vk = 0.5 * (edges[k0 + idx[a]] + edges[k0 + idx[a] + 1])
+        peaks[0, a] = vk
+        peaks[1, a] = y[idx[a]]
+        peaks[2, a] = prom[a]
+        best, best_d = -1, np.inf
+        for j in range(prev_v.shape[0]):  # the first of the nearest on a tie
+            d = abs(prev_v[j] - vk)
+            if not used[j] and d <= window and d < best_d:
+                best, best_d = j, d
+        if best >= 0:
+            used[best] = True
+            ids[a] = prev_id[best]
         else:
-            for k in range(k0, k1 + 1):
-                bins[k] += w * (min(x1, k + 1.0) - max(x0, float(k))) / (x1 - x0)
-    return qs, lo, hi
+            ids[a] = next_id
+            next_id += 1
+    return y, volts, peaks, ids, next_id, True
 
 
 def keeps_curve(cycle: int | None) -> bool:
@@ -122,10 +281,13 @@ class DqdvOperator:
         self.track_window = track_window
         self._excluded: set[float] = set()  # step counts of steps that do not count
         self._prev: tuple[float, float, float, float] | None = None
+        self._spare = np.zeros(self.n)  # zeros: the bins of the next half cycle while a block is spread
         self._reset(None, None)
-        self._tracks: dict[str, list[dict]] = {"discharge": [], "charge": []}
+        # the previous half cycle's peaks of each direction: voltages, ids
+        self._tracks = {d: (np.empty(0), np.empty(0, np.int64)) for d in ("discharge", "charge")}
         self._next_peak_id = 0
         self._weights: np.ndarray | None = None  # the smoothing kernel (_kernel)
+        self._smoothing: tuple[int, np.ndarray] | None = None  # window margin (bins), kernel
 
     def _reset(self, direction: str | None, cycle: int | None) -> None:
         self._dir = direction
@@ -154,41 +316,43 @@ class DqdvOperator:
         v, i = column(rows, "voltage_volt"), column(rows, "current_ampere")
         sc, cyc = column(rows, "step_count"), column(rows, "cycle_count")
         prev = self._prev if self._prev is not None else (np.nan, np.nan, np.nan, np.nan)
-        self._prev = (t[-1], v[-1], i[-1], sc[-1])
-        if sc[0] == sc[-1] and sc[0] in self._excluded:
-            return []  # the block is one step that does not count (CV, EIS, GITT, ICI, ...)
-        if self._excluded and (sc[0] in self._excluded or sc[-1] in self._excluded or sc[0] != sc[-1]):
-            excluded = np.array(sorted(self._excluded), dtype=np.float64)
+        self._prev = (float(t[-1]), float(v[-1]), float(i[-1]), float(sc[-1]))
+        s0, s1 = sc[0], sc[-1]
+        if self._excluded:
+            if s0 == s1 and s0 in self._excluded:
+                return []  # the block is one step that does not count (CV, EIS, GITT, ICI, ...)
+            if s0 in self._excluded or s1 in self._excluded or s0 != s1:
+                excluded = np.array(sorted(self._excluded), dtype=np.float64)
+            else:
+                excluded = _NONE
         else:
             excluded = _NONE
-        f64 = np.float64
-        idx, v0, dqa, starts, dirs, cycles = _intervals(
-            np.ascontiguousarray(t, dtype=f64), np.ascontiguousarray(v, dtype=f64),
-            np.ascontiguousarray(i, dtype=f64), np.ascontiguousarray(sc, dtype=f64),
-            np.ascontiguousarray(cyc, dtype=f64), float(prev[0]), float(prev[1]), float(prev[2]), float(prev[3]),
-            excluded)
-        if idx.size == 0:
-            return []
         out: list[MetricRow] = []
-        bounds = [*starts.tolist(), idx.size]
-        for s_, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-            d = "discharge" if dirs[s_] == 0 else "charge"
-            c = int(cycles[s_])
-            if (d, c) != (self._dir, self._cycle):
-                out += self._close()
-                self._reset(d, c)
-            if a == 0 and b == idx.size:
-                self._accumulate(v0, v[idx], dqa)
-            else:
-                self._accumulate(v0[a:b], v[idx[a:b]], dqa[a:b])
-            self._t_end = float(t[idx[b - 1]])
-        return out
-
-    def _accumulate(self, va: np.ndarray, vb: np.ndarray, q: np.ndarray) -> None:
-        qs, lo, hi = _spread(np.ascontiguousarray(va, dtype=np.float64), np.ascontiguousarray(vb, dtype=np.float64),
-                             np.ascontiguousarray(q, dtype=np.float64), self._bins, self.v_min, self.width)
-        self._q += qs
-        self._lo, self._hi = min(self._lo, lo), max(self._hi, hi)
+        pos, n = 0, t.size
+        pt, pv, pi, ps = prev
+        cur_d = -1 if self._dir is None else (0 if self._dir == "discharge" else 1)
+        cur_c = self._cycle if self._cycle is not None else 0
+        while True:
+            # the open half cycle's intervals, then the next half cycle's into the spare bins
+            pos, d, c, m, qs, lo, hi, t_end, m2, qs2, lo2, hi2, t_end2 = _feed(
+                t, v, i, sc, cyc, pos, pt, pv, pi, ps, excluded, cur_d, cur_c, self._bins, self._spare,
+                self.v_min, self.width)
+            if m:
+                self._q += qs
+                self._lo, self._hi = min(self._lo, lo), max(self._hi, hi)
+                self._t_end = t_end
+            if d < 0:
+                return out
+            out += self._close()
+            self._bins, self._spare = self._spare, self._bins  # the close left fresh zeros
+            self._dir, self._cycle = "discharge" if d == 0 else "charge", c
+            if m2:
+                self._q += qs2
+                self._lo, self._hi = min(self._lo, lo2), max(self._hi, hi2)
+                self._t_end = t_end2
+            if pos >= n:
+                return out
+            cur_d, cur_c = d, c
 
     # ---- read-out ----------------------------------------------------------------------------------
 
@@ -197,22 +361,24 @@ class DqdvOperator:
         return self._bins.copy()
 
     def _close(self, final: bool = False) -> list[MetricRow]:
-        if self._dir is None or self._q <= 0 or not np.isfinite(self._lo):
+        if self._dir is None or self._q <= 0 or not math.isfinite(self._lo):
             self._reset(None, None)
             return []
         scale = 1 / 3.6 / (self.active_mass * 1e3) if self.active_mass else 1 / 3.6  # C -> mAh(/g)
-        sigma = self.fwhm / (2 * np.sqrt(2 * np.log(2))) / self.width
-        margin = int(4 * sigma) + 2  # keep the smoothed tails: the area stays the half cycle's capacity
-        k0 = max(0, int((self._lo - self.v_min) / self.width) - margin)
-        k1 = min(self.n, int((self._hi - self.v_min) / self.width) + margin)
-        # every bin holding charge lies inside [k0, k1) with `margin` empty bins on each side, so
-        # smoothing only that window (zeros beyond it) gives the same numbers at a fraction of the cost
-        dqdv = self._bins[k0:k1] / self.width * scale
-        smooth = correlate1d(dqdv, self._kernel(sigma), mode="constant")  # = gaussian_filter1d(dqdv, sigma)
-        volts = 0.5 * (self.edges[k0:k1] + self.edges[k0 + 1:k1 + 1])
-        peaks = self._peaks(volts, smooth)
-        unit = "mah_g_v" if self.active_mass else "mah_v"
+        if self._smoothing is None:  # computed once, as the kernel is
+            sigma = self.fwhm / (2 * np.sqrt(2 * np.log(2))) / self.width
+            margin = int(4 * sigma) + 2  # keep the smoothed tails: the area stays the half cycle's capacity
+            self._smoothing = (margin, self._kernel(sigma))
+        margin, weights = self._smoothing
         curve = final or keeps_curve(self._cycle)
+        prev_v, prev_id = self._tracks[self._dir]
+        y, volts, found, ids, self._next_peak_id, searched = _close_window(
+            self._bins, self._lo, self._hi, self.v_min, self.width, margin, scale, weights, self.edges,
+            self.prominence, prev_v, prev_id, self.track_window, self._next_peak_id, curve)
+        if searched:
+            self._tracks[self._dir] = (found[0], ids)
+        v, h, p = found.tolist()
+        unit = "mah_g_v" if self.active_mass else "mah_v"
         row = MetricRow("dqdv", {
             "cycle_count": self._cycle,
             "test_time_second": self._t_end,
@@ -220,8 +386,9 @@ class DqdvOperator:
             "capacity_ah": self._q / 3600.0,
             "bin_width_volt": self.width,
             "voltage_volt": volts if curve else None,
-            f"dqdv_{unit}": smooth if curve else None,
-            "peaks": peaks,
+            f"dqdv_{unit}": y if curve else None,
+            "peaks": [{"id": i, "voltage_volt": vk, "height": hk, "prominence": pk}
+                      for i, vk, hk, pk in zip(ids.tolist(), v, h, p, strict=True)],
         })
         self._reset(None, None)
         return [row]
@@ -235,23 +402,3 @@ class DqdvOperator:
             impulse[radius] = 1.0
             self._weights = gaussian_filter1d(impulse, sigma, mode="constant")
         return self._weights
-
-    def _peaks(self, volts: np.ndarray, y: np.ndarray) -> list[dict]:
-        if y.size < 3 or not np.any(y > 0):
-            return []
-        idx, props = find_peaks(y, prominence=self.prominence * float(y.max()))
-        prev = self._tracks[self._dir]
-        used: set[int] = set()
-        peaks = []
-        for k, prom in zip(idx, props["prominences"], strict=True):
-            ids = [p for p in prev if p["id"] not in used and abs(p["voltage_volt"] - volts[k]) <= self.track_window]
-            if ids:
-                pid = min(ids, key=lambda p: abs(p["voltage_volt"] - volts[k]))["id"]
-            else:
-                pid = self._next_peak_id
-                self._next_peak_id += 1
-            used.add(pid)
-            peaks.append({"id": pid, "voltage_volt": float(volts[k]), "height": float(y[k]),
-                          "prominence": float(prom)})
-        self._tracks[self._dir] = peaks
-        return peaks
