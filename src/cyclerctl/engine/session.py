@@ -185,6 +185,7 @@ class Session:
         self.export_stream: Any = None  # store.stream.ExportStream of the running execute()
         self.export_time = 0.0  # s of wall time spent completing the exports at the end
         self.export_cpu = 0.0  # s of CPU time of this process for that
+        self._export_done: asyncio.Future | None = None  # the exports being completed (execute)
         self.notes: list[str] = []
         self.resumed = False
 
@@ -407,20 +408,37 @@ class Session:
         """Run every channel to its end; returns ch -> final state. The BDF exports are written while
         the run goes and completed at its end."""
         stream = self.export_stream = self._start_export_stream()
+        self._export_done = None
         try:
             results = await self._execute()
+            if self._export_done is not None:  # completed while the MQTT publisher sent the rest
+                self.exported = await self._export_done
         except BaseException:
+            if self._export_done is not None:
+                with contextlib.suppress(BaseException):
+                    await self._export_done
             if stream is not None:
                 stream.abandon()
             raise
-        if stream is not None:
-            t, c = time.perf_counter(), time.process_time()
-            if self.journal.failed is None:
-                self.exported = stream.finish()
-            else:
-                stream.abandon()
-            self.export_time, self.export_cpu = time.perf_counter() - t, time.process_time() - c
+        if stream is not None and self._export_done is None:
+            stream.abandon()  # the journal failed: the files are exported from it, if at all, later
         return results
+
+    def _complete_export(self) -> None:
+        """After the last commit: the streamed exports completed in a thread of their own, while the
+        MQTT publisher (another process) sends what it has not sent yet."""
+        stream = self.export_stream
+        if stream is None or self.journal.failed is not None:
+            return
+
+        def finish() -> list[Path]:
+            t, c = time.perf_counter(), time.process_time()
+            try:
+                return stream.finish()
+            finally:
+                self.export_time, self.export_cpu = time.perf_counter() - t, time.process_time() - c
+
+        self._export_done = asyncio.ensure_future(asyncio.to_thread(finish))
 
     def _start_export_stream(self):
         """The BDF files written while the run goes (store/stream.py), fed by every commit; a resumed
@@ -463,8 +481,10 @@ class Session:
                 committer = asyncio.create_task(self.journal.run_committer(stop_committer), name="committer")
             tasks = {ch: asyncio.create_task(self._run_channel(r, k), name=f"channel:{ch}")
                      for k, (ch, r) in enumerate(self.runners.items())}
+            ended = False
             try:
                 results = dict(zip(tasks, await asyncio.gather(*tasks.values()), strict=True))
+                ended = True
             except BaseException:
                 for t in tasks.values():
                     t.cancel()
@@ -478,6 +498,8 @@ class Session:
                     await committer
                 with contextlib.suppress(JournalError):
                     await self.journal.commit()
+                if ended:
+                    self._complete_export()
                 if mqtt_task is not None:
                     stop_mqtt.set()
                     try:
