@@ -33,6 +33,7 @@ from . import schema
 JOURNAL_NAME = "journal.sqlite"
 ROWS_PER_STATEMENT = 96  # sample rows per INSERT statement (at most 999 parameters: see _insert_samples)
 KICK_GAP = 0.01  # s of wall time: commits asked for early (kick) come at most this often
+INSERT_STATEMENTS_AT_ONCE = 64  # multi-row statements per executemany (bounds the Python floats alive)
 FEW_ROWS = 8  # channels with at most this many rows in a commit share one INSERT batch
 
 # (state name, engine state JSON, channel state) of a channel at the moment of a commit
@@ -389,7 +390,12 @@ class Journal:
         per = max(1, min(ROWS_PER_STATEMENT, 999 // width))  # 999: the oldest SQLite's parameter limit
         whole = len(values) // per * per
         if whole:
-            c.executemany(self._insert_statement(ch, used, per), values[:whole].reshape(-1, per * width).tolist())
+            sql = self._insert_statement(ch, used, per)
+            # a few thousand rows at a time: the Python floats of a second's rows at max speed (~25 MB
+            # for 100,000 rows) would otherwise all exist at once
+            step = per * INSERT_STATEMENTS_AT_ONCE
+            for a in range(0, whole, step):
+                c.executemany(sql, values[a:min(a + step, whole)].reshape(-1, per * width).tolist())
         if whole < len(values):
             c.executemany(self._insert_statement(ch, used, 1), values[whole:].tolist())
 
