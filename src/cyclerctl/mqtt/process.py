@@ -96,6 +96,9 @@ class _PipeFeed:
         self._thread.join(timeout=5)
 
 
+FEED_WAIT = 5.0  # s the pipe reader waits for room in the publisher's feed
+
+
 def _read_feed(fd: int, feed: CommittedFeed) -> None:
     """Child side: committed rows from the engine's pipe into the publisher's feed (a thread)."""
     with os.fdopen(fd, "rb") as f:
@@ -104,7 +107,11 @@ def _read_feed(fd: int, feed: CommittedFeed) -> None:
             data = f.read(int(head["bytes"]))
             if len(data) < int(head["bytes"]):
                 return
-            feed.push(head["ch"], np.frombuffer(data, dtype="<f8").reshape(int(head["n"]), int(head["cols"])))
+            # wait for the publisher to take what the feed holds (the pipe and the engine's bounded
+            # queue hold the next commits meanwhile); a publisher stuck for FEED_WAIT s (no broker)
+            # reads the dropped rows from the journal later
+            feed.push(head["ch"], np.frombuffer(data, dtype="<f8").reshape(int(head["n"]), int(head["cols"])),
+                      wait=FEED_WAIT)
 
 
 def _update(status: MqttStatus, msg: dict) -> None:

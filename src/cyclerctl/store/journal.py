@@ -59,11 +59,17 @@ class CommittedFeed:
         self._blocks: dict[str, deque[np.ndarray]] = {}
         self._rows = 0
         self._lock = threading.Lock()
+        self._taken = threading.Condition(self._lock)
         self.pushed = 0  # blocks handed over so far
 
-    def push(self, ch: str, rows: np.ndarray) -> None:
-        """rows: committed samples of `ch` (columns schema.SAMPLE_COLUMNS, consecutive seq)."""
+    def push(self, ch: str, rows: np.ndarray, wait: float = 0.0) -> None:
+        """rows: committed samples of `ch` (columns schema.SAMPLE_COLUMNS, consecutive seq). `wait`:
+        seconds to wait for the reader to make room before the oldest rows are dropped (a pusher that
+        may block, e.g. the thread reading the engine's pipe: at max speed one commit holds ~100,000
+        rows, and dropping them would send the reader to the journal for everything after)."""
         with self._lock:
+            if wait > 0:
+                self._taken.wait_for(lambda: self._rows == 0 or self._rows + len(rows) <= self.max_rows, wait)
             self.pushed += 1
             self._blocks.setdefault(ch, deque()).append(rows)
             self._rows += len(rows)
@@ -98,6 +104,7 @@ class CommittedFeed:
                     self._rows -= len(q.popleft())
                 else:
                     break
+            self._taken.notify_all()
             if not parts:
                 return None
             return parts[0] if len(parts) == 1 else np.concatenate(parts)
