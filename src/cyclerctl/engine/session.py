@@ -3,7 +3,8 @@
 `Session.create(...)` makes a new run directory (run.json + journal.sqlite) from channel plans;
 `Session.resume(run_dir)` rebuilds every channel from the committed journal state (engine state, the
 channel's saved model state, operator state replayed from the journal). `await session.execute()`
-runs everything until every channel is done, aborted or faulted, then exports. The MQTT publisher
+runs everything until every channel is done, aborted or faulted, then completes the exports (written
+while the run goes) while the MQTT publisher sends what it has not sent yet. The MQTT publisher
 runs in a process of its own (cyclerctl.mqtt.process; RunSettings.mqtt_process) or as a task here.
 """
 
