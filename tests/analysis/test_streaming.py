@@ -61,3 +61,19 @@ def test_rows_do_not_depend_on_block_splits(cuts):
         assert len(live[kind]) == len(rows), kind
         for a, b in zip(rows, live[kind], strict=True):
             same(a.data, b.data, kind)
+
+
+def test_one_sample_blocks_give_the_rows_of_one_block():
+    """Real-time acquisition hands every sample over as a block of its own, which the cycle and GITT
+    operators take on Python floats: the rows equal those of the whole stream in blocks."""
+    ones = []
+    for kind, item in ITEMS:
+        if kind != "samples":
+            ones.append((kind, item))
+            continue
+        ones += [("samples", {k: v[j:j + 1] for k, v in item.items()}) for j in range(item["voltage_volt"].size)]
+    live = run_stream(operators_for(CELL), ones)
+    for kind, rows in BATCH.items():
+        assert len(live[kind]) == len(rows), kind
+        for a, b in zip(rows, live[kind], strict=True):
+            same(a.data, b.data, kind)

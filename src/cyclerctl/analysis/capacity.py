@@ -125,6 +125,8 @@ class CycleOperator:
         i = column(rows, "current_ampere")
         sc = column(rows, "step_count")
         cyc = column(rows, "cycle_count")
+        if t.size == 1:
+            return self._feed_one(float(t[0]), float(v[0]), float(i[0]), float(sc[0]), float(cyc[0]))
         prev = self._prev if self._prev is not None else (math.nan, math.nan, math.nan, math.nan)
         self._prev = (t[-1], v[-1], i[-1], sc[-1])
         starts, cycles, sums = _segment_sums(t, v, i, sc, cyc, float(prev[0]), float(prev[1]), float(prev[2]),
@@ -144,6 +146,36 @@ class CycleOperator:
             acc.t_dis.add(t_neg)
             acc.t_chg.add(t_pos)
             acc.t_end = float(t[b - 1])
+        return out
+
+    def _feed_one(self, t: float, v: float, i: float, sc: float, cyc: float) -> list[MetricRow]:
+        """feed_samples for a block of one sample (real-time acquisition), on Python floats: the same
+        interval rule and sums as _segment_sums."""
+        pt, pv, pi, ps = self._prev if self._prev is not None else (math.nan, math.nan, math.nan, math.nan)
+        self._prev = (t, v, i, sc)
+        c = int(cyc) if math.isfinite(cyc) else 1
+        out: list[MetricRow] = []
+        if self._open is None or self._open.cycle != c:
+            out += self._close_cycle()
+            self._open = _CycleAccumulator(c, t)
+        acc = self._open
+        dt = t - pt
+        dq = 0.5 * (i + pi) * dt
+        q_neg = q_pos = e_neg = e_pos = t_neg = t_pos = 0.0
+        if ps == sc and math.isfinite(dq) and dt >= 0.0 and dq != 0.0 and sc not in self._excluded:
+            de = 0.5 * (v * abs(i) + pv * abs(pi)) * dt
+            de = de if math.isfinite(de) else 0.0
+            if dq < 0.0:
+                q_neg, e_neg, t_neg = dq, de, dt
+            else:
+                q_pos, e_pos, t_pos = dq, de, dt
+        acc.q_dis.add(-q_neg)
+        acc.q_chg.add(q_pos)
+        acc.e_dis.add(e_neg)
+        acc.e_chg.add(e_pos)
+        acc.t_dis.add(t_neg)
+        acc.t_chg.add(t_pos)
+        acc.t_end = t
         return out
 
     # ---- results ---------------------------------------------------------------------------------

@@ -315,6 +315,8 @@ class DqdvOperator:
             return []
         v, i = column(rows, "voltage_volt"), column(rows, "current_ampere")
         sc, cyc = column(rows, "step_count"), column(rows, "cycle_count")
+        if t.size == 1:
+            return self._feed_one(float(t[0]), float(v[0]), float(i[0]), float(sc[0]), float(cyc[0]))
         prev = self._prev if self._prev is not None else (np.nan, np.nan, np.nan, np.nan)
         self._prev = (float(t[-1]), float(v[-1]), float(i[-1]), float(sc[-1]))
         s0, s1 = sc[0], sc[-1]
@@ -353,6 +355,37 @@ class DqdvOperator:
             if pos >= n:
                 return out
             cur_d, cur_c = d, c
+
+    def _feed_one(self, t: float, v: float, i: float, sc: float, cyc: float) -> list[MetricRow]:
+        """feed_samples for a block of one sample (real-time acquisition), on Python floats: the same
+        interval rule, half-cycle change and bin spreading as _feed."""
+        pt, pv, pi, ps = self._prev if self._prev is not None else (math.nan, math.nan, math.nan, math.nan)
+        self._prev = (t, v, i, sc)
+        if sc in self._excluded:
+            return []
+        dq = 0.5 * (i + pi) * (t - pt)
+        if not (ps == sc and math.isfinite(dq) and math.isfinite(v) and math.isfinite(pv) and dq != 0.0):
+            return []
+        d = "discharge" if dq < 0 else "charge"
+        c = int(cyc) if math.isfinite(cyc) else 1
+        out: list[MetricRow] = []
+        if d != self._dir or c != self._cycle:
+            out = self._close()
+            self._reset(d, c)
+        a, b, w = (pv, v, abs(dq)) if pv <= v else (v, pv, abs(dq))
+        bins, width = self._bins, self.width
+        x0, x1 = (a - self.v_min) / width, (b - self.v_min) / width
+        last = bins.shape[0] - 1
+        k0, k1 = min(max(math.floor(x0), 0), last), min(max(math.floor(x1), 0), last)
+        if k0 == k1:
+            bins[k0] += w
+        else:
+            for k in range(k0, k1 + 1):
+                bins[k] += w * (min(x1, k + 1.0) - max(x0, float(k))) / (x1 - x0)
+        self._q += w
+        self._lo, self._hi = min(self._lo, a), max(self._hi, b)
+        self._t_end = t
+        return out
 
     # ---- read-out ----------------------------------------------------------------------------------
 

@@ -193,6 +193,9 @@ INVALIDATING = frozenset({"no_open_circuit_potential", "plateau", "not_relaxed",
                           "double_layer_delay"})
 
 
+_NO_RECENT = (np.empty(0), np.empty(0))  # no open-circuit tail (never written to)
+
+
 class GittOperator:
     """Per-pulse GITT rows (kind "gitt"), from steps whose technique is "gitt": a pulse is a step with
     current (tags role=pulse, or a CC step type), a rest the step after it. The row is emitted when the
@@ -246,6 +249,8 @@ class GittOperator:
         if t.size == 0:
             return []
         v = column(rows, "voltage_volt")
+        if t.size == 1 and self._mode != "pulse":
+            return self._feed_one(float(t[0]), float(v[0]), float(column(rows, "current_ampere")[0]))
         if self._pulse is not None and self._mode is not None:
             ok = np.isfinite(v)
             p = self._pulse
@@ -270,6 +275,23 @@ class GittOperator:
             else:
                 rt, rv = t[k:], v[k:]
             self._recent = (rt[-64:], rv[-64:])
+        return []
+
+    def _feed_one(self, t: float, v: float, i: float) -> list[MetricRow]:
+        """feed_samples for a block of one sample outside a pulse (real-time acquisition), on Python
+        floats: the same rest record and open-circuit tail as the array path."""
+        fin = math.isfinite(v)
+        if self._pulse is not None and self._mode == "rest" and fin:
+            p = self._pulse
+            p.rest_t.append(np.array((t - (p.rest_t0 if p.rest_t0 is not None else t),)))
+            p.rest_e.append(np.array((v,)))
+        if fin:
+            self._last_v = v
+        if not (fin and i == 0):
+            self._recent = _NO_RECENT
+        else:
+            rt, rv = self._recent
+            self._recent = (np.append(rt[-63:], t), np.append(rv[-63:], v))
         return []
 
     def _relaxed_before(self, t_start: float) -> tuple[float, float]:
