@@ -75,6 +75,17 @@ class _CycleAccumulator:
         self.t_start = t_start
         self.t_end = t_start
 
+    def add(self, q_neg: float, q_pos: float, e_neg: float, e_pos: float, t_neg: float, t_pos: float,
+            t_end: float) -> None:
+        """The charge, energy and time of intervals with ΔQ < 0 (discharge) and ΔQ > 0 (charge)."""
+        self.q_dis.add(-q_neg)
+        self.q_chg.add(q_pos)
+        self.e_dis.add(e_neg)
+        self.e_chg.add(e_pos)
+        self.t_dis.add(t_neg)
+        self.t_chg.add(t_pos)
+        self.t_end = t_end
+
 
 class CycleOperator:
     """Per-cycle capacity, CE, energy, mean voltages, retention and cumulative irreversible capacity
@@ -138,14 +149,7 @@ class CycleOperator:
             if self._open is None or self._open.cycle != c:
                 out += self._close_cycle()
                 self._open = _CycleAccumulator(c, float(t[a]))
-            acc = self._open
-            acc.q_dis.add(-q_neg)
-            acc.q_chg.add(q_pos)
-            acc.e_dis.add(e_neg)
-            acc.e_chg.add(e_pos)
-            acc.t_dis.add(t_neg)
-            acc.t_chg.add(t_pos)
-            acc.t_end = float(t[b - 1])
+            self._open.add(q_neg, q_pos, e_neg, e_pos, t_neg, t_pos, float(t[b - 1]))
         return out
 
     def _feed_one(self, t: float, v: float, i: float, sc: float, cyc: float) -> list[MetricRow]:
@@ -169,13 +173,7 @@ class CycleOperator:
                 q_neg, e_neg, t_neg = dq, de, dt
             else:
                 q_pos, e_pos, t_pos = dq, de, dt
-        acc.q_dis.add(-q_neg)
-        acc.q_chg.add(q_pos)
-        acc.e_dis.add(e_neg)
-        acc.e_chg.add(e_pos)
-        acc.t_dis.add(t_neg)
-        acc.t_chg.add(t_pos)
-        acc.t_end = t
+        acc.add(q_neg, q_pos, e_neg, e_pos, t_neg, t_pos, t)
         return out
 
     # ---- results ---------------------------------------------------------------------------------
