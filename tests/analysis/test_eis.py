@@ -225,3 +225,23 @@ def test_warburg_sigma_error_follows_the_fit_covariance_and_no_diffusion_element
     assert arc_only["warburg_coefficient_ohm_s_half"] == arc_only["warburg_coefficient_graphical_ohm_s_half"]
     assert arc_only["warburg_coefficient_stderr_ohm_s_half"] is None
     assert arc_only["diffusion_coefficient_cm2_s"] == arc_only["diffusion_coefficient_graphical_cm2_s"]
+
+
+def test_a_trial_step_with_tau_or_q_underflowing_to_zero_is_a_non_finite_residual_not_an_error():
+    """ln τ (or ln Q) far negative: τ = 0 exactly; the derivative in τ is then not finite and the
+    evaluation must say so (residual 10^6, derivative 0) rather than raise."""
+    from cyclerctl.analysis.circuit_kernel import residuals_into
+
+    freq = np.logspace(5, -2, 20)
+    for text, p, k in (("R0-p(R1-Sph1,C1)", [5.0, 60.0, 900.0, 2000.0, 2e-5], 3),
+                       ("R0-p(R1,CPE1)", [5.0, 60.0, 2e-5, 0.9], 2)):
+        c = parse_circuit(text)
+        z = c.impedance(p, freq)
+        is_alpha = np.array([n.endswith("_alpha") for n in c.names])
+        x = np.where(is_alpha, p, np.log(p))
+        x[k] = -800.0  # exp(-800) = 0.0
+        r, jac = np.empty(2 * freq.size), np.empty((len(p), 2 * freq.size))
+        dz = np.empty((len(p), freq.size), dtype=complex)
+        residuals_into(c.program, 2 * np.pi * freq, x, is_alpha, z, 1 / np.abs(z), dz, r, jac)
+        assert np.all(np.isfinite(r)) and np.all(np.isfinite(jac))
+        assert np.any(r == 1e6) or np.all(jac[k] == 0.0)

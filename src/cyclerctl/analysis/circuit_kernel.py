@@ -105,8 +105,9 @@ def impedance_into(program: np.ndarray, w: np.ndarray, p: np.ndarray, z: np.ndar
                     dz[a, k] = complex(0.0, wk)
                 elif op == CPE:  # 1/(Q (jω)^α), ln jω = ln ω + jπ/2
                     lj = complex(math.log(wk), half_pi)
-                    zt = cmath.exp(-p[a + 1] * lj) / v
-                    dz[a, k] = -zt / v
+                    iv = 1.0 / v  # real division: inf for Q = 0 (a complex one would raise)
+                    zt = cmath.exp(-p[a + 1] * lj) * iv
+                    dz[a, k] = -zt * iv
                     dz[a + 1, k] = -zt * lj
                 elif op == W:
                     wb = (1.0 - 1j) / math.sqrt(wk)
@@ -119,7 +120,9 @@ def impedance_into(program: np.ndarray, w: np.ndarray, p: np.ndarray, z: np.ndar
                     g, dg = _diffusion_shape(op, s)
                     zt = v * g
                     dz[a, k] = g
-                    dz[a + 1, k] = v * dg * s / (2.0 * tau)  # ds/dτ = s/(2τ)
+                    # ds/dτ = s/(2τ); the real reciprocal is inf where τ underflowed to 0 (a trial
+                    # step far out), where a complex division would raise
+                    dz[a + 1, k] = v * dg * s * (0.5 / tau)
             zs[sp] = zt
             los[sp] = lo
             his[sp] = hi
