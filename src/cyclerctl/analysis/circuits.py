@@ -223,6 +223,8 @@ def warburg_coefficient(fit: FitResult) -> tuple[float, float, str] | None:
     return None
 BRIEF_READ_OFF = 5  # evaluations per parameter for each start read off the spectrum, before the best is converged
 BRIEF_GENERIC = 15  # the same for each generic start
+WARM = 5  # evaluations per parameter for the run from the previous fit of a series (fit_circuit `previous`)
+WARM_RANGE = 1.5  # the warm fit counts only if no parameter moved by more than this factor (α: by ln of it)
 CONVERGE = 30  # evaluations per parameter for the run to convergence (a degenerate valley, e.g. an arc
 # outside the window trading R0 against R1, is not followed further: its cost no longer changes)
 
@@ -392,7 +394,8 @@ def initial_guess(circuit: Circuit, freq: np.ndarray, z: np.ndarray) -> list[np.
 
 
 def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
-                guess: list[float] | None = None, good_chi2: float | None = None) -> FitResult:
+                guess: list[float] | None = None, good_chi2: float | None = None,
+                previous: np.ndarray | None = None) -> FitResult:
     """CNLS with modulus weighting: minimise Σ |Z_model − Z|²/|Z|² over log-parameters (CPE α in
     (0, 1]), with the Jacobian of the circuit in closed form. Standard errors from the Jacobian at
     the optimum, scaled by the residual variance.
@@ -406,7 +409,16 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
     has χ² ≤ `good_chi2` (analyze_spectrum: the Lin-KK residual variance of the same spectrum; the
     circuit then explains it as well as the causal linear model does) it is the result. Otherwise
     (and always when `good_chi2` is None) every generic start runs briefly (`BRIEF_GENERIC`), the
-    best of them to convergence, and the lower χ² of the two fits wins."""
+    best of them to convergence, and the lower χ² of the two fits wins.
+
+    Warm start: `previous` (parameters, e.g. this circuit's fit to the spectrum before in a series)
+    is run first, at most `WARM` evaluations per parameter. If that converges with χ² ≤ `good_chi2`
+    and no parameter moved by more than a factor `WARM_RANGE`, it is the result and nothing is read
+    off the spectrum. Otherwise (and with `good_chi2` None, or `previous` not a finite positive
+    point of the circuit) the starts above run as if it had not been given. The factor keeps the
+    fit in the previous minimum's basin: where a circuit has more elements than the spectrum shows
+    (a two-arc circuit on a one-arc spectrum) its minima are many and within a few % in χ², and a
+    warm run that wanders off (e.g. τ → ∞) may end in a worse one than the starts would find."""
     c = parse_circuit(circuit) if isinstance(circuit, str) else circuit
     freq = np.asarray(freq, dtype=np.float64)
     z = np.asarray(z, dtype=complex)
@@ -459,17 +471,48 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
             return None
         return _Run(res.x, float(res.cost), jac_rows(res.x).copy(), bool(res.success))
 
-    physical, generic = ([np.asarray(guess, float)], []) if guess is not None else _starts(c, freq, z)
-
     def log_x(p0: np.ndarray) -> np.ndarray:
         return np.where(is_alpha, np.clip(p0, 0.31, 0.99), np.log(np.maximum(p0, 1e-300)))
 
     dof = max(2 * freq.size - n_par, 1)
     good_cost = -math.inf if good_chi2 is None else 0.5 * good_chi2 * dof
+    best = None
+    if previous is not None and good_chi2 is not None:
+        p_prev = np.asarray(previous, dtype=np.float64)
+        if p_prev.shape == (n_par,) and np.all(np.isfinite(p_prev)) and np.all(p_prev > 0):
+            x_prev = log_x(p_prev)
+            warm = run(x_prev, 1e-12, WARM)
+            if (warm is not None and warm.success and warm.cost <= good_cost
+                    and np.all(np.abs(warm.x - x_prev) <= math.log(WARM_RANGE))):
+                best = warm
+    if best is None:
+        best = _cold_fit(c, freq, z, guess, run, log_x, good_cost)
+    if best is None:
+        return FitResult(c.text, list(c.names), np.full(n_par, np.nan), np.full(n_par, np.nan), np.nan, False)
+    values = to_params(best.x)
+    s2 = 2 * best.cost / dof
+    try:
+        cov = np.linalg.pinv(best.jac @ best.jac.T) * s2
+        se_x = np.sqrt(np.clip(np.diag(cov), 0, None))
+    except np.linalg.LinAlgError:
+        cov, se_x = None, np.full(len(values), np.nan)
+    with np.errstate(all="ignore"):
+        stderr = np.where(is_alpha, se_x, values * se_x)
+    n = 2 * freq.size
+    aic = n * math.log(max(2 * best.cost, 1e-300) / n) + 2 * len(values)
+    return FitResult(c.text, list(c.names), values, stderr, float(s2), bool(best.success), float(aic), cov)
+
+
+def _cold_fit(c: Circuit, freq: np.ndarray, z: np.ndarray, guess: list[float] | None,
+              run: Callable[[np.ndarray, float, int], _Run | None], log_x: Callable[[np.ndarray], np.ndarray],
+              good_cost: float) -> _Run | None:
+    """The multi-start search of `fit_circuit`: the starts read off the spectrum briefly, the best to
+    convergence; the generic starts too if its cost is above `good_cost`; the lower cost wins."""
+    physical, generic = ([np.asarray(guess, float)], []) if guess is not None else _starts(c, freq, z)
     if not physical:  # nothing read off the spectrum: the first generic start stands in
         physical, generic = generic[:1], generic[1:]
 
-    def brief_best(group: list[np.ndarray], nfev: int = 15):
+    def brief_best(group: list[np.ndarray], nfev: int) -> _Run | None:
         """Every start of `group` for `nfev` × (number of parameters) evaluations; the lowest cost."""
         out = None
         for p0 in group:
@@ -490,17 +533,4 @@ def fit_circuit(circuit: Circuit | str, freq: np.ndarray, z: np.ndarray,
             brief = run(brief.x, 1e-12, CONVERGE) or brief
             if best is None or brief.cost < best.cost:
                 best = brief
-    if best is None:
-        return FitResult(c.text, list(c.names), np.full(n_par, np.nan), np.full(n_par, np.nan), np.nan, False)
-    values = to_params(best.x)
-    s2 = 2 * best.cost / dof
-    try:
-        cov = np.linalg.pinv(best.jac @ best.jac.T) * s2
-        se_x = np.sqrt(np.clip(np.diag(cov), 0, None))
-    except np.linalg.LinAlgError:
-        cov, se_x = None, np.full(len(values), np.nan)
-    with np.errstate(all="ignore"):
-        stderr = np.where(is_alpha, se_x, values * se_x)
-    n = 2 * freq.size
-    aic = n * math.log(max(2 * best.cost, 1e-300) / n) + 2 * len(values)
-    return FitResult(c.text, list(c.names), values, stderr, float(s2), bool(best.success), float(aic), cov)
+    return best

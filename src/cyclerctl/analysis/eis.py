@@ -134,8 +134,13 @@ class EisSettings:
     ocv_slope: Callable[[], float | None] | None = field(default=None, repr=False)
 
 
-def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings) -> dict:
-    """Lin-KK, σ window, circuit fits and diffusion coefficients of one spectrum."""
+def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings,
+                     warm_starts: dict[str, np.ndarray] | None = None) -> dict:
+    """Lin-KK, σ window, circuit fits and diffusion coefficients of one spectrum.
+
+    `warm_starts` (circuit → parameters, read and updated in place): each circuit is first started
+    from its entry (fit_circuit `previous`), and afterwards the entry holds this fit if its χ² is at
+    most the Lin-KK level, else it is dropped (the next spectrum starts that circuit cold)."""
     kk = lin_kk(freq, z)
     flags = ["kk_invalid"] if kk["max_residual"] > settings.kk_limit else []
     out: dict = {"frequency_hertz": freq, "real_impedance_ohm": z.real, "imaginary_impedance_ohm": z.imag,
@@ -153,8 +158,15 @@ def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings) -> 
     if not sig:
         flags.append("no_warburg_region")
     fits, best = [], None
+    good_chi2 = settings.good_fit_kk_ratio * kk["chi2"]
     for text, roles in settings.circuits:
-        fr = fit_circuit(text, freq, z, good_chi2=settings.good_fit_kk_ratio * kk["chi2"])
+        fr = fit_circuit(text, freq, z, good_chi2=good_chi2,
+                         previous=warm_starts.get(text) if warm_starts is not None else None)
+        if warm_starts is not None:
+            if fr.chi2 <= good_chi2 and np.all(np.isfinite(fr.values)):
+                warm_starts[text] = fr.values.copy()
+            else:
+                warm_starts.pop(text, None)
         d = fr.as_dict()
         d["roles"] = {k: d["parameters"].get(v) for k, v in roles.items()}
         d["role_stderr"] = {k: d["stderr"].get(v) for k, v in roles.items()}
@@ -208,6 +220,9 @@ class EisOperator:
         self._buf: list[tuple[np.ndarray, ...]] = []
         self._meta: dict = {}
         self.results: list[dict] = []  # rows so far (the Arrhenius operator reads them)
+        # each circuit's last fit at the Lin-KK level: the first start of the next spectrum's fit (a
+        # series of similar spectra); updated only at the sweep end, so block splits do not matter
+        self._warm_starts: dict[str, np.ndarray] = {}
 
     def feed_event(self, event: Event) -> list[MetricRow]:
         out = []
@@ -239,7 +254,7 @@ class EisOperator:
         self._buf = []
         if f.size < 5:
             return []
-        data = analyze_spectrum(f, re_ + 1j * im, self.s)
+        data = analyze_spectrum(f, re_ + 1j * im, self.s, self._warm_starts)
         tk = float(np.nanmean(temp)) + KELVIN_OFFSET if np.isfinite(temp).any() else None
         data.update(self._meta)
         data.update({"test_time_second": float(t[-1]), "temperature_kelvin": tk,
