@@ -403,31 +403,38 @@ def randles_profile_into(w: np.ndarray, z_we: np.ndarray, z_total: np.ndarray, c
     linear least squares on 1/(1/Z − jωC_dl) (weights (|Z/z_f|²/|Z_total|)², the errors mapped back to
     Z), and the cost Σ|Z_model − Z|²/|Z_total|² (circuits.randles_profile)."""
     n = w.size
+    u = np.empty(n)  # ω^-½
+    y_we = np.empty(n, dtype=np.complex128)  # 1/Z
+    z_abs = np.empty(n)
+    z_abs2 = np.empty(n)
+    for k in range(n):  # what does not depend on C_dl, once
+        u[k] = 1.0 / math.sqrt(w[k])
+        y_we[k] = _inv(z_we[k])
+        z_abs[k] = abs(z_total[k])
+        z_abs2[k] = z_total[k].real ** 2 + z_total[k].imag ** 2
     for t in range(c.size):
         s11 = s12 = s22 = b1 = b2 = 0.0
         for k in range(n):
-            u = 1.0 / math.sqrt(w[k])
-            y = _inv(z_we[k]) - 1j * w[k] * c[t]  # 1/z_f
+            uk = u[k]
+            y = y_we[k] - 1j * w[k] * c[t]  # 1/z_f
             zf = _inv(y)
             q = z_we[k] * y  # Z/z_f
             m2 = q.real * q.real + q.imag * q.imag
-            wt = m2 / abs(z_total[k])
+            wt = m2 / z_abs[k]
             wt2 = wt * wt
             s11 += wt2
-            s12 += wt2 * u
-            s22 += wt2 * 2.0 * u * u
+            s12 += wt2 * uk
+            s22 += wt2 * 2.0 * uk * uk
             b1 += wt2 * zf.real
-            b2 += wt2 * u * (zf.real - zf.imag)
+            b2 += wt2 * uk * (zf.real - zf.imag)
         det = s11 * s22 - s12 * s12
         rc = (s22 * b1 - s12 * b2) / det
         sg = (s11 * b2 - s12 * b1) / det
         total = 0.0
         for k in range(n):
-            u = 1.0 / math.sqrt(w[k])
-            zm = _inv(1j * w[k] * c[t] + _inv(rc + sg * (1.0 - 1j) * u))
+            zm = _inv(1j * w[k] * c[t] + _inv(rc + sg * (1.0 - 1j) * u[k]))
             d = zm - z_we[k]
-            zt2 = z_total[k].real ** 2 + z_total[k].imag ** 2
-            total += (d.real * d.real + d.imag * d.imag) / zt2
+            total += (d.real * d.real + d.imag * d.imag) / z_abs2[k]
         r_ct[t] = rc
         sigma[t] = sg
         cost[t] = total
