@@ -58,76 +58,100 @@ def _diffusion_shape(kind: int, s: complex) -> tuple[complex, complex]:
 
 @njit(cache=True, error_model="numpy")
 def impedance_into(program: np.ndarray, w: np.ndarray, p: np.ndarray, z: np.ndarray, dz: np.ndarray) -> None:
-    """Z (into `z`, one per angular frequency `w`) and ∂Z/∂p (into `dz`, parameter × frequency)."""
+    """Z (into `z`, one per angular frequency `w`) and ∂Z/∂p (into `dz`, parameter × frequency).
+    One op at a time over every frequency (the op decoded once, each loop over contiguous rows);
+    at each frequency the arithmetic is that of a frequency-at-a-time pass, in the same order."""
     n_ops = program.shape[0]
-    zs = np.empty(n_ops, dtype=np.complex128)
-    ys = np.empty(n_ops, dtype=np.complex128)
+    nw = w.size
+    zs = np.empty((n_ops, nw), dtype=np.complex128)  # the operand stack, one row per entry
+    ys = np.empty((n_ops, nw), dtype=np.complex128)
+    ysum = np.empty(nw, dtype=np.complex128)
     los = np.empty(n_ops, dtype=np.int64)
     his = np.empty(n_ops, dtype=np.int64)
     half_pi = 0.5 * math.pi
-    for k in range(w.size):
-        wk = w[k]
-        sp = 0
-        for o in range(n_ops):
-            op = program[o, 0]
-            a = program[o, 1]
-            if op == SERIES or op == PARALLEL:
-                base = sp - a
-                if op == SERIES:
-                    zt = 0j
+    sp = 0
+    for o in range(n_ops):
+        op = program[o, 0]
+        a = program[o, 1]
+        if op == SERIES or op == PARALLEL:
+            base = sp - a
+            zt = zs[base]  # the result goes where the first operand was
+            if op == SERIES:
+                for k in range(nw):
+                    acc = 0j
                     for i in range(base, sp):
-                        zt += zs[i]
-                else:
+                        acc += zs[i, k]
+                    zt[k] = acc
+            else:
+                for k in range(nw):
                     y = 0j
                     for i in range(base, sp):
-                        ys[i] = _inv(zs[i])
-                        y += ys[i]
-                    zt = _inv(y)
-                    for i in range(base, sp):
-                        f = zt * ys[i]
-                        f = f * f
-                        for q in range(los[i], his[i]):
-                            dz[q, k] *= f
-                lo, hi = los[base], his[sp - 1]
-                sp = base
+                        yi = _inv(zs[i, k])
+                        ys[i, k] = yi
+                        y += yi
+                    ysum[k] = _inv(y)
+                for i in range(base, sp):
+                    for k in range(nw):
+                        f = ysum[k] * ys[i, k]
+                        ys[i, k] = f * f
+                    for q in range(los[i], his[i]):
+                        row = dz[q]
+                        for k in range(nw):
+                            row[k] *= ys[i, k]
+                for k in range(nw):
+                    zt[k] = ysum[k]
+            lo, hi = los[base], his[sp - 1]
+            sp = base
+        else:
+            lo, hi = a, a + N_PARAMS[op]
+            v = p[a]
+            zt = zs[sp]
+            d0 = dz[a]
+            if op == R:
+                for k in range(nw):
+                    zt[k] = v + 0j
+                    d0[k] = 1.0
+            elif op == C:  # 1/(jωC) = −j/(ωC)
+                for k in range(nw):
+                    wc = w[k] * v
+                    zt[k] = complex(0.0, -1.0 / wc)
+                    d0[k] = complex(0.0, 1.0 / (wc * v))
+            elif op == L:
+                for k in range(nw):
+                    zt[k] = complex(0.0, w[k] * v)
+                    d0[k] = complex(0.0, w[k])
+            elif op == CPE:  # 1/(Q (jω)^α), ln jω = ln ω + jπ/2
+                d1 = dz[a + 1]
+                iv = 1.0 / v  # real division: inf for Q = 0 (a complex one would raise)
+                for k in range(nw):
+                    lj = complex(math.log(w[k]), half_pi)
+                    zk = cmath.exp(-p[a + 1] * lj) * iv
+                    zt[k] = zk
+                    d0[k] = -zk * iv
+                    d1[k] = -zk * lj
+            elif op == W:
+                for k in range(nw):
+                    wb = (1.0 - 1j) / math.sqrt(w[k])
+                    zt[k] = v * wb
+                    d0[k] = wb
             else:
-                lo, hi = a, a + N_PARAMS[op]
-                v = p[a]
-                if op == R:
-                    zt = v + 0j
-                    dz[a, k] = 1.0
-                elif op == C:  # 1/(jωC) = −j/(ωC)
-                    wc = wk * v
-                    zt = complex(0.0, -1.0 / wc)
-                    dz[a, k] = complex(0.0, 1.0 / (wc * v))
-                elif op == L:
-                    zt = complex(0.0, wk * v)
-                    dz[a, k] = complex(0.0, wk)
-                elif op == CPE:  # 1/(Q (jω)^α), ln jω = ln ω + jπ/2
-                    lj = complex(math.log(wk), half_pi)
-                    iv = 1.0 / v  # real division: inf for Q = 0 (a complex one would raise)
-                    zt = cmath.exp(-p[a + 1] * lj) * iv
-                    dz[a, k] = -zt * iv
-                    dz[a + 1, k] = -zt * lj
-                elif op == W:
-                    wb = (1.0 - 1j) / math.sqrt(wk)
-                    zt = v * wb
-                    dz[a, k] = wb
-                else:
-                    tau = p[a + 1]
-                    q = math.sqrt(0.5 * wk * tau)
+                d1 = dz[a + 1]
+                tau = p[a + 1]
+                # ds/dτ = s/(2τ); the real reciprocal is inf where τ underflowed to 0 (a trial
+                # step far out), where a complex division would raise
+                half_inv_tau = 0.5 / tau
+                for k in range(nw):
+                    q = math.sqrt(0.5 * w[k] * tau)
                     s = complex(q, q)  # √(jωτ)
                     g, dg = _diffusion_shape(op, s)
-                    zt = v * g
-                    dz[a, k] = g
-                    # ds/dτ = s/(2τ); the real reciprocal is inf where τ underflowed to 0 (a trial
-                    # step far out), where a complex division would raise
-                    dz[a + 1, k] = v * dg * s * (0.5 / tau)
-            zs[sp] = zt
-            los[sp] = lo
-            his[sp] = hi
-            sp += 1
-        z[k] = zs[0]
+                    zt[k] = v * g
+                    d0[k] = g
+                    d1[k] = v * dg * s * half_inv_tau
+        los[sp] = lo
+        his[sp] = hi
+        sp += 1
+    for k in range(nw):
+        z[k] = zs[0, k]
 
 
 @njit(cache=True, error_model="numpy")
@@ -146,17 +170,22 @@ def residuals_into(program: np.ndarray, w: np.ndarray, x: np.ndarray, is_alpha: 
         else:
             p[i] = math.exp(x[i])
             dp[i] = p[i]
-    z = np.empty(w.size, dtype=np.complex128)
+    nw = w.size
+    z = np.empty(nw, dtype=np.complex128)
     impedance_into(program, w, p, z, dz)
-    for k in range(w.size):
+    re_ok = np.empty(nw, dtype=np.bool_)
+    im_ok = np.empty(nw, dtype=np.bool_)
+    for k in range(nw):
         d = (z[k] - z_data[k]) * inv_w[k]
-        re_ok, im_ok = math.isfinite(d.real), math.isfinite(d.imag)
-        r[2 * k] = d.real if re_ok else 1e6
-        r[2 * k + 1] = d.imag if im_ok else 1e6
-        for i in range(n):
-            v = dz[i, k] * (dp[i] * inv_w[k])
-            jac[i, 2 * k] = v.real if re_ok and math.isfinite(v.real) else 0.0
-            jac[i, 2 * k + 1] = v.imag if im_ok and math.isfinite(v.imag) else 0.0
+        re_ok[k], im_ok[k] = math.isfinite(d.real), math.isfinite(d.imag)
+        r[2 * k] = d.real if re_ok[k] else 1e6
+        r[2 * k + 1] = d.imag if im_ok[k] else 1e6
+    for i in range(n):  # one row of J at a time
+        row, dzi, dpi = jac[i], dz[i], dp[i]
+        for k in range(nw):
+            v = dzi[k] * (dpi * inv_w[k])
+            row[2 * k] = v.real if re_ok[k] and math.isfinite(v.real) else 0.0
+            row[2 * k + 1] = v.imag if im_ok[k] and math.isfinite(v.imag) else 0.0
 
 
 @njit(cache=True, error_model="numpy")
