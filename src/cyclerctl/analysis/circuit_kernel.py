@@ -220,19 +220,30 @@ def _cholesky_solve(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
 
 @njit(cache=True, error_model="numpy")
 def _normal_equations(jac: np.ndarray, r: np.ndarray, a: np.ndarray, g: np.ndarray) -> None:
-    """a = J·Jᵀ and g = J·r for the Jacobian `jac` stored one row per variable."""
+    """a = J·Jᵀ and g = J·r for the Jacobian `jac` stored one row per variable. Four sums at a time
+    over k (independent chains, each summed in order of k, as one at a time would)."""
     n, m = jac.shape
-    for i in range(n):
-        s = 0.0
-        for k in range(m):
-            s += jac[i, k] * r[k]
-        g[i] = s
-        for j in range(i + 1):
-            s = 0.0
+    for i in range(n):  # row i against r (j = -1) and rows 0..i, four of them per pass over k
+        j = -1
+        while j < i + 1:
+            j0, j1, j2, j3 = j, j + 1, j + 2, j + 3
+            s0 = s1 = s2 = s3 = 0.0
             for k in range(m):
-                s += jac[i, k] * jac[j, k]
-            a[i, j] = s
-            a[j, i] = s
+                jik = jac[i, k]
+                s0 += jik * (r[k] if j0 < 0 else jac[j0, k])
+                if j1 <= i:
+                    s1 += jik * jac[j1, k]
+                if j2 <= i:
+                    s2 += jik * jac[j2, k]
+                if j3 <= i:
+                    s3 += jik * jac[j3, k]
+            for jj, sv in ((j0, s0), (j1, s1), (j2, s2), (j3, s3)):
+                if jj < 0:
+                    g[i] = sv
+                elif jj <= i:
+                    a[i, jj] = sv
+                    a[jj, i] = sv
+            j += 4
 
 
 @njit(cache=True, error_model="numpy")
