@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.linalg
 
 from .base import KELVIN_OFFSET, Event, MetricRow, column
 from .circuits import fit_circuit, warburg_coefficient
@@ -74,7 +75,9 @@ def lin_kk(freq: np.ndarray, z: np.ndarray, per_decade: float = 6.0, m_fixed: in
     b = np.r_[z.real / wmod, z.imag / wmod]
     scale = np.linalg.norm(a, axis=0)
     scale[scale == 0] = 1
-    x, *_ = np.linalg.lstsq(a / scale, b, rcond=None)
+    # QR with column pivoting (LAPACK gelsy; rank-revealing like the SVD of numpy's lstsq, at less
+    # than half its cost on this 2N × (M + 3) system)
+    x, *_ = scipy.linalg.lstsq(a / scale, b, lapack_driver="gelsy")
     x = x / scale
     rk = x[1:m_fixed + 1]
     pos = np.abs(rk[rk >= 0]).sum()
