@@ -245,3 +245,96 @@ def test_a_trial_step_with_tau_or_q_underflowing_to_zero_is_a_non_finite_residua
         residuals_into(c.program, 2 * np.pi * freq, x, is_alpha, z, 1 / np.abs(z), dz, r, jac)
         assert np.all(np.isfinite(r)) and np.all(np.isfinite(jac))
         assert np.any(r == 1e6) or np.all(jac[k] == 0.0)
+
+
+def _series(kind, n=6, noise=0.002, seed=11):
+    """Similar spectra one after the other (an EIS after every cycle): R_ct rising 8 % each."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        if kind == "two-arc":  # the coin half cell: counter-electrode arc, then the working electrode
+            freq = np.logspace(5, -2, 49)
+            z = parse_circuit("R0-p(R1,C1)-p(R2-Sph1,C2)").impedance(
+                [4.0, 6.0, 1.5e-6, 25.0 * 1.08 ** k, 900.0, 2000.0, 2e-5], freq)
+        else:  # one arc: the two-arc circuits have more elements than the spectrum shows
+            freq = np.logspace(5, -2, 57)
+            z = randles_sphere_impedance(freq, r_s=5.0, r_ct=60.0 * 1.08 ** k, c_dl=20e-6, ocv_slope=SLOPE,
+                                         tau_d=TAU, q_th=Q_TH)
+        out.append((freq, z * (1 + noise * (rng.standard_normal(z.size) + 1j * rng.standard_normal(z.size))
+                               / np.sqrt(2))))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["two-arc", "one-arc"])
+def test_warm_started_fits_equal_the_cold_fits_on_a_spectrum_series(kind, monkeypatch):
+    """Each circuit started from its fit to the spectrum before: every fit has the χ² of the cold
+    multi-start fit (to the fit tolerance), the best circuit and its R_s, R_ct, C_dl are the same, and
+    fewer spectra needed the starts read off the spectrum."""
+    from cyclerctl.analysis import circuits
+
+    calls = [0]
+    starts = circuits._starts
+
+    def counted(*a):
+        calls[0] += 1
+        return starts(*a)
+
+    monkeypatch.setattr(circuits, "_starts", counted)
+    series = _series(kind)
+    settings = EisSettings(particle_radius=RP, ocv_slope_per_coulomb=SLOPE / Q_TH)
+    cold = [analyze_spectrum(f, z, settings) for f, z in series]
+    n_cold, calls[0] = calls[0], 0
+    warm_starts: dict = {}
+    warm = [analyze_spectrum(f, z, settings, warm_starts) for f, z in series]
+    assert calls[0] < n_cold if kind == "two-arc" else calls[0] <= n_cold
+    assert warm_starts  # circuits at the Lin-KK level were kept for the next spectrum
+    for a, b in zip(cold, warm, strict=True):
+        for fa, fb in zip(a["fits"], b["fits"], strict=True):
+            assert fb["chi2"] == pytest.approx(fa["chi2"], rel=1e-6), fa["circuit"]
+        assert b["best_circuit"] == a["best_circuit"]
+        for key in ("series_resistance_ohm", "charge_transfer_resistance_ohm", "double_layer_capacitance_farad",
+                    "diffusion_coefficient_cm2_s"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6), key
+
+
+def test_a_bad_previous_start_still_gives_the_cold_fit():
+    """A previous fit from a very different spectrum (R_ct ×10, C_dl ÷10, τ ×100), a nonsense point and
+    a malformed one: each falls back to the cold starts, and the result is the cold fit itself."""
+    text = "R0-p(R1,C1)-p(R2-Sph1,C2)"
+    freq, z = _series("two-arc", n=1)[0]
+    good = lin_kk(freq, z)["chi2"]
+    cold = fit_circuit(text, freq, z, good_chi2=good)
+    other = parse_circuit(text).impedance([4.0, 6.0, 1.5e-6, 250.0, 900.0, 2e5, 2e-6], freq)
+    far = fit_circuit(text, freq, other, good_chi2=lin_kk(freq, other)["chi2"]).values
+    for bad in (far, np.ones(7), np.full(7, 1e30), [4.0, 6.0, -1.0, 25.0, 900.0, 2000.0, 2e-5], np.ones(3)):
+        fit = fit_circuit(text, freq, z, good_chi2=good, previous=bad)
+        np.testing.assert_array_equal(fit.values, cold.values)
+        assert fit.chi2 == cold.chi2
+    near = fit_circuit(text, freq, z, good_chi2=good, previous=cold.values * 1.05)  # and a good one is taken
+    np.testing.assert_allclose(near.values, cold.values, rtol=1e-6)
+
+
+def test_eis_series_through_the_operator_does_not_depend_on_block_splits():
+    """The warm starts change only at the end of a sweep: the rows of an EIS series are the same for
+    one block per spectrum and for blocks of 7 samples."""
+    series = _series("two-arc", n=4)
+
+    def rows(block):
+        op, out, seq = EisOperator(EisSettings()), [], 0
+        for k, (f, z) in enumerate(series):
+            op.feed_event(Event("step_start", float(seq), 1, k + 1, seq, {"technique": "eis", "step_type": "EIS"}))
+            cols = {"test_time_second": seq + np.arange(f.size, dtype=float), "voltage_volt": np.full(f.size, 0.5),
+                    "current_ampere": np.zeros(f.size), "frequency_hertz": f, "real_impedance_ohm": z.real,
+                    "imaginary_impedance_ohm": z.imag, "temperature_t1_celsius": np.full(f.size, 25.0)}
+            for a in range(0, f.size, block):
+                op.feed_samples({key: v[a:a + block] for key, v in cols.items()})
+            seq += f.size
+            out += op.feed_event(Event("step_end", float(seq), 1, k + 1, seq, {"reason": "complete"}))
+        return out
+
+    whole, small = rows(1000), rows(7)
+    assert len(whole) == len(small) == len(series)
+    for a, b in zip(whole, small, strict=True):
+        for fa, fb in zip(a.data["fits"], b.data["fits"], strict=True):
+            assert fa["parameters"] == fb["parameters"] and fa["chi2"] == fb["chi2"]
+        assert a.data["charge_transfer_resistance_ohm"] == b.data["charge_transfer_resistance_ohm"]
