@@ -100,7 +100,7 @@ def test_bad_files_give_one_line_errors(tmp_path, capsys):
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
 
 
-def test_impedance_waveform_from_elsewhere_is_demodulated_and_fitted(tmp_path):
+def test_impedance_waveform_from_elsewhere_is_demodulated_and_fitted(tmp_path, capsys):
     """A potentiostatic sine recorded by another instrument as plain samples (time, voltage, current and
     the excitation frequency, no impedance columns) after a rest: the steps are inferred, the
     frequencies demodulated and the spectrum fitted."""
@@ -124,6 +124,7 @@ def test_impedance_waveform_from_elsewhere_is_demodulated_and_fitted(tmp_path):
             fh.write(",".join("" if np.isnan(x) else repr(float(x)) for x in row) + "\n")
     assert [s.technique for s in infer_steps(read_bdf(path))] == ["rest", "eis"]
     assert main(["analyze", str(path), "--out", str(tmp_path / "m")]) == 0
+    assert "eis: 1 spectrum (1 from the waveform), 1 valid, R_ct 60" in capsys.readouterr().out
     (row,) = read_metric_table(tmp_path / "m" / "eis.parquet")
     assert row["acquisition"] == "waveform" and row["valid"]
     assert row["charge_transfer_resistance_ohm"] == pytest.approx(60, rel=0.02)
