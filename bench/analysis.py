@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from cyclerctl.analysis.base import Event  # noqa: E402
 from cyclerctl.analysis.live import operators_for  # noqa: E402
-from cyclerctl.analysis.synthetic import gitt_pulse_train, randles_sphere_impedance  # noqa: E402
+from cyclerctl.analysis.synthetic import gitt_pulse_train, randles_sphere_impedance, sine_response  # noqa: E402
 from cyclerctl.program import Cell  # noqa: E402
 
 CELL = Cell(active_mass=3.4e-6, nominal_specific_capacity=300 * 3600.0, particle_radius=3.5e-6)
@@ -141,6 +141,53 @@ def eis_workload(n_spectra: int = 20, noise: float = 0.0):
     return {k: np.concatenate(v) for k, v in cols.items()}, ev
 
 
+def eis_wave_workload(n_spectra: int = 20, samples_per_period: int = 64, periods: int = 4, seed: int = 2):
+    """The spectra of eis_workload as sampled waveforms (acquisition "waveform", the protocol's defaults:
+    64 samples per period, one settling period and 4 more per frequency; potentiostatic 5 mV rms at
+    the OCV) with the simulated channel's noise: 0.1 mV on the voltage, 1e-4 of |I| plus 1 nA on the
+    current."""
+    f = np.logspace(5, -2, 57)
+    rng = np.random.default_rng(seed)
+    cols = {k: [] for k in ("test_time_second", "voltage_volt", "current_ampere", "frequency_hertz",
+                            "temperature_t1_celsius", "step_count")}
+    ev, seq, t0 = [], 0, 0.0
+    for k in range(n_spectra):
+        z = randles_sphere_impedance(f, r_s=5, r_ct=60 * (1 + 0.1 * k), c_dl=2e-5, ocv_slope=-0.5, tau_d=12250, q_th=2.16)
+        w = sine_response(f, z, amplitude=5e-3, samples_per_period=samples_per_period, periods=periods,
+                          galvanostatic=False, v_dc=0.5, t_start=t0)
+        n = w["test_time_second"].size
+        w["voltage_volt"] = w["voltage_volt"] + rng.normal(0, 1e-4, n)
+        i = w["current_ampere"]
+        w["current_ampere"] = i + rng.standard_normal(n) * (1e-9 + 1e-4 * np.abs(i))
+        w["temperature_t1_celsius"] = np.full(n, 10.0 + 2 * k)
+        w["step_count"] = np.full(n, k + 1.0)
+        ev.append(Event("step_start", t0, 1, k + 1, seq, {"technique": "eis", "step_type": "EIS",
+                                                          "acquisition": "waveform"}))
+        for name in cols:
+            cols[name].append(w[name])
+        seq += n
+        t0 = float(w["test_time_second"][-1]) + 1.0
+    ev.append(Event("run_end", t0, 1, n_spectra, seq, {}))
+    return {k: np.concatenate(v) for k, v in cols.items()}, ev
+
+
+def eis_wave_rates(block: int = 100_000) -> str:
+    """The EIS operator alone on waveform input at 16 to 128 samples per period: samples/s, and the
+    demodulation alone (the step never ends, so nothing is fitted)."""
+    from cyclerctl.analysis.eis import EisOperator
+
+    out = []
+    for spp in (16, 32, 64, 128):
+        cols, ev = eis_wave_workload(samples_per_period=spp)
+        n = cols["test_time_second"].size
+        cpu, _, rows = timed([EisOperator()], blocks(cols, ev, block))
+        stream = [(k, x) for k, x in blocks(cols, ev[:1], block)]  # the first step_start only: no fit
+        cpu_d, _, _ = timed([EisOperator()], stream)
+        out.append(f"{spp:>4} per period: {n / cpu:>12,.0f} samples/s with the fits, {n / cpu_d:>12,.0f} "
+                   f"demodulating alone ({rows} spectra, {n // rows:,} samples each)")
+    return "\n    ".join(out)
+
+
 def timed(ops, stream) -> tuple[float, float, int]:
     """(CPU seconds, wall seconds, metric rows) of feeding `stream` through `ops`."""
     c0, t0 = time.process_time(), time.perf_counter()
@@ -251,14 +298,14 @@ def warm_up() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--block", type=int, nargs="+", default=[1000, 100_000], help="samples per block")
-    ap.add_argument("--workload", nargs="+", choices=["gcd", "gitt", "ici", "cv", "eis"],
+    ap.add_argument("--workload", nargs="+", choices=["gcd", "gitt", "ici", "cv", "eis", "eis-wave"],
                     help="only these workloads (default: all, then the EIS rates)")
     args = ap.parse_args()
     makers = {"gcd": gcd_workload, "gitt": gitt_workload, "ici": ici_workload, "cv": cv_workload,
-              "eis": eis_workload}
+              "eis": eis_workload, "eis-wave": eis_wave_workload}
     workloads = {name: make() for name, make in makers.items() if not args.workload or name in args.workload}
     warm_up()
-    print(f"{'workload':<8} {'operator':<11} {'block':>7} {'samples':>10} {'rows':>6} {'cpu s':>7} {'wall s':>7} "
+    print(f"{'workload':<9} {'operator':<11} {'block':>7} {'samples':>10} {'rows':>6} {'cpu s':>7} {'wall s':>7} "
           f"{'samples/s':>13}")
     for block in args.block:
         for name, (cols, ev) in workloads.items():
@@ -272,9 +319,11 @@ def main() -> None:
                     chosen = [ops[names.index("eis")], ops[k]]
                     op_name = "eis+arrh."
                 cpu, wall, rows = timed(chosen, stream)
-                print(f"{name:<8} {op_name:<11} {block:>7} {n:>10} {rows:>6} {cpu:>7.3f} {wall:>7.3f} "
+                print(f"{name:<9} {op_name:<11} {block:>7} {n:>10} {rows:>6} {cpu:>7.3f} {wall:>7.3f} "
                       f"{n / max(cpu, 1e-9):>13,.0f}")
         print()
+    if "eis-wave" in workloads:
+        print("eis from the sampled waveform, blocks of 100,000:\n    " + eis_wave_rates())
     if "eis" not in workloads:
         return
     print("eis, noise-free:", eis_rates(*workloads["eis"]))

@@ -212,7 +212,11 @@ class Impedance(StepBase):
     """EIS: small-signal impedance from `freq_start` to `freq_stop` (Hz, logarithmic,
     `points_per_decade`). Potentiostatic: `amplitude` in V (rms); galvanostatic: in A (rms).
     `bias`: None = at the open-circuit potential (zero DC current); else the DC bias in V
-    (potentiostatic) or A (galvanostatic)."""
+    (potentiostatic) or A (galvanostatic).
+    `acquisition`: "spectrum" = the instrument measures Z at each frequency (a frequency-response
+    analyser; one row per frequency); "waveform" = the channel applies the sine and records voltage
+    and current as samples (`samples_per_period` per period, one settling period and then `periods`
+    periods per frequency) and the analysis demodulates them."""
 
     mode: Literal["potentiostatic", "galvanostatic"] = "potentiostatic"
     freq_start: float = 1e5
@@ -220,6 +224,9 @@ class Impedance(StepBase):
     points_per_decade: int = 10
     amplitude: float = 5e-3
     bias: float | None = None
+    acquisition: Literal["spectrum", "waveform"] = "spectrum"
+    samples_per_period: int = 64
+    periods: int = 4
     technique: Technique = "eis"
 
     @property

@@ -245,6 +245,10 @@ def fmt(value: float | None, kind: str, digits: int = 4) -> str:
             return f"{value / 3600:.{digits}g} h"
         if a >= 120:
             return f"{value / 60:.{digits}g} min"
+        if 0 < a < 1e-6:
+            return f"{value * 1e9:.{digits}g} ns"
+        if 0 < a < 1e-3:
+            return f"{value * 1e6:.{digits}g} µs"
         return f"{value:.{digits}g} s"
     if kind == "temperature":
         return f"{value - 273.15:.{digits}g} °C"

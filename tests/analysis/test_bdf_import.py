@@ -98,3 +98,35 @@ def test_bad_files_give_one_line_errors(tmp_path, capsys):
     assert main(["analyze", str(backwards), "--cell", str(cell)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def test_impedance_waveform_from_elsewhere_is_demodulated_and_fitted(tmp_path, capsys):
+    """A potentiostatic sine recorded by another instrument as plain samples (time, voltage, current and
+    the excitation frequency, no impedance columns) after a rest: the steps are inferred, the
+    frequencies demodulated and the spectrum fitted."""
+    from cyclerctl.analysis.synthetic import randles_sphere_impedance, sine_response
+
+    f = np.logspace(4, -2, 37)
+    z = randles_sphere_impedance(f, r_s=5, r_ct=60, c_dl=2e-5, ocv_slope=-0.5, tau_d=12250, q_th=2.16)
+    wave = sine_response(f, z, amplitude=5e-3, samples_per_period=32, periods=3, galvanostatic=False, v_dc=0.52,
+                         t_start=3600.0)
+    rest_t = np.arange(0.0, 3600.0, 60.0)
+    cols = {"test_time_second": np.r_[rest_t, wave["test_time_second"]],
+            "voltage_volt": np.r_[np.full(rest_t.size, 0.52), wave["voltage_volt"]],
+            "current_ampere": np.r_[np.zeros(rest_t.size), wave["current_ampere"]],
+            "frequency_hertz": np.r_[np.full(rest_t.size, np.nan), wave["frequency_hertz"]]}
+    path = tmp_path / "wave.bdf.csv"
+    names = {"test_time_second": "Test Time / s", "voltage_volt": "Voltage / V", "current_ampere": "Current / A",
+             "frequency_hertz": "Frequency / Hz"}
+    with path.open("w") as fh:
+        fh.write(",".join(names[k] for k in cols) + "\n")
+        for row in zip(*cols.values(), strict=True):
+            fh.write(",".join("" if np.isnan(x) else repr(float(x)) for x in row) + "\n")
+    assert [s.technique for s in infer_steps(read_bdf(path))] == ["rest", "eis"]
+    assert main(["analyze", str(path), "--out", str(tmp_path / "m")]) == 0
+    assert "eis: 1 spectrum (1 from the waveform), 1 valid, R_ct 60" in capsys.readouterr().out
+    (row,) = read_metric_table(tmp_path / "m" / "eis.parquet")
+    assert row["acquisition"] == "waveform" and row["valid"]
+    assert row["charge_transfer_resistance_ohm"] == pytest.approx(60, rel=0.02)
+    assert row["double_layer_capacitance_farad"] == pytest.approx(2e-5, rel=0.02, abs=0)
+    assert row["series_resistance_ohm"] == pytest.approx(5, rel=0.01)

@@ -97,3 +97,18 @@ def test_blocks_split_anywhere_trip_where_one_block_does():
         else:
             got = (got.limit, got.value, got.index)
         assert got == (None if whole is None else (whole.limit, whole.value, whole.index))
+
+
+def test_impedance_rows_skip_the_voltage_limits_but_a_sampled_waveform_does_not():
+    """An analyser's impedance rows carry no instantaneous voltage to hold to the window; the samples of
+    a waveform acquisition (the excitation frequency but no impedance columns) are real voltages."""
+    v = np.array([1.0, 2.52, 2.53, 1.0])  # two samples in a row above the window (debounced)
+    f = np.full(4, 10.0)
+    rows = {**cols(v), "frequency_hertz": f, "real_impedance_ohm": np.full(4, 5.0),
+            "imaginary_impedance_ohm": np.full(4, -1.0)}
+    assert SafetyMonitor().check(LIM, rows, None) is None
+    trip = SafetyMonitor().check(LIM, {**cols(v), "frequency_hertz": f}, None)
+    assert trip.limit == "voltage_max" and trip.index == 2
+    one = SafetyMonitor()
+    trips = [one.check(LIM, {**cols(v[k:k + 1]), "frequency_hertz": f[k:k + 1]}, None) for k in range(4)]
+    assert trips[2] is not None and trips[2].limit == "voltage_max"

@@ -280,3 +280,39 @@ def test_unreadable_loop_conditions(text: str, message: str) -> None:
 
 def test_overflowing_quantities_are_refused() -> None:
     assert "is too large" in error("  - rest: {for: 1e308 h}\n").message
+
+
+def test_eis_waveform_acquisition_is_carried_and_checked() -> None:
+    eis = program("  - eis: {amplitude: 5 mV, from: 1 kHz, to: 10 mHz, acquisition: waveform, samples_per_period: 32, "
+                  "periods: 3}\n").steps()[0]
+    assert isinstance(eis, Impedance)
+    assert (eis.acquisition, eis.samples_per_period, eis.periods) == ("waveform", 32, 3)
+    plain = program("  - eis: {amplitude: 5 mV, from: 1 kHz, to: 10 mHz}\n").steps()[0]
+    assert plain.acquisition == "spectrum"
+    defaults = program("  - eis: {amplitude: 5 mV, from: 1 kHz, to: 10 mHz, acquisition: waveform}\n").steps()[0]
+    assert (defaults.samples_per_period, defaults.periods) == (64, 4)
+
+
+@pytest.mark.parametrize("steps, message", [
+    ("  - eis: {amplitude: 5 mV, from: 1 kHz, to: 1 Hz, samples_per_period: 32}\n",
+     "'samples_per_period' applies only to 'acquisition: waveform'"),
+    ("  - eis: {amplitude: 5 mV, from: 1 kHz, to: 1 Hz, acquisition: waveform, samples_per_period: 4}\n",
+     "give at least 8"),
+    ("  - eis: {amplitude: 5 mV, from: 1 kHz, to: 1 Hz, acquisition: waveform, periods: 5000}\n", "at most 1000"),
+    ("  - eis: {amplitude: 5 mV, from: 1 kHz, to: 1 mHz, per_decade: 1000, acquisition: waveform, periods: 100}\n",
+     "lower samples_per_period, periods or per_decade"),
+    ("  - eis: {amplitude: 5 mV, from: 1 kHz, to: 1 Hz, acquisition: sampled}\n", "acquisition"),
+])
+def test_eis_waveform_errors_say_what_to_fix(steps: str, message: str) -> None:
+    e = str(error(steps))
+    assert message in e and "\n" not in e.strip()
+
+
+def test_eis_waveform_is_refused_where_the_instrument_cannot_record_it() -> None:
+    e = str(error("  - eis: {amplitude: 5 mV, from: 1 kHz, to: 1 Hz, acquisition: waveform}\n", caps=CAPS))
+    assert "cannot record the impedance waveform; use 'acquisition: spectrum'" in e
+    fast = Capabilities(model="slow", frequency_range=(1e-3, 1e5), min_sample_period=1e-3,
+                        techniques=frozenset({"rest", "impedance", "impedance_waveform"}))
+    e = str(error("  - eis: {amplitude: 5 mV, from: 1 kHz, to: 1 Hz, acquisition: waveform}\n", caps=fast))
+    assert "needs a sample every 15.62 µs" in e and "samples at most every 0.001 s: start at 15.62 Hz or below" in e
+    program("  - eis: {amplitude: 5 mV, from: 10 Hz, to: 10 mHz, acquisition: waveform}\n", caps=fast)

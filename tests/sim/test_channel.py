@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 
 import numpy as np
@@ -319,3 +320,51 @@ def test_wall_clock_blocks_smaller_than_what_is_computed():
                               np.concatenate([b.columns[col] for _, b in coarse])[:n])
     assert np.array_equal(np.concatenate([b.truth["surface_stoichiometry"] for _, b in fine]),
                           np.concatenate([b.truth["surface_stoichiometry"] for _, b in coarse])[:n])
+
+
+def test_impedance_as_a_sampled_waveform_demodulates_to_the_spectrum():
+    """acquisition "waveform": voltage and current samples (a sine on the DC level, one settling period
+    and `periods` more per frequency, no impedance columns) that demodulate to the impedance the
+    spectrum step reports for the same cell."""
+    from cyclerctl.analysis.waveform import WaveformImpedance
+
+    ch = SimChannel(noise=False)
+    t = float(run(ch, Rest(step_id=0, name="rest", ends=(End("step_time", ">=", 6 * 3600.0),),
+                           record=Record(every=600.0)), StepStart(test_time=0.0))[-1].time[-1])
+    spec = Impedance(step_id=1, name="eis", freq_start=1e3, freq_stop=1e-2, points_per_decade=4)
+    b = run(ch, spec, StepStart(test_time=t))
+    z_spec = cat(b, "real_impedance_ohm") + 1j * cat(b, "imaginary_impedance_ohm")
+    t = float(b[-1].time[-1])
+    wave = dataclasses.replace(spec, acquisition="waveform", samples_per_period=32, periods=3)
+    b = run(ch, wave, StepStart(test_time=t))
+    cols = {k: cat(b, k) for k in ("test_time_second", "voltage_volt", "current_ampere", "frequency_hertz",
+                                   "temperature_t1_celsius")}
+    assert "real_impedance_ohm" not in b[-1].columns and b[-1].final
+    f = spec.frequencies()
+    assert cols["test_time_second"].size == len(f) * 4 * 32
+    assert np.all(np.diff(cols["test_time_second"]) > 0)
+    dur = cols["test_time_second"][-1] - t
+    assert dur + 1 / (32 * f[-1]) == pytest.approx(sum(4 / fk for fk in f), rel=1e-9)  # the last sample ends one interval early
+    w = WaveformImpedance()
+    w.feed(cols)
+    pts = w.close()
+    np.testing.assert_allclose([p.frequency_hertz for p in pts], f)
+    # the cell relaxed a little between the two steps: the same impedance to 0.1 %
+    np.testing.assert_allclose([p.impedance_ohm for p in pts], z_spec, rtol=1e-3)
+    # potentiostatic at OCV: the current is a sine about zero of amplitude √2·5 mV/|Z|
+    k = np.flatnonzero(cols["frequency_hertz"] == f[-1])
+    assert np.ptp(cols["current_ampere"][k]) == pytest.approx(2 * np.sqrt(2) * 5e-3 / abs(z_spec[-1]), rel=0.02)
+
+
+def test_waveform_with_the_channel_noise_gives_points_to_a_fraction_of_a_percent():
+    from cyclerctl.analysis.waveform import WaveformImpedance
+
+    ch = SimChannel(noise=True, seed=4)
+    wave = Impedance(step_id=1, name="eis", freq_start=1e3, freq_stop=1e-1, points_per_decade=3,
+                     acquisition="waveform", samples_per_period=64, periods=4)
+    b = run(ch, wave, StepStart(test_time=0.0))
+    w = WaveformImpedance()
+    w.feed({k: cat(b, k) for k in ("test_time_second", "voltage_volt", "current_ampere", "frequency_hertz")})
+    pts = w.close()
+    assert len(pts) == len(wave.frequencies())
+    assert max(p.relative_error for p in pts) < 0.005 and max(p.harmonic for p in pts) < 0.01

@@ -38,9 +38,21 @@ def _summary(results: dict[str, list[MetricRow]]) -> list[str]:
         if valid:
             txt += f", D {min(valid):.3g} … {max(valid):.3g} cm²/s"
         lines.append(txt)
-    for kind in ("rate", "dqdv", "ici", "cv", "eis"):
+    for kind in ("rate", "dqdv", "ici", "cv"):
         if results.get(kind):
             lines.append(f"{kind}: {len(results[kind])} rows")
+    eis = results.get("eis", [])
+    if eis:
+        rct = [r.data["charge_transfer_resistance_ohm"] for r in eis
+               if r.data.get("valid") and r.data.get("charge_transfer_resistance_ohm") is not None]
+        waves = sum(r.data.get("acquisition") == "waveform" for r in eis)
+        txt = f"eis: {len(eis)} spectr{'um' if len(eis) == 1 else 'a'}" + (
+            f" ({waves} from the waveform)" if waves else "") + f", {len(rct)} valid"
+        if len(rct) == 1:
+            txt += f", R_ct {rct[0]:.4g} Ω"
+        elif rct:
+            txt += f", R_ct {min(rct):.4g} … {max(rct):.4g} Ω"
+        lines.append(txt)
     arr = results.get("arrhenius", [])
     if arr:
         d = arr[-1].data

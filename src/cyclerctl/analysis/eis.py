@@ -36,10 +36,12 @@ import scipy.linalg
 
 from .base import KELVIN_OFFSET, Event, MetricRow, column
 from .circuits import fit_circuit, warburg_coefficient
+from .waveform import WaveformImpedance
 
 M2_TO_CM2 = 1e4
 # flags that describe how σ was obtained; they do not make a row invalid
-INFORMATIVE = frozenset({"no_warburg_region", "warburg_graphical_only", "warburg_graphical_disagrees"})
+INFORMATIVE = frozenset({"no_warburg_region", "warburg_graphical_only", "warburg_graphical_disagrees",
+                         "waveform_uncertain"})
 
 # (circuit, roles of its parameters)
 DEFAULT_CIRCUITS: tuple[tuple[str, dict[str, str]], ...] = (
@@ -134,6 +136,9 @@ class EisSettings:
     aic_margin: float = 10.0  # circuits within this of the lowest AIC count as equal: the simplest wins
     warburg_disagreement: float = 0.10  # |σ_graphical/σ_fit − 1| above this flags "warburg_graphical_disagrees"
     good_fit_kk_ratio: float = 1.0  # a circuit fit with χ² ≤ this × the Lin-KK residual variance tries no further starts
+    settle_periods: float = 1.0  # sampled waveforms: periods at the start of each frequency left out (settling)
+    waveform_error_limit: float = 0.01  # sampled waveforms: a point's relative error of |Z| above this flags it
+    harmonic_limit: float = 0.05  # sampled waveforms: a 2nd harmonic above this share of the fundamental: nonlinear
     ocv_slope: Callable[[], float | None] | None = field(default=None, repr=False)
 
 
@@ -213,7 +218,9 @@ def analyze_spectrum(freq: np.ndarray, z: np.ndarray, settings: EisSettings,
 
 
 class EisOperator:
-    """One "eis" row per impedance step (technique "eis"), emitted when the sweep ends."""
+    """One "eis" row per impedance step (technique "eis"), emitted when the sweep ends. The step's rows
+    are impedance points (an instrument that measures Z) or the sampled waveform (voltage and current
+    with the excitation frequency and no impedance): demodulated here, point by point (waveform.py)."""
 
     kind = "eis"
 
@@ -221,6 +228,7 @@ class EisOperator:
         self.s = settings or EisSettings()
         self._open = False
         self._buf: list[tuple[np.ndarray, ...]] = []
+        self._wave: WaveformImpedance | None = None  # the open step's demodulator, once it has waveform rows
         self._meta: dict = {}
         self.results: list[dict] = []  # rows so far (the Arrhenius operator reads them)
         # each circuit's last fit at the Lin-KK level: the first start of the next spectrum's fit (a
@@ -233,7 +241,7 @@ class EisOperator:
             if self._open:
                 out = self._finish()
             if event.data.get("technique") == "eis" or event.data.get("step_type") == "EIS":
-                self._open, self._buf = True, []
+                self._open, self._buf, self._wave = True, [], None
                 self._meta = {"cycle_count": event.cycle_count, "step_count": event.step_count,
                               "start_time_second": event.test_time_second}
         elif event.kind in ("step_end", "run_end", "stop", "abort", "fault") and self._open:
@@ -245,12 +253,35 @@ class EisOperator:
             return []
         cols = [column(rows, c) for c in ("frequency_hertz", "real_impedance_ohm", "imaginary_impedance_ohm",
                                           "temperature_t1_celsius", "test_time_second", "voltage_volt")]
-        ok = np.isfinite(cols[0]) & np.isfinite(cols[1]) & np.isfinite(cols[2]) & (cols[0] > 0)
-        self._buf.append(tuple(c[ok] for c in cols))
+        f_ok = np.isfinite(cols[0]) & (cols[0] > 0)
+        z_ok = np.isfinite(cols[1]) & np.isfinite(cols[2])
+        ok = f_ok & z_ok
+        if ok.any():
+            self._buf.append(tuple(c[ok] for c in cols))
+        wave = f_ok & ~z_ok
+        if wave.any():
+            if self._wave is None:
+                self._wave = WaveformImpedance(self.s.settle_periods)
+            self._wave.feed(rows if wave.all() else {k: np.asarray(v)[wave] for k, v in rows.items()})
         return []
 
     def _finish(self) -> list[MetricRow]:
         self._open = False
+        wave_info: dict = {}
+        if self._wave is not None:
+            points = self._wave.close()
+            if points:
+                self._buf.append(tuple(np.array(a, dtype=float) for a in (
+                    [p.frequency_hertz for p in points], [p.impedance_ohm.real for p in points],
+                    [p.impedance_ohm.imag for p in points], [p.temperature_celsius for p in points],
+                    [p.test_time_second for p in points], [p.potential_volt for p in points])))
+            err, harm = [p.relative_error for p in points], [p.harmonic for p in points]
+            wave_info = {"acquisition": "waveform", "waveform_samples": [p.samples for p in points],
+                         "waveform_harmonic": harm, "waveform_max_harmonic": max(harm) if harm else None,
+                         "waveform_residual": [p.residual for p in points], "waveform_relative_error": err,
+                         "waveform_max_relative_error": max(err) if err else None,
+                         "waveform_points_dropped": self._wave.dropped}
+            self._wave = None
         if not self._buf:
             return []
         f, re_, im, temp, t, v = (np.concatenate([b[k] for b in self._buf]) for k in range(6))
@@ -258,6 +289,15 @@ class EisOperator:
         if f.size < 5:
             return []
         data = analyze_spectrum(f, re_ + 1j * im, self.s, self._warm_starts)
+        if wave_info:
+            data.update(wave_info)
+            if (wave_info["waveform_max_relative_error"] or 0.0) > self.s.waveform_error_limit:
+                data["flags"].append("waveform_uncertain")
+            if (wave_info["waveform_max_harmonic"] or 0.0) > self.s.harmonic_limit:
+                data["flags"].append("waveform_nonlinear")
+                data["valid"] = False
+        else:
+            data["acquisition"] = "spectrum"
         tk = float(np.nanmean(temp)) + KELVIN_OFFSET if np.isfinite(temp).any() else None
         data.update(self._meta)
         data.update({"test_time_second": float(t[-1]), "temperature_kelvin": tk,

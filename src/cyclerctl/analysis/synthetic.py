@@ -6,6 +6,8 @@ so the same data can go through the operators, a journal file or a BDF file.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .base import FARADAY, GAS_CONSTANT, Event
@@ -92,6 +94,35 @@ def arrhenius_rct(temperatures: np.ndarray, *, ea: float, r_ct_ref: float, t_ref
     return r_ct_ref * (t / t_ref) * np.exp(ea / GAS_CONSTANT * (1 / t - 1 / t_ref))
 
 
+def sine_response(freq: np.ndarray, z: np.ndarray, *, amplitude: float, samples_per_period: int, periods: int,
+                  settle_periods: int = 1, galvanostatic: bool = True, t_start: float = 0.0,
+                  v_dc: float = 0.0, i_dc: float = 0.0, drift: float = 0.0) -> dict[str, np.ndarray]:
+    """The sampled steady-state response of an impedance `z` (one value per frequency of `freq`) to a
+    sine of rms `amplitude` (A galvanostatic, V potentiostatic): `settle_periods` + `periods` periods
+    of `samples_per_period` uniform samples per frequency, in sweep order, the DC voltage moving by
+    `drift` V/s. Columns of the journal (test time, voltage, current, frequency)."""
+    t, v, i, ff = [], [], [], []
+    t0 = t_start
+    m = (settle_periods + periods) * samples_per_period
+    for fk, zk in zip(np.asarray(freq, float), np.asarray(z, complex), strict=True):
+        tau = np.arange(m) / (fk * samples_per_period)
+        phase = 2 * np.pi * fk * tau
+        tt = t0 + tau
+        if galvanostatic:
+            ii = i_dc + math.sqrt(2) * amplitude * np.sin(phase)
+            vv = v_dc + drift * tt + math.sqrt(2) * amplitude * abs(zk) * np.sin(phase + np.angle(zk))
+        else:
+            vv = v_dc + drift * tt + math.sqrt(2) * amplitude * np.sin(phase)
+            ii = i_dc + math.sqrt(2) * amplitude / abs(zk) * np.sin(phase - np.angle(zk))
+        t.append(tt)
+        v.append(vv)
+        i.append(ii)
+        ff.append(np.full(m, fk))
+        t0 = float(tt[-1]) + 1.0 / (fk * samples_per_period)
+    return {"test_time_second": np.concatenate(t), "voltage_volt": np.concatenate(v),
+            "current_ampere": np.concatenate(i), "frequency_hertz": np.concatenate(ff)}
+
+
 def mixed_stream(seed: int = 7) -> list[tuple[str, object]]:
     """GCD cycles (the first at a lower current), a GITT train, CV at two scan rates and an EIS step,
     as one journal-ordered stream of ("event", Event) and ("samples", columns) items."""
@@ -138,8 +169,15 @@ def mixed_stream(seed: int = 7) -> list[tuple[str, object]]:
          "current_ampere": np.zeros(f.size), "frequency_hertz": f, "real_impedance_ohm": z.real,
          "imaginary_impedance_ohm": z.imag, "temperature_t1_celsius": np.full(f.size, 25.0)},
         {"technique": "eis", "step_type": "EIS"}, 4)
+    fw = np.logspace(3, -1, 17)  # the same cell as a sampled waveform (galvanostatic, 0.1 mV noise)
+    wave = sine_response(fw, randles_sphere_impedance(fw, r_s=5, r_ct=60, c_dl=2e-5, ocv_slope=-0.5, tau_d=12250,
+                                                      q_th=2.16), amplitude=5e-5, samples_per_period=16, periods=2,
+                         v_dc=0.5, drift=-1e-6)
+    wave["voltage_volt"] = wave["voltage_volt"] + rng.normal(0.0, 1e-4, wave["voltage_volt"].size)
+    add(wave, {"technique": "eis", "step_type": "EIS", "acquisition": "waveform"}, 4)
     items.append(("event", Event("run_end", t0, 4, step, seq, {"status": "completed"})))
     return items
 
 
-__all__ = ["gitt_pulse_train", "randles_sphere_impedance", "cv_dunn", "arrhenius_rct", "mixed_stream", "FARADAY"]
+__all__ = ["gitt_pulse_train", "randles_sphere_impedance", "cv_dunn", "arrhenius_rct", "sine_response", "mixed_stream",
+           "FARADAY"]

@@ -129,8 +129,13 @@ def step_parameters(step: Step) -> dict[str, Any]:
         return {"scan_rate_volt_per_second": step.scan_rate, "start_volt": step.start,
                 "vertices_volt": list(step.vertices), "cycles": step.cycles}
     if isinstance(step, Impedance):
-        return {"mode": step.mode, "freq_start_hertz": step.freq_start, "freq_stop_hertz": step.freq_stop,
-                "amplitude": step.amplitude, "bias": step.bias, "points_per_decade": step.points_per_decade}
+        out: dict[str, Any] = {
+            "mode": step.mode, "freq_start_hertz": step.freq_start, "freq_stop_hertz": step.freq_stop,
+            "amplitude": step.amplitude, "bias": step.bias, "points_per_decade": step.points_per_decade,
+            "acquisition": step.acquisition}
+        if step.acquisition == "waveform":
+            out.update(samples_per_period=step.samples_per_period, periods=step.periods)
+        return out
     if isinstance(step, SetTemperature):
         return {"temperature_kelvin": step.temperature}
     if isinstance(step, Rest):

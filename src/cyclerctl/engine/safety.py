@@ -53,12 +53,14 @@ class SafetyMonitor:
     def check(self, limits: Limits, columns: dict[str, np.ndarray], step_time: np.ndarray | None) -> Trip | None:
         """The first trip in the block (by sample index), or None."""
         v = columns.get("voltage_volt")
-        if v is not None and len(v) == 1 and "frequency_hertz" not in columns:
+        if v is not None and len(v) == 1 and "real_impedance_ohm" not in columns:
             return self._check_one(limits, columns, step_time)
         trips: list[Trip] = []
         i = columns.get("current_ampere")
         t = columns.get("temperature_t1_celsius")
-        eis = "frequency_hertz" in columns and np.isfinite(columns["frequency_hertz"]).any()
+        # impedance rows (an instrument's spectrum: one row per frequency) carry no instantaneous V or I to
+        # hold to the limits; a sampled waveform does, and is checked like any other block
+        eis = "real_impedance_ohm" in columns and np.isfinite(columns["real_impedance_ohm"]).any()
         if v is not None and not eis:
             self._side(trips, "voltage_min", v, limits.voltage_min, -1, VOLTAGE_MARGIN)
             self._side(trips, "voltage_max", v, limits.voltage_max, +1, VOLTAGE_MARGIN)

@@ -699,10 +699,45 @@ def _eis(c: Compiler, item: schema.EISStep, path: tuple) -> None:
                              f"({units.fmt(lo, 'frequency')} to {units.fmt(hi, 'frequency')})")
     if abs(math.log10(f0 / f1)) * s.per_decade > 10_000:
         raise c.fail((*sp, "per_decade"), "more than 10,000 frequencies; lower per_decade")
+    wave = _waveform(c, s, sp, f0, f1)
     c.emit(Impedance(step_id=c.step_id, name=name or f"EIS {units.fmt(f0, 'frequency')} to {units.fmt(f1, 'frequency')}, "
                      f"{units.fmt(amplitude, amp_kind)} at {'OCV' if bias is None else units.fmt(bias, amp_kind)}",
                      record=rec, limits=limits, mode=s.mode, freq_start=f0, freq_stop=f1,
-                     points_per_decade=s.per_decade, amplitude=amplitude, bias=bias, source_line=c.line(path)))
+                     points_per_decade=s.per_decade, amplitude=amplitude, bias=bias, source_line=c.line(path),
+                     **wave))
+
+
+MAX_WAVEFORM_SAMPLES = 10_000_000
+
+
+def _waveform(c: Compiler, s: schema.EISSettings, sp: tuple, f0: float, f1: float) -> dict:
+    """The waveform acquisition's settings, checked against the instrument; {} for a spectrum."""
+    if s.acquisition != "waveform":
+        for key in ("samples_per_period", "periods"):
+            if getattr(s, key) is not None:
+                raise c.fail((*sp, key), f"'{key}' applies only to 'acquisition: waveform'")
+        return {}
+    if c.caps is not None and "impedance_waveform" not in c.caps.techniques:
+        raise c.fail((*sp, "acquisition"), f"the instrument {c.caps.model} cannot record the impedance waveform; "
+                     "use 'acquisition: spectrum'")
+    spp = 64 if s.samples_per_period is None else s.samples_per_period
+    periods = 4 if s.periods is None else s.periods
+    if spp < 8:
+        raise c.fail((*sp, "samples_per_period"), f"{spp} samples per period cannot resolve the sine; give at least 8")
+    if periods > 1000:
+        raise c.fail((*sp, "periods"), f"{periods} periods per frequency; give at most 1000")
+    f_hi = max(f0, f1)
+    if c.caps is not None and c.caps.min_sample_period > 0 and 1.0 / (f_hi * spp) < c.caps.min_sample_period:
+        top = 1.0 / (c.caps.min_sample_period * spp)
+        raise c.fail(sp, f"{units.fmt(f_hi, 'frequency')} at {spp} samples per period needs a sample every "
+                     f"{units.fmt(1.0 / (f_hi * spp), 'time')}; the instrument {c.caps.model} samples at most every "
+                     f"{units.fmt(c.caps.min_sample_period, 'time')}: start at {units.fmt(top, 'frequency')} or below")
+    n_freq = max(1, int(round(abs(math.log10(f0 / f1)) * s.per_decade))) + 1
+    total = n_freq * (1 + periods) * spp
+    if total > MAX_WAVEFORM_SAMPLES:
+        raise c.fail(sp, f"the waveform would be {total:,} samples (more than {MAX_WAVEFORM_SAMPLES:,}); lower "
+                     "samples_per_period, periods or per_decade")
+    return {"acquisition": "waveform", "samples_per_period": spp, "periods": periods}
 
 
 def _pulse_bound(c: Compiler, current: float, on_time: float) -> int:

@@ -117,6 +117,8 @@ def rows(program: Program) -> list[dict[str, str]]:
             row["setpoint"] = (f"{units.fmt(ins.freq_start, 'frequency')} -> {units.fmt(ins.freq_stop, 'frequency')}, "
                                f"{units.fmt(ins.amplitude, kind)} at {bias}")
             row["si"] = f"{len(ins.frequencies())} frequencies"
+            if ins.acquisition == "waveform":
+                row["si"] += f", waveform {ins.samples_per_period}/period x (1 + {ins.periods}) periods"
         elif isinstance(ins, SetTemperature):
             row["setpoint"] = f"{units.fmt(ins.temperature, 'temperature')} ±{units.fmt(ins.tolerance, 'temperature_difference')}"
             row["si"] = f"{ins.temperature:.5g} K"

@@ -187,6 +187,9 @@ class EISSettings(Base):
     from_: Quantity = Field(alias="from")
     to: Quantity
     per_decade: Count = 10
+    acquisition: Literal["spectrum", "waveform"] = "spectrum"
+    samples_per_period: Count | None = None
+    periods: Count | None = None
 
 
 class GITTRest(Base):

@@ -48,7 +48,8 @@ class SimChannel:
         self.options = options
         self.capabilities = Capabilities(
             model=f"sim:{self.preset.name}",
-            techniques=frozenset({"rest", "current", "voltage", "sweep", "impedance", "temperature"}),
+            techniques=frozenset({"rest", "current", "voltage", "sweep", "impedance", "impedance_waveform",
+                                  "temperature"}),
             voltage_range=(-2.0, 6.0), current_max=1.0, current_resolution=self.preset.current_resolution,
             voltage_resolution=self.preset.voltage_resolution, scan_rate_range=(1e-7, 10.0),
             frequency_range=(1e-5, 1e6), min_sample_period=0.0, temperature_range=(213.15, 373.15),

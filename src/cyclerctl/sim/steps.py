@@ -7,6 +7,7 @@ the index of the end that fired, and whether the step is over.
 
 from __future__ import annotations
 
+import cmath
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,8 +59,11 @@ def _columns(out: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def eis_point_duration(frequency: float) -> float:
-    """Time an impedance point takes: two periods plus settling (s)."""
+def eis_point_duration(frequency: float, step: Impedance | None = None) -> float:
+    """Time an impedance point takes (s): two periods plus settling for a measured spectrum; one
+    settling period and `step.periods` recorded ones for a sampled waveform."""
+    if step is not None and step.acquisition == "waveform":
+        return (1 + step.periods) / frequency
     return 2.0 / frequency + 0.2
 
 
@@ -181,10 +185,11 @@ def _sweep(model: CellModel, step: Sweep, position: float, step_charge: float, s
 
 
 def _impedance(model: CellModel, step: Impedance, step_time: float, span: float) -> Iterator[Chunk]:
-    """One row per frequency; the cell is held at the bias (or rests) while each point is measured,
-    and the impedance is that of the linearised model at the state of that moment."""
+    """One row per frequency, or the sampled waveform (`step.acquisition`); the cell is held at the bias
+    (or rests) while each point is measured, and the impedance is that of the linearised model at the
+    state of that moment."""
     freqs = step.frequencies()
-    durations = np.array([eis_point_duration(f) for f in freqs])
+    durations = np.array([eis_point_duration(f, step) for f in freqs])
     done = np.cumsum(durations)
     k0 = int(np.searchsorted(done, step_time + 1e-9))
     if step.bias is None:
@@ -194,21 +199,49 @@ def _impedance(model: CellModel, step: Impedance, step_time: float, span: float)
     else:
         mode, target = 0, float(step.bias)
     ss = model.new_step(step_time, 0.0, record_first=False)
-    rows: list[tuple[float, ...]] = []
+    wave = step.acquisition == "waveform"
+    names = ("test_time_second", "voltage_volt", "current_ampere", "step_time_second", "temperature_t1_celsius",
+             "frequency_hertz") + (() if wave else ("real_impedance_ohm", "imaginary_impedance_ohm"))
+    parts: list[np.ndarray] = []
     t_chunk = model.time
     for k in range(k0, len(freqs)):
+        t_a, v_a, i_a = model.time, float(model.st[K.V_LAST]), model.current
         model.run(ss, mode, target, model.time + durations[k], max_samples=2)
         z = complex(model.impedance([freqs[k]])[0])
         v = float(model.st[K.V_LAST])
-        rows.append((model.time, v, model.current, model.time - ss[K.S_T0], model.temperature - KELVIN,
-                     freqs[k], z.real, z.imag))
+        if wave:
+            parts.append(_sine_response(step, freqs[k], z, t_a, model.time, (v_a, v), (i_a, model.current),
+                                        ss[K.S_T0], model.temperature - KELVIN))
+        else:
+            parts.append(np.array([[model.time, v, model.current, model.time - ss[K.S_T0],
+                                    model.temperature - KELVIN, freqs[k], z.real, z.imag]]))
         last = k == len(freqs) - 1
         if last or model.time - t_chunk >= span:
-            arr = np.array(rows, dtype=float).reshape(-1, 8)
-            names = ("test_time_second", "voltage_volt", "current_ampere", "step_time_second",
-                     "temperature_t1_celsius", "frequency_hertz", "real_impedance_ohm", "imaginary_impedance_ohm")
+            arr = np.concatenate(parts)
             yield Chunk({n: arr[:, i].copy() for i, n in enumerate(names)}, None, None, last)
-            rows = []
+            parts = []
             t_chunk = model.time
     if k0 >= len(freqs):
         yield Chunk({n: np.empty(0) for n in ("test_time_second", "voltage_volt", "current_ampere")}, None, None, True)
+
+
+def _sine_response(step: Impedance, f: float, z: complex, t_a: float, t_b: float, v_dc: tuple[float, float],
+                   i_dc: tuple[float, float], t0: float, temp: float) -> np.ndarray:
+    """The samples of one frequency of a waveform acquisition (rows: time, V, I, step time, °C, f): the
+    steady-state response of the linearised cell, Z, to a sine of rms `step.amplitude` from t_a to
+    t_b, on the DC level moving linearly from its value at t_a to that at t_b (a cell still relaxing)."""
+    m = (1 + step.periods) * step.samples_per_period
+    tau = np.arange(m) / (f * step.samples_per_period)
+    frac = tau / (t_b - t_a)
+    phase = 2.0 * math.pi * f * tau
+    v = v_dc[0] + (v_dc[1] - v_dc[0]) * frac
+    i = i_dc[0] + (i_dc[1] - i_dc[0]) * frac
+    peak = math.sqrt(2.0) * step.amplitude
+    if step.mode == "galvanostatic":
+        i = i + peak * np.sin(phase)
+        v = v + peak * abs(z) * np.sin(phase + cmath.phase(z))
+    else:
+        v = v + peak * np.sin(phase)
+        i = i + peak / abs(z) * np.sin(phase - cmath.phase(z))
+    t = t_a + tau
+    return np.column_stack([t, v, i, t - t0, np.full(m, temp), np.full(m, f)])
