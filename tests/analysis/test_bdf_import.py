@@ -130,3 +130,18 @@ def test_impedance_waveform_from_elsewhere_is_demodulated_and_fitted(tmp_path, c
     assert row["charge_transfer_resistance_ohm"] == pytest.approx(60, rel=0.02)
     assert row["double_layer_capacitance_farad"] == pytest.approx(2e-5, rel=0.02, abs=0)
     assert row["series_resistance_ohm"] == pytest.approx(5, rel=0.01)
+
+
+def test_a_cell_file_without_radius_or_capacity_says_what_it_leaves_out(tmp_path, capsys):
+    cols, _ = gitt_pulse_train(d=2e-15, radius=3.5e-6, q_th=3.6, ocv_slope=-1.0, current=-2e-4, pulse=300.0,
+                               rest=40000.0, n_pulses=3)
+    path = tmp_path / "g.bdf.parquet"
+    pq.write_table(pa.table({k: cols[k] for k in ("test_time_second", "voltage_volt", "current_ampere")}), path)
+    assert main(["analyze", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "note: no particle_radius" in err and "not diffusion coefficients" in err
+    assert "note: no active_mass and nominal_specific_capacity" in err and "|ΔE_s| < 2 mV alone" in err
+    (tmp_path / "cell.yaml").write_text("active_mass: 3.4 mg\nnominal_specific_capacity: 300 mAh/g\n"
+                                        "particle_radius: 3.5 um\n")
+    assert main(["analyze", str(path), "--cell", str(tmp_path / "cell.yaml")]) == 0
+    assert "note:" not in capsys.readouterr().err

@@ -62,6 +62,18 @@ def _summary(results: dict[str, list[MetricRow]]) -> list[str]:
     return lines or ["no metrics (the data hold no complete cycle, pulse, sweep or spectrum)"]
 
 
+def _cell_notes(cell, radius: float | None) -> list[str]:
+    """What a cell description without some keys leaves out of the analysis of a file."""
+    notes = []
+    if radius is None and cell.particle_radius is None:
+        notes.append("no particle_radius (cell file or --particle-radius): GITT, ICI and EIS give diffusion "
+                     "times, not diffusion coefficients")
+    if cell.nominal_capacity is None:
+        notes.append("no active_mass and nominal_specific_capacity in the cell: specific capacities are left "
+                     "out and a GITT pulse counts as on a plateau by |ΔE_s| < 2 mV alone")
+    return notes
+
+
 def analyze(path: Path = typer.Argument(..., help="A run directory (journal.sqlite), or a BDF .csv/.parquet file."),
             cell: Path | None = typer.Option(None, "--cell", help="Cell YAML (active_mass, particle_radius, ...) for BDF files."),
             reference_cycle: int | None = typer.Option(None, "--reference-cycle", help="Baseline cycle of capacity retention."),
@@ -90,6 +102,8 @@ def analyze(path: Path = typer.Argument(..., help="A run directory (journal.sqli
 
         c = load_cell_file(cell) if cell is not None else Cell()
         cols = read_bdf(path)
+        for note in _cell_notes(c, radius):
+            typer.echo(f"note: {note}", err=True)
         ops = operators_for(c, "discharge" if c.kind == "anode_half_cell" else "charge", options)
         first = run_stream(ops, bdf_stream(cols, c, "discharge" if c.kind == "anode_half_cell" else "charge"))
         results = {path.name: first, "__first__": first}
