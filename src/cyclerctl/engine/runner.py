@@ -244,10 +244,11 @@ class ChannelRunner:
 
     # ---- events and metrics -----------------------------------------------------------------------
 
-    def _emit(self, kind: str, data: dict[str, Any] | None = None) -> None:
+    def _emit(self, kind: str, data: dict[str, Any] | None = None, at: float | None = None) -> None:
+        """Journal an event at test time `at` (default: now) and feed it to the operators."""
         es = self.es
         data = data or {}
-        now = self.test_time_now()
+        now = self.test_time_now() if at is None else at
         unix = es.unix_origin + now
         data = _clean(data)
         row = (es.event_seq, kind, now, unix, es.cycle_count, es.step_count, es.seq, _json(data))
@@ -445,9 +446,9 @@ class ChannelRunner:
         data.update(step_parameters(step))
         self._emit("step_start", data)
 
-    def _end_step(self, reason: str, label: str = "") -> None:
+    def _end_step(self, reason: str, label: str = "", at: float | None = None) -> None:
         self._emit("step_end", {"step_id": self.current_step.step_id if self.current_step else None,
-                                "reason": reason, "end_label": label})
+                                "reason": reason, "end_label": label}, at=at)
         self.es.in_step = False
         self.es.last_t = self.es.last_i = None
 
@@ -471,9 +472,14 @@ class ChannelRunner:
         if kind == "trip":
             trip: Trip = value
             await self._safe()
-            self._emit("safety_trip", {"limit": trip.limit, "value": trip.value, "bound": trip.bound})
-            self._end_step("fault")
-            await self._fault(trip.message, "safety")
+            # the trip is at the sample that crossed (the last one journaled). On a virtual clock the
+            # clock stands at the end of the block the channel computed ahead, which never happened:
+            # the events that follow the trip are at its time too; on a wall clock they are at now.
+            t_trip = es.test_time
+            after = t_trip if math.isinf(getattr(self.clock, "speed", 1.0)) else None
+            self._emit("safety_trip", {"limit": trip.limit, "value": trip.value, "bound": trip.bound}, at=t_trip)
+            self._end_step("fault", at=after)
+            await self._fault(trip.message, "safety", at=after)
         elif kind == "end":
             end_index = value
             goto = None
@@ -645,6 +651,12 @@ class ChannelRunner:
         st = cols.get("step_time_second")
         st = seg_st0 + (t - seg_t0) if st is None else np.asarray(st, dtype=np.float64)
         trip = self.safety.check(step.limits, cols, st)
+        if trip is not None and trip.index < n - 1:
+            # the step ends at the sample that tripped: what the channel computed or measured after
+            # it is not part of the step (a simulated block may run an hour past it at max speed)
+            n = trip.index + 1
+            t, st = t[:n], st[:n]
+            cols = {name: a[:n] for name, a in cols.items()}
         rows = np.full((n, _NCOL), np.nan)
         rows[:, _COL["seq"]] = np.arange(es.seq, es.seq + n)
         rows[:, _COL["test_time_second"]] = t
@@ -770,7 +782,7 @@ class ChannelRunner:
         except Exception:  # noqa: BLE001 - best effort; the fault is recorded by the caller
             log.exception("channel %s: safe_state failed", self.name)
 
-    async def _fault(self, message: str, kind: str, commit: bool = True) -> None:
+    async def _fault(self, message: str, kind: str, commit: bool = True, at: float | None = None) -> None:
         await self._safe()
         if self.sm.can("fault"):
             self.sm.apply("fault")
@@ -780,9 +792,9 @@ class ChannelRunner:
         if not commit or self.journal.failed is not None:
             return
         if self.es.in_step:
-            self._end_step("fault")
-        self._emit("fault", {"message": message, "kind": kind})
-        self._emit("run_end", {"status": "faulted"})
+            self._end_step("fault", at=at)
+        self._emit("fault", {"message": message, "kind": kind}, at=at)
+        self._emit("run_end", {"status": "faulted"}, at=at)
         try:
             await self.journal.flush()
         except JournalError as exc:
