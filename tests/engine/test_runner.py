@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from helpers import assert_contiguous, journal, kinds, session
 from programs import CELL, SAFETY, cc, cycling, goto_program, nested_program, rest, until_program
 
-from cyclerctl.program import Condition, Limits, LoopEnd, LoopStart, Program
+from cyclerctl.program import Condition, Limits, LoopEnd, LoopStart, Program, Record, Sweep
 
 
 async def test_cycling_counts_cycles_and_steps(run_dir):
@@ -153,6 +154,29 @@ async def test_trip_early_in_a_large_block_ends_the_step_at_the_offending_sample
     assert es.test_time == t[-1] and es.seq == len(samples["seq"])
     # the engine counted the charge of the journaled samples only (1 mA from 0 to 1040 s of the step)
     assert es.step_charge == pytest.approx(-1e-3 * 1040.0, rel=1e-12)
+
+
+async def test_sweep_from_the_ocv_starts_at_the_potential_measured_last(run_dir):
+    """A from-OCV sweep after a rest starts where the rest ended (step_start names the start, the
+    first sweep sample is there); with nothing measured before it the channel faults in one line."""
+    sweep = Sweep(step_id=1, name="CV from OCV", start=math.nan, vertices=(0.2, 1.0), scan_rate=1e-3,
+                  limits=SAFETY, record=Record(every=10.0), technique="cv", from_ocv=True)
+    prog = Program(name="ocv cv", instructions=(rest(0, 100.0), sweep), cell=CELL, safety=SAFETY)
+    s = session(run_dir, [prog], options={"x0": 0.25})
+    assert await s.execute() == {"ch1": "done"}
+    samples, events, _, _ = journal(run_dir)
+    v, sc = samples["voltage_volt"], samples["step_count"]
+    ocv = v[sc == 1][-1]
+    assert ocv == pytest.approx(1.2 - 1.2 * 0.25)
+    start = [e for e in events if e.kind == "step_start"][1]
+    assert start.data["start_volt"] == ocv and start.data["start_at_ocv"] is True
+    assert v[sc == 2][0] == pytest.approx(ocv)
+    assert s.runners["ch1"].es.sweep_start is None  # cleared at the step's end
+
+    alone = Program(name="no ocv", instructions=(sweep,), cell=CELL, safety=SAFETY)
+    s = session(run_dir.parent / "alone", [alone])
+    assert await s.execute() == {"ch1": "faulted"}
+    assert "nothing was measured before it" in s.runners["ch1"].es.fault
 
 
 async def test_per_step_limit_tighter_than_global(run_dir):

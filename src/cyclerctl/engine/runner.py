@@ -55,6 +55,7 @@ _BLOCK_TO_JOURNAL = ("voltage_volt", "current_ampere", "temperature_t1_celsius",
 _BLOCK_TO_JOURNAL_COL = tuple((name, _COL[name]) for name in _BLOCK_TO_JOURNAL)
 _SEQ, _T, _UNIX, _ST = _COL["seq"], _COL["test_time_second"], _COL["unix_time_second"], _COL["step_time_second"]
 _CYCLE, _STEP, _STEP_ID = _COL["cycle_count"], _COL["step_count"], _COL["step_id"]
+_V = _COL["voltage_volt"]
 
 
 @dataclass(slots=True)
@@ -82,6 +83,8 @@ class EngineState:
     fault: str = ""  # message of the fault
     fault_kind: str = ""  # safety | instrument | journal
     trailing: dict[str, int] = field(default_factory=dict)  # safety debounce carry
+    last_voltage: float | None = None  # V, of the last sample that had one (a sweep from the OCV)
+    sweep_start: float | None = None  # V, where the from-OCV sweep in progress started
 
     def to_json(self) -> str:
         """The state as JSON (journaled with every commit of the channel: kept cheap)."""
@@ -127,7 +130,8 @@ def step_parameters(step: Step) -> dict[str, Any]:
         return {"voltage_volt": step.voltage, "current_limit_ampere": _finite(step.current_limit)}
     if isinstance(step, Sweep):
         return {"scan_rate_volt_per_second": step.scan_rate, "start_volt": step.start,
-                "vertices_volt": list(step.vertices), "cycles": step.cycles}
+                "vertices_volt": list(step.vertices), "cycles": step.cycles,
+                "start_at_ocv": getattr(step, "from_ocv", False)}
     if isinstance(step, Impedance):
         return {"mode": step.mode, "freq_start_hertz": step.freq_start, "freq_stop_hertz": step.freq_stop,
                 "amplitude": step.amplitude, "bias": step.bias, "points_per_decade": step.points_per_decade}
@@ -451,9 +455,20 @@ class ChannelRunner:
                                 "reason": reason, "end_label": label}, at=at)
         self.es.in_step = False
         self.es.last_t = self.es.last_i = None
+        self.es.sweep_start = None
 
     async def _run_step(self, step: Step) -> None:
         es = self.es
+        if isinstance(step, Sweep) and not step.resolved:
+            # a sweep from the open-circuit voltage starts at the potential measured last (the rest
+            # before it), fixed when the step starts: a resumed sweep keeps its start
+            if not es.in_step:
+                es.sweep_start = es.last_voltage
+            if es.sweep_start is None:
+                await self._fault(f"step {step.name!r} starts at the open-circuit voltage, but nothing was "
+                                  "measured before it: put a rest or ocv step before the sweep", "program")
+                return
+            step = step.at(es.sweep_start)
         self.current_step = step
         if not es.in_step:
             self._begin_step(step)
@@ -684,6 +699,9 @@ class ChannelRunner:
             es.last_t, es.last_i = float(t[-1]), float(i[-1])
         es.test_time = float(t[-1])
         es.step_time = float(st[-1])
+        v = cols.get("voltage_volt")
+        if v is not None and len(v) and v[-1] == v[-1]:  # not NaN
+            es.last_voltage = float(v[-1])
         if self.operators:
             view = {name: rows[:, k] for name, k in _COL.items()}
             for op in self.operators:
@@ -727,6 +745,9 @@ class ChannelRunner:
             es.last_t, es.last_i = t, i
         es.test_time = t
         es.step_time = st
+        v = float(row[_V])
+        if v == v:  # not NaN
+            es.last_voltage = v
         if self.operators:
             view = {name: rows[:, k] for name, k in _COL.items()}
             for op in self.operators:
