@@ -13,7 +13,7 @@ In an anode half cell (hard carbon or Sn vs Na) sodiation is the discharge: nega
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 # ---- cell ------------------------------------------------------------------------------------------
@@ -181,29 +181,53 @@ class ConstantVoltage(StepBase):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Sweep(StepBase):
     """Cyclic voltammetry: linear potential sweep from `start` through `vertices` in order, repeated
-    `cycles` times, at `scan_rate` (V/s, > 0). One CV cycle = start -> v1 -> v2 (-> ...) -> start.
-    Samples carry the segment (sweep) number; a half-cycle ends at each vertex."""
+    `cycles` times, at `scan_rate` (V/s, > 0). One CV cycle = start -> v1 -> v2 (-> ...) -> start;
+    with `end_at_start` False the first cycle is start -> v1 -> ... -> vn and each further one starts
+    where the previous ended: vn -> v1 -> ... -> vn (the potential never jumps). Samples carry the
+    segment (sweep) number; a half-cycle ends at each vertex.
+
+    from_ocv: the sweep starts at the open-circuit potential, which is known only when the step
+    starts: the compiled step has start = NaN and the engine runs `at(V)` with the potential it
+    measured last (a rest or OCV step before the sweep)."""
 
     start: float
     vertices: tuple[float, ...]
     scan_rate: float
     cycles: int = 1
     end_at_start: bool = True  # return to `start` at the end of each cycle
+    from_ocv: bool = False
 
     @property
     def step_type(self) -> str:
         return "CV_SWEEP"
 
+    @property
+    def resolved(self) -> bool:
+        """The start potential is known (always, unless from_ocv and not yet started)."""
+        return not math.isnan(self.start)
+
+    def at(self, start: float) -> Sweep:
+        """This sweep starting at `start` (V): a from_ocv sweep once its open-circuit potential is known."""
+        return replace(self, start=float(start))
+
     def segments(self) -> list[tuple[float, float]]:
-        """(from, to) of every linear segment, in order, over all cycles."""
-        pts = [self.start, *self.vertices]
+        """(from, to) of every linear segment, in order, over all cycles. Before a from_ocv sweep is
+        resolved its first segment starts at the first vertex (length unknown, taken as 0)."""
+        start = self.start if self.resolved else self.vertices[0]
+        pts = [start, *self.vertices]
         if self.end_at_start:
-            pts.append(self.start)
-        one = list(zip(pts[:-1], pts[1:], strict=True))
-        return one * self.cycles
+            pts.append(start)
+            one = list(zip(pts[:-1], pts[1:], strict=True))
+            return one * self.cycles
+        first = list(zip(pts[:-1], pts[1:], strict=True))
+        loop = [self.vertices[-1], *self.vertices]
+        again = list(zip(loop[:-1], loop[1:], strict=True))
+        return first + again * (self.cycles - 1)
 
     @property
     def duration(self) -> float:
+        """Seconds of the whole sweep (of a from_ocv sweep not yet resolved: without the way from the
+        open-circuit potential to the first vertex, and back to it with end_at_start)."""
         return sum(abs(b - a) for a, b in self.segments()) / self.scan_rate
 
 

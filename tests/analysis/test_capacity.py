@@ -112,6 +112,48 @@ def test_cv_and_eis_steps_are_not_counted():
     assert rows == []
 
 
+def _noisy_rest(op, step, t0, n, rng, data):
+    """A 10 s-record rest step with instrument noise (~nA, zero mean) on the current."""
+    op.feed_event(Event("step_start", t0, 1, step, 0, data))
+    t = t0 + np.arange(n) * 10.0
+    return op.feed_samples({"test_time_second": t, "voltage_volt": 1.26 + 1e-4 * rng.standard_normal(n),
+                            "current_ampere": 1e-9 * rng.standard_normal(n), "cycle_count": np.ones(n),
+                            "step_count": np.full(n, float(step))})
+
+
+@pytest.mark.parametrize("data", [{"technique": "rest", "step_type": "REST"}, {"technique": "ocv"},
+                                  {"step_type": "OCV"}, {"technique": "temperature", "step_type": "TEMP"},
+                                  {"technique": "gitt", "step_type": "REST", "tags": {"role": "relax"}}])
+def test_noise_during_a_rest_is_no_cycle(data):
+    """A run of rests (open circuit: the current read is instrument noise) has no cycle row, so no CE,
+    no ICE and no rate row, whether the step says so by technique or by step type."""
+    op = CycleOperator(active_mass=4.3e-6)
+    rng = np.random.default_rng(7)
+    rows = _noisy_rest(op, 1, 0.0, 721, rng, data)
+    rows += _noisy_rest(op, 2, 7210.0, 100, rng, data)
+    rows += op.feed_event(Event("run_end", 8210.0, 1, 2, 821, {}))
+    assert rows == []
+    assert op.last is None and op.current()["coulombic_efficiency"] is None
+
+
+def test_rest_noise_does_not_change_a_cycle():
+    """Noise in the rests between GCD steps is not counted: the capacities are the steps' exactly."""
+    rng = np.random.default_rng(8)
+    i = 1e-4
+    cols, events = gcd_cycles([(-i, i)] * 2, [(1000.0, 900.0)] * 2, rng)
+    rest = np.flatnonzero(np.isin(cols["step_count"], [2.0, 5.0]))
+    cols["current_ampere"][rest] = 3e-9 * rng.standard_normal(rest.size) + 2e-9  # noise with an offset
+    events = [Event(e.kind, e.test_time_second, e.cycle_count, e.step_count, e.sample_seq,
+                    {**e.data, "step_type": "REST"} if e.data.get("technique") == "rest" else e.data)
+              for e in events]
+    rows = [r.data for r in run(CycleOperator(), cols, events) if r.kind == "cycle"]
+    assert [r["cycle_count"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["discharge_capacity_c"] == pytest.approx(i * 1000.0, rel=1e-12)
+        assert r["charge_capacity_c"] == pytest.approx(i * 900.0, rel=1e-12)
+        assert r["coulombic_efficiency"] == pytest.approx(0.9, rel=1e-12)
+
+
 def _segment_sums_reference(t, v, i, sc, cyc, prev, excluded):
     """The interval sums of _segment_sums written out with masks, one cycle run at a time."""
     tt, vv, ii, ss = (np.r_[p, x] for p, x in zip(prev, (t, v, i, sc), strict=True))

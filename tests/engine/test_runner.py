@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from helpers import assert_contiguous, journal, kinds, session
-from programs import CELL, SAFETY, cc, cycling, goto_program, nested_program, until_program
+from programs import CELL, SAFETY, cc, cycling, goto_program, nested_program, rest, until_program
 
-from cyclerctl.program import Condition, Limits, LoopEnd, LoopStart, Program
+from cyclerctl.program import Condition, Limits, LoopEnd, LoopStart, Program, Record, Sweep
 
 
 async def test_cycling_counts_cycles_and_steps(run_dir):
@@ -123,6 +125,58 @@ async def test_safety_trip_within_one_block_and_safe_state(run_dir):
     assert "voltage_min" in s.runners["ch1"].es.fault
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "faulted" and "voltage_min" in info["faults"]["ch1"]
+
+
+async def test_trip_early_in_a_large_block_ends_the_step_at_the_offending_sample(run_dir):
+    """One 1 h block (the max-speed span) holds the whole discharge, which crosses the -0.05 V limit
+    about halfway and runs on to -1 V: the trip is at the sample completing the debounce (the second
+    one below the limit; the first is only 6 mV below, under the 50 mV margin), every trip event has
+    that sample's time, and no sample after it is journaled."""
+    prog = Program(name="trip", instructions=(rest(0, 100.0), cc(1, -1e-3, -1.0)), cell=CELL, safety=SAFETY)
+    s = session(run_dir, [prog], options={"capacity": 1.0}, max_block_span=3600.0)
+    assert await s.execute() == {"ch1": "faulted"}
+    ch = s.runners["ch1"].channel
+    assert ch.blocks == 2 and ch.output_on is False  # the rest, and the discharge in one block
+    samples, events, _, _ = journal(run_dir)
+    assert_contiguous(samples, events)
+    step = samples["step_count"] == 2
+    t, v = samples["test_time_second"][step], samples["voltage_volt"][step]
+    out = np.flatnonzero(v < SAFETY.voltage_min)
+    assert len(out) == 2 and out[1] == out[0] + 1 == len(v) - 1  # the step's journal ends at the 2nd out
+    assert -0.1 < v[out[0]] and v[out[1]] < -0.05
+    trip = next(e for e in events if e.kind == "safety_trip")
+    assert trip.data["limit"] == "voltage_min" and trip.data["value"] == v[-1]
+    assert trip.test_time_second == t[-1] == 100.0 + 1040.0  # not the block's end (~1917 s)
+    assert [e.test_time_second for e in events[-4:]] == [t[-1]] * 4  # safety_trip, step_end, fault, run_end
+    assert kinds(events)[-4:] == ["safety_trip", "step_end", "fault", "run_end"]
+    assert trip.sample_seq == samples["seq"][-1] + 1
+    es = s.runners["ch1"].es
+    assert es.test_time == t[-1] and es.seq == len(samples["seq"])
+    # the engine counted the charge of the journaled samples only (1 mA from 0 to 1040 s of the step)
+    assert es.step_charge == pytest.approx(-1e-3 * 1040.0, rel=1e-12)
+
+
+async def test_sweep_from_the_ocv_starts_at_the_potential_measured_last(run_dir):
+    """A from-OCV sweep after a rest starts where the rest ended (step_start names the start, the
+    first sweep sample is there); with nothing measured before it the channel faults in one line."""
+    sweep = Sweep(step_id=1, name="CV from OCV", start=math.nan, vertices=(0.2, 1.0), scan_rate=1e-3,
+                  limits=SAFETY, record=Record(every=10.0), technique="cv", from_ocv=True)
+    prog = Program(name="ocv cv", instructions=(rest(0, 100.0), sweep), cell=CELL, safety=SAFETY)
+    s = session(run_dir, [prog], options={"x0": 0.25})
+    assert await s.execute() == {"ch1": "done"}
+    samples, events, _, _ = journal(run_dir)
+    v, sc = samples["voltage_volt"], samples["step_count"]
+    ocv = v[sc == 1][-1]
+    assert ocv == pytest.approx(1.2 - 1.2 * 0.25)
+    start = [e for e in events if e.kind == "step_start"][1]
+    assert start.data["start_volt"] == ocv and start.data["start_at_ocv"] is True
+    assert v[sc == 2][0] == pytest.approx(ocv)
+    assert s.runners["ch1"].es.sweep_start is None  # cleared at the step's end
+
+    alone = Program(name="no ocv", instructions=(sweep,), cell=CELL, safety=SAFETY)
+    s = session(run_dir.parent / "alone", [alone])
+    assert await s.execute() == {"ch1": "faulted"}
+    assert "nothing was measured before it" in s.runners["ch1"].es.fault
 
 
 async def test_per_step_limit_tighter_than_global(run_dir):

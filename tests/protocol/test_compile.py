@@ -224,6 +224,37 @@ def test_capability_envelope_is_enforced(steps: str, message: str) -> None:
     program("  - Discharge at 10 uA until 0 V\n", caps=CAPS)  # within the envelope
 
 
+def test_sweep_from_the_open_circuit_voltage() -> None:
+    """start: ocv leaves the start to the run (NaN until the engine resolves it with the potential it
+    measured last); without end_at_start each later cycle starts at the last vertex."""
+    p = program("  - rest: {for: 2 h}\n"
+                "  - cv: {start: ocv, vertices: [0 V, 2.5 V], rate: 0.5 mV/s, cycles: 3, end_at_start: false}\n")
+    cv = p.instructions[1]
+    assert isinstance(cv, Sweep) and cv.from_ocv and not cv.resolved and math.isnan(cv.start)
+    assert cv.name.startswith("CV OCV, 0 V, 2.5 V")
+    assert cv.duration == pytest.approx(5 * 2.5 / 5e-4)  # without the way from the OCV to 0 V
+    at = cv.at(1.26)
+    assert at.resolved and at.from_ocv
+    assert at.segments() == [(1.26, 0.0), (0.0, 2.5), (2.5, 0.0), (0.0, 2.5), (2.5, 0.0), (0.0, 2.5)]
+    assert at.duration == pytest.approx((1.26 + 5 * 2.5) / 5e-4)
+    back = program("  - rest: {for: 1 h}\n  - cv: {start: OCP, vertices: [0 V, 2 V], rate: 1 mV/s, cycles: 2}\n")
+    assert back.instructions[1].at(1.0).segments() == [(1.0, 0.0), (0.0, 2.0), (2.0, 1.0)] * 2
+
+
+def test_sweep_cycles_without_return_never_jump() -> None:
+    cv = program("  - cv: {start: 1 V, vertices: [0 V, 2 V], rate: 1 mV/s, cycles: 2, end_at_start: false}\n")
+    segs = cv.instructions[0].segments()
+    assert segs == [(1.0, 0.0), (0.0, 2.0), (2.0, 0.0), (0.0, 2.0)]
+    assert all(a[1] == b[0] for a, b in zip(segs[:-1], segs[1:], strict=True))
+
+
+def test_sweep_from_the_ocv_needs_a_step_before_it() -> None:
+    e = error("  - cv: {start: ocv, vertices: [0 V, 2.5 V], rate: 0.5 mV/s}\n")
+    assert "needs a step before it" in str(e) and "start" in str(e)
+    e = error("  - cv: {start: 1 V, vertices: [0 V], rate: 1 mV/s, cycles: 2, end_at_start: false}\n")
+    assert "runs once" in str(e)
+
+
 def test_all_errors_of_a_file_are_reported_in_file_order() -> None:
     from cyclerctl.protocol import all_errors
 

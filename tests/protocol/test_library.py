@@ -90,3 +90,11 @@ def test_describe_gives_a_table_with_a_row_per_instruction() -> None:
     pulse = next(x for x in r if x["kind"] == "CC_DCHG (gitt)")
     assert "mA/g" in pulse["setpoint"] and pulse["si"].endswith(" A")
     assert "V <= 1 mV -> #" in pulse["ends"]
+
+
+@pytest.mark.parametrize("name", ["hc_cv_0p5", "snhc_cv_0p2", "snhc_cv_multirate"])
+def test_cv_protocols_sweep_from_the_ocv_after_a_rest(name: str) -> None:
+    """No CV protocol steps the cell from its open-circuit voltage to a fixed start potential."""
+    p = compile_file(data_dir("protocols") / f"{name}.yaml")
+    sweeps = [k for k, s in enumerate(p.instructions) if isinstance(s, Sweep)]
+    assert sweeps and all(p.instructions[k].from_ocv and isinstance(p.instructions[k - 1], Rest) for k in sweeps)

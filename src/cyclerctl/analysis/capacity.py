@@ -4,7 +4,9 @@ Q = Σ ½(I_k + I_{k-1})·Δt over consecutive samples of the same step (trapezo
 piecewise-constant current of a galvanostatic step). Intervals with I < 0 count as discharge
 (sodiation of an anode half cell), I > 0 as charge. CE of an anode half cell (cycles start on the
 discharge) = Q_charge / Q_discharge of the same cycle; of a cathode or full cell (cycles start on the
-charge) = Q_discharge / Q_charge. Steps of the techniques CV and EIS are not counted.
+charge) = Q_discharge / Q_charge. Only steps that pass current on purpose count: constant current
+and constant voltage (GCD, CCCV, GITT and ICI pulses). Rest, OCV, temperature, CV-sweep and EIS steps
+do not: the ~nA an instrument reads at open circuit is noise, and a run of them alone is no cycle.
 Energy = ∫ V|I| dt; mean voltage = energy / charge; hysteresis = V̄_charge − V̄_discharge.
 """
 
@@ -19,7 +21,9 @@ from numba import njit
 from .base import Event, KahanSum, MetricRow, column
 
 AH = 3600.0  # C per A·h
-EXCLUDED_TECHNIQUES = frozenset({"cv", "eis"})
+# steps whose charge is not counted, by technique or BDF step type (either one excludes a step)
+EXCLUDED_TECHNIQUES = frozenset({"cv", "eis", "rest", "ocv", "temperature"})
+EXCLUDED_STEP_TYPES = frozenset({"REST", "OCV", "EIS", "CV_SWEEP", "TEMP"})
 
 
 _NONE = np.empty(0)
@@ -102,7 +106,7 @@ class CycleOperator:
         self.rate_tolerance = rate_tolerance
         self._prev: tuple[float, float, float, float] | None = None  # t, V, I, step_count
         self._open: _CycleAccumulator | None = None
-        self._excluded: set[float] = set()  # step counts of CV and EIS steps
+        self._excluded: set[float] = set()  # step counts of uncounted steps that may still get samples
         self._excluded_sorted = _NONE  # the same, as a sorted array (_segment_sums)
         # what later cycles refer to, kept small so memory does not grow with the cycles: the latest
         # cycle row, the first CE, and each cycle's reversible capacity (retention against any cycle)
@@ -118,9 +122,15 @@ class CycleOperator:
 
     def feed_event(self, event: Event) -> list[MetricRow]:
         if event.kind == "step_start" and event.step_count is not None:
-            if str(event.data.get("technique") or "") in EXCLUDED_TECHNIQUES:
-                self._excluded.add(float(event.step_count))
-                self._excluded_sorted = np.array(sorted(self._excluded), dtype=np.float64)
+            step = float(event.step_count)
+            # in journal order the samples of earlier steps are all in: only this one's matter
+            kept = {s for s in self._excluded if s >= step}
+            if (str(event.data.get("technique") or "") in EXCLUDED_TECHNIQUES
+                    or str(event.data.get("step_type") or "") in EXCLUDED_STEP_TYPES):
+                kept.add(step)
+            if kept != self._excluded:
+                self._excluded = kept
+                self._excluded_sorted = np.array(sorted(kept), dtype=np.float64) if kept else _NONE
             return []
         if event.kind == "run_end":
             rows = self._close_cycle()

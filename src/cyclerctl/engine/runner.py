@@ -55,6 +55,7 @@ _BLOCK_TO_JOURNAL = ("voltage_volt", "current_ampere", "temperature_t1_celsius",
 _BLOCK_TO_JOURNAL_COL = tuple((name, _COL[name]) for name in _BLOCK_TO_JOURNAL)
 _SEQ, _T, _UNIX, _ST = _COL["seq"], _COL["test_time_second"], _COL["unix_time_second"], _COL["step_time_second"]
 _CYCLE, _STEP, _STEP_ID = _COL["cycle_count"], _COL["step_count"], _COL["step_id"]
+_V = _COL["voltage_volt"]
 
 
 @dataclass(slots=True)
@@ -82,6 +83,8 @@ class EngineState:
     fault: str = ""  # message of the fault
     fault_kind: str = ""  # safety | instrument | journal
     trailing: dict[str, int] = field(default_factory=dict)  # safety debounce carry
+    last_voltage: float | None = None  # V, of the last sample that had one (a sweep from the OCV)
+    sweep_start: float | None = None  # V, where the from-OCV sweep in progress started
 
     def to_json(self) -> str:
         """The state as JSON (journaled with every commit of the channel: kept cheap)."""
@@ -127,7 +130,8 @@ def step_parameters(step: Step) -> dict[str, Any]:
         return {"voltage_volt": step.voltage, "current_limit_ampere": _finite(step.current_limit)}
     if isinstance(step, Sweep):
         return {"scan_rate_volt_per_second": step.scan_rate, "start_volt": step.start,
-                "vertices_volt": list(step.vertices), "cycles": step.cycles}
+                "vertices_volt": list(step.vertices), "cycles": step.cycles,
+                "start_at_ocv": getattr(step, "from_ocv", False)}
     if isinstance(step, Impedance):
         out: dict[str, Any] = {
             "mode": step.mode, "freq_start_hertz": step.freq_start, "freq_stop_hertz": step.freq_stop,
@@ -249,10 +253,11 @@ class ChannelRunner:
 
     # ---- events and metrics -----------------------------------------------------------------------
 
-    def _emit(self, kind: str, data: dict[str, Any] | None = None) -> None:
+    def _emit(self, kind: str, data: dict[str, Any] | None = None, at: float | None = None) -> None:
+        """Journal an event at test time `at` (default: now) and feed it to the operators."""
         es = self.es
         data = data or {}
-        now = self.test_time_now()
+        now = self.test_time_now() if at is None else at
         unix = es.unix_origin + now
         data = _clean(data)
         row = (es.event_seq, kind, now, unix, es.cycle_count, es.step_count, es.seq, _json(data))
@@ -450,14 +455,25 @@ class ChannelRunner:
         data.update(step_parameters(step))
         self._emit("step_start", data)
 
-    def _end_step(self, reason: str, label: str = "") -> None:
+    def _end_step(self, reason: str, label: str = "", at: float | None = None) -> None:
         self._emit("step_end", {"step_id": self.current_step.step_id if self.current_step else None,
-                                "reason": reason, "end_label": label})
+                                "reason": reason, "end_label": label}, at=at)
         self.es.in_step = False
         self.es.last_t = self.es.last_i = None
+        self.es.sweep_start = None
 
     async def _run_step(self, step: Step) -> None:
         es = self.es
+        if isinstance(step, Sweep) and not step.resolved:
+            # a sweep from the open-circuit voltage starts at the potential measured last (the rest
+            # before it), fixed when the step starts: a resumed sweep keeps its start
+            if not es.in_step:
+                es.sweep_start = es.last_voltage
+            if es.sweep_start is None:
+                await self._fault(f"step {step.name!r} starts at the open-circuit voltage, but nothing was "
+                                  "measured before it: put a rest or ocv step before the sweep", "program")
+                return
+            step = step.at(es.sweep_start)
         self.current_step = step
         if not es.in_step:
             self._begin_step(step)
@@ -476,9 +492,14 @@ class ChannelRunner:
         if kind == "trip":
             trip: Trip = value
             await self._safe()
-            self._emit("safety_trip", {"limit": trip.limit, "value": trip.value, "bound": trip.bound})
-            self._end_step("fault")
-            await self._fault(trip.message, "safety")
+            # the trip is at the sample that crossed (the last one journaled). On a virtual clock the
+            # clock stands at the end of the block the channel computed ahead, which never happened:
+            # the events that follow the trip are at its time too; on a wall clock they are at now.
+            t_trip = es.test_time
+            after = t_trip if math.isinf(getattr(self.clock, "speed", 1.0)) else None
+            self._emit("safety_trip", {"limit": trip.limit, "value": trip.value, "bound": trip.bound}, at=t_trip)
+            self._end_step("fault", at=after)
+            await self._fault(trip.message, "safety", at=after)
         elif kind == "end":
             end_index = value
             goto = None
@@ -650,6 +671,12 @@ class ChannelRunner:
         st = cols.get("step_time_second")
         st = seg_st0 + (t - seg_t0) if st is None else np.asarray(st, dtype=np.float64)
         trip = self.safety.check(step.limits, cols, st)
+        if trip is not None and trip.index < n - 1:
+            # the step ends at the sample that tripped: what the channel computed or measured after
+            # it is not part of the step (a simulated block may run an hour past it at max speed)
+            n = trip.index + 1
+            t, st = t[:n], st[:n]
+            cols = {name: a[:n] for name, a in cols.items()}
         rows = np.full((n, _NCOL), np.nan)
         rows[:, _COL["seq"]] = np.arange(es.seq, es.seq + n)
         rows[:, _COL["test_time_second"]] = t
@@ -677,6 +704,9 @@ class ChannelRunner:
             es.last_t, es.last_i = float(t[-1]), float(i[-1])
         es.test_time = float(t[-1])
         es.step_time = float(st[-1])
+        v = cols.get("voltage_volt")
+        if v is not None and len(v) and v[-1] == v[-1]:  # not NaN
+            es.last_voltage = float(v[-1])
         if self.operators:
             view = {name: rows[:, k] for name, k in _COL.items()}
             for op in self.operators:
@@ -720,6 +750,9 @@ class ChannelRunner:
             es.last_t, es.last_i = t, i
         es.test_time = t
         es.step_time = st
+        v = float(row[_V])
+        if v == v:  # not NaN
+            es.last_voltage = v
         if self.operators:
             view = {name: rows[:, k] for name, k in _COL.items()}
             for op in self.operators:
@@ -775,7 +808,7 @@ class ChannelRunner:
         except Exception:  # noqa: BLE001 - best effort; the fault is recorded by the caller
             log.exception("channel %s: safe_state failed", self.name)
 
-    async def _fault(self, message: str, kind: str, commit: bool = True) -> None:
+    async def _fault(self, message: str, kind: str, commit: bool = True, at: float | None = None) -> None:
         await self._safe()
         if self.sm.can("fault"):
             self.sm.apply("fault")
@@ -785,9 +818,9 @@ class ChannelRunner:
         if not commit or self.journal.failed is not None:
             return
         if self.es.in_step:
-            self._end_step("fault")
-        self._emit("fault", {"message": message, "kind": kind})
-        self._emit("run_end", {"status": "faulted"})
+            self._end_step("fault", at=at)
+        self._emit("fault", {"message": message, "kind": kind}, at=at)
+        self._emit("run_end", {"status": "faulted"}, at=at)
         try:
             await self.journal.flush()
         except JournalError as exc:

@@ -58,6 +58,8 @@ class _StepFailed(Exception):
     """Internal: the current step has errors (already recorded); skip to the next."""
 
 
+OCV_WORDS = ("ocv", "ocp", "open circuit")  # a sweep start meaning: the open-circuit potential
+
 @dataclass
 class _Goto:
     instr: int
@@ -640,7 +642,15 @@ def _sweep(c: Compiler, item: schema.SweepStep, path: tuple) -> None:
     limits, rec, name = c.common(item, path)
     c.check_technique("sweep", sp)
     vertices = [c.q(v, "voltage", (*sp, "vertices", i)) for i, v in enumerate(s.vertices)]
-    if s.start is not None:
+    stext = None if s.start is None else c.subst(s.start, (*sp, "start"))
+    from_ocv = isinstance(stext, str) and stext.strip().lower() in OCV_WORDS
+    if from_ocv:
+        # the potential measured last when the step starts: something must have been measured
+        if not any(not isinstance(ins, (LoopStart, LoopEnd)) for ins in c.out):
+            raise c.fail((*sp, "start"), "a sweep from the open-circuit voltage needs a step before it "
+                         "(a rest or ocv step): it starts at the potential measured last")
+        start = math.nan
+    elif s.start is not None:
         start = c.q(s.start, "voltage", (*sp, "start"))
         c.check_voltage(start, limits, (*sp, "start"), "the sweep start ")
     else:
@@ -656,16 +666,25 @@ def _sweep(c: Compiler, item: schema.SweepStep, path: tuple) -> None:
         if not lo <= rate <= hi:
             raise c.fail((*sp, "rate"), f"{units.fmt(rate, 'scan_rate')} is beyond the instrument {c.caps.model} "
                          f"({units.fmt(lo, 'scan_rate')} to {units.fmt(hi, 'scan_rate')})")
-    step = Sweep(step_id=c.step_id, name=name or f"CV {', '.join(units.fmt(v, 'voltage') for v in [start, *vertices])} "
+    if len(vertices) == 1 and not s.end_at_start and s.cycles > 1:
+        raise c.fail((*sp, "cycles"), "a sweep to one vertex without the way back runs once: set cycles: 1, "
+                     "or end_at_start: true")
+    points = ["OCV" if from_ocv else _volts(start), *(_volts(v) for v in vertices)]
+    step = Sweep(step_id=c.step_id, name=name or f"CV {', '.join(points)} "
                  f"at {units.fmt(rate, 'scan_rate')}, {s.cycles} cycle{'s' if s.cycles > 1 else ''}",
                  record=rec, limits=limits, technique="cv", start=start, vertices=tuple(vertices),
-                 scan_rate=rate, cycles=s.cycles, end_at_start=s.end_at_start, source_line=c.line(path))
-    if step.duration <= 0:
+                 scan_rate=rate, cycles=s.cycles, end_at_start=s.end_at_start, from_ocv=from_ocv,
+                 source_line=c.line(path))
+    if step.duration <= 0 and not (from_ocv and len(vertices) == 1):
         raise c.fail(sp, "the sweep does not move: the vertices equal the start")
     if step.duration > limits.step_duration_max:
         raise c.fail(sp, f"the sweep takes {units.fmt(step.duration, 'time')}, longer than the step duration "
                      f"limit {units.fmt(limits.step_duration_max, 'time')}")
     c.emit(step)
+
+
+def _volts(v: float) -> str:
+    return "0 V" if v == 0 else units.fmt(v, "voltage")
 
 
 def _eis(c: Compiler, item: schema.EISStep, path: tuple) -> None:

@@ -107,10 +107,12 @@ def rows(program: Program) -> list[dict[str, str]]:
         elif isinstance(ins, ConstantVoltage):
             row["setpoint"], row["si"] = units.fmt(ins.voltage, "voltage"), f"{ins.voltage:.6g} V"
         elif isinstance(ins, Sweep):
-            pts = [ins.start, *ins.vertices] + ([ins.start] if ins.end_at_start else [])
-            row["setpoint"] = (" -> ".join(_fmt(v, "voltage") for v in pts)
+            first = _fmt(ins.start, "voltage") if ins.resolved else "OCV"
+            pts = [first, *(_fmt(v, "voltage") for v in ins.vertices)] + ([first] if ins.end_at_start else [])
+            row["setpoint"] = (" -> ".join(pts)
                                + f" at {units.fmt(ins.scan_rate, 'scan_rate')}, {ins.cycles}x")
-            row["si"] = f"{ins.scan_rate:.6g} V/s, {units.fmt(ins.duration, 'time')}"
+            row["si"] = (f"{ins.scan_rate:.6g} V/s, {'' if ins.resolved else 'at least '}"
+                         f"{units.fmt(ins.duration, 'time')}")
         elif isinstance(ins, Impedance):
             kind = "voltage" if ins.mode == "potentiostatic" else "current"
             bias = "OCV" if ins.bias is None else units.fmt(ins.bias, kind)

@@ -15,7 +15,8 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from ..program import Cell, End, LoopEnd, LoopStart, Program, Step
+from ..program import Cell, End, LoopEnd, LoopStart, Program, Step, Sweep
+from . import kernel as K
 from .model import CellModel
 from .preset import Preset
 from .steps import run_step
@@ -144,6 +145,8 @@ def estimate(program: Program, preset: Preset | str = "hard_carbon", cell: Cell 
             pc = start + 1
             continue
         step: Step = ins_
+        if isinstance(step, Sweep) and not step.resolved:  # from the OCV: the model's potential now
+            step = step.at(float(model.st[K.V_LAST]))
         cycles.step_started(step.direction)
         ends = step.ends
         cap = step.limits.step_duration_max if math.isfinite(step.limits.step_duration_max) else STEP_CAP
