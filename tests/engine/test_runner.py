@@ -224,3 +224,40 @@ async def test_loop_without_bound_runs_once(run_dir):
     await session(run_dir, [Program(name="once", instructions=ins, cell=CELL, safety=SAFETY)]).execute()
     _, events, _, _ = journal(run_dir)
     assert sum(e.kind == "step_start" for e in events) == 1
+
+
+class FailingOperator:
+    """An analysis with a bug: raises on its `after`-th block."""
+
+    kind = "broken"
+
+    def __init__(self, after: int) -> None:
+        self.after, self.blocks = after, 0
+
+    def feed_samples(self, rows):
+        self.blocks += 1
+        if self.blocks >= self.after:
+            raise ZeroDivisionError("complex division by zero")
+        return []
+
+    def feed_event(self, event):
+        return []
+
+
+async def test_an_analysis_that_raises_is_switched_off_and_the_test_goes_on(run_dir):
+    """A bug in one operator must not stop a months-long test: the operator is switched off with an
+    `analysis_error` event, the run completes, the other operators keep producing and every sample is
+    journaled."""
+    ok = ScriptedCycleOperator([0.9, 0.95, 0.97])
+    broken = FailingOperator(after=3)
+    s = session(run_dir, [cycling(3)], analysis=True, operator_factory=lambda p: [broken, ok])
+    assert await s.execute() == {"ch1": "done"}
+    samples, events, _, metrics = journal(run_dir)
+    assert_contiguous(samples, events)
+    errors = [e for e in events if e.kind == "analysis_error"]
+    assert len(errors) == 1 and errors[0].data["operator"] == "broken"
+    assert errors[0].data["error"] == "ZeroDivisionError: complex division by zero"
+    assert broken.blocks == 3  # not fed again once it failed
+    assert [m["coulombic_efficiency"] for m in metrics] == [0.9, 0.95, 0.97]  # the other operator's rows
+    assert metrics[-1]["test_time_second"] > errors[0].test_time_second  # ... also after the failure
+    assert events[-1].kind == "run_end" and events[-1].data == {"status": "complete"}

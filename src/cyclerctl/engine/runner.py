@@ -266,9 +266,26 @@ class ChannelRunner:
                          step_count=es.step_count, sample_seq=es.seq, data=data, ch=self.name,
                          seq=es.event_seq, unix_time_second=unix)
         es.event_seq += 1
-        for op in self.operators:
-            self._metrics(op.feed_event(ev))
+        for op in list(self.operators):
+            self._metrics(self._feed(op, "event", ev))
         self._notify("event", ev)
+
+    def _feed(self, op, kind: str, item, replaying: bool = False) -> list:
+        """One operator fed one block or event. An operator that raises is switched off for the rest of
+        the run with an `analysis_error` event (the test goes on; its samples are all in the journal,
+        and `cyclerctl analyze` recomputes the metrics once the analysis is fixed)."""
+        try:
+            return op.feed_samples(item) if kind == "samples" else op.feed_event(item)
+        except Exception as exc:  # noqa: BLE001 - an analysis bug must not stop a test
+            if op in self.operators:
+                self.operators.remove(op)
+            what = getattr(op, "kind", type(op).__name__)
+            log.error("channel %s: the %s analysis failed and is switched off for this run: %s: %s",
+                      self.name, what, type(exc).__name__, exc, exc_info=True)
+            if not replaying:
+                self._emit("analysis_error", {"operator": what, "error": f"{type(exc).__name__}: {exc}",
+                                              "note": "the test goes on without it; every sample is in the journal"})
+            return []
 
     def _metrics(self, rows) -> None:
         for r in rows or ():
@@ -301,8 +318,8 @@ class ChannelRunner:
         already in the journal, so they are only counted, not written again."""
         produced = 0
         for kind, item in replay:
-            for op in self.operators:
-                rows = op.feed_samples(item) if kind == "samples" else op.feed_event(item)
+            for op in list(self.operators):
+                rows = self._feed(op, kind, item, replaying=True)
                 for r in rows or ():
                     produced += 1
                     if r.kind == "cycle" and r.data.get("cycle_count") is not None:
@@ -709,8 +726,8 @@ class ChannelRunner:
             es.last_voltage = float(v[-1])
         if self.operators:
             view = {name: rows[:, k] for name, k in _COL.items()}
-            for op in self.operators:
-                self._metrics(op.feed_samples(view))
+            for op in tuple(self.operators):  # (a failing operator leaves the list)
+                self._metrics(self._feed(op, "samples", view))
         self._notify("block", n)
         return trip
 
@@ -755,8 +772,8 @@ class ChannelRunner:
             es.last_voltage = v
         if self.operators:
             view = {name: rows[:, k] for name, k in _COL.items()}
-            for op in self.operators:
-                self._metrics(op.feed_samples(view))
+            for op in tuple(self.operators):  # (a failing operator leaves the list)
+                self._metrics(self._feed(op, "samples", view))
         self._notify("block", 1)
         return trip
 
