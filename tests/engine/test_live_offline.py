@@ -1,5 +1,6 @@
 """Live equals offline on a real engine run: the metric rows the engine's operators wrote into the
-journal while the simulated cell ran (GCD cycles, CV at two rates, GITT, ICI, EIS) equal those of
+journal while the simulated cell ran (GCD cycles, CV at two rates, GITT, ICI, EIS, then GITT and EIS
+at a second temperature: Arrhenius rows from both) equal those of
 `cyclerctl analyze` replaying the same journal, whatever the instrument's block size."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from cyclerctl.protocol import compile_file
 from cyclerctl.store.journal import connect
 
 PROTOCOL = Path(__file__).parent / "data" / "analysis_mix.yaml"
-KINDS = ("cycle", "rate", "dqdv", "gitt", "ici", "cv", "eis")
+KINDS = ("cycle", "rate", "dqdv", "gitt", "ici", "cv", "eis", "arrhenius")
 # differences of near-equal values, where a block split changes only the rounding: absolute tolerances
 NEAR_ZERO = {"voltage_hysteresis_volt": 1e-14, "cumulative_irreversible_capacity_ah": 1e-18}
 
@@ -48,6 +49,7 @@ async def test_live_metrics_equal_the_offline_replay(tmp_path, block):
     offline = analyze_journal(run_dir)
     for kind in KINDS:
         assert offline[kind], f"the run gave no {kind} rows"
+    assert {r.data["source"] for r in offline["arrhenius"]} == {"eis", "gitt"}
     live = {k: [json.loads(data) for kind, data in stored if kind == k] for k in offline}
     for kind, rows in offline.items():
         assert len(live[kind]) == len(rows), kind
