@@ -79,3 +79,26 @@ def test_branch_split_ignores_noise_below_the_hysteresis():
     v = np.r_[np.linspace(0, 1, 500), np.linspace(1, 0, 500)] + 2e-4 * rng.standard_normal(1000)
     b = split_branches(v, 2e-3)
     assert [d for _, _, d in b] == [1, -1]
+
+
+def test_peak_shift_of_plus_and_minus_30_mv_per_decade():
+    """The peak potential moving with log(scan rate), anodic up and cathodic down by 30 mV per decade
+    (a quasi-reversible couple): the shift per decade within 1 mV/decade."""
+    shift = 0.030  # V per decade of scan rate
+
+    def anodic(v):
+        return 1e-2 * np.sqrt(v) * gauss(0.6 + shift * np.log10(v / 1e-3)) + 1e-9
+
+    def cathodic(v):
+        return -(1e-2 * np.sqrt(v) * gauss(0.3 - shift * np.log10(v / 1e-3)) + 1e-9)
+
+    _, rows = run_cv(anodic, cathodic)
+    kin = [r for r in rows if r["record"] == "kinetics"][-1]
+    peaks = {p["direction"]: p for p in kin["peaks"]}
+    assert len(kin["peaks"]) == 2
+    np.testing.assert_allclose(peaks["anodic"]["scan_rates_volt_per_second"], RATES)
+    np.testing.assert_allclose(peaks["anodic"]["peak_potentials_volt"], 0.6 + shift * np.log10(np.array(RATES) / 1e-3),
+                               atol=1e-3)  # within one 1 mV bin at every rate
+    assert peaks["anodic"]["peak_shift_volt_per_decade"] == pytest.approx(shift, abs=1e-3)
+    assert peaks["cathodic"]["peak_shift_volt_per_decade"] == pytest.approx(-shift, abs=1e-3)
+    assert peaks["anodic"]["b_value"] == pytest.approx(0.5, abs=0.01)  # the moving peak keeps its height

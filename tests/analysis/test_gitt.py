@@ -140,3 +140,56 @@ def test_pulse_much_longer_than_the_diffusion_time_is_flagged():
     long_pulse = pulses(30.0, n=2)[0]
     assert "diffusion_time_unresolved" in long_pulse["flags"] and not long_pulse["valid"]
     assert "diffusion_time_unresolved" not in pulses(0.1, n=2)[0]["flags"]
+
+
+def pulse_train(ratio, ocv_slope=-1.0, dx=0.01, n=3):
+    """A GITT train at τ/τ_d = `ratio`, each pulse moving the stoichiometry by `dx`."""
+    tau = ratio * TAU_D
+    return gitt_pulse_train(d=D, radius=R, q_th=Q, ocv_slope=ocv_slope, current=-dx * Q / tau, pulse=tau,
+                            rest=6.0 * TAU_D, n_pulses=n, r_ohm=20.0, dt_pulse=min(0.5, tau / 200))
+
+
+@pytest.mark.parametrize("ratio, nonlinear", [(0.01, False), (0.03, False), (0.1, True), (0.3, True)])
+def test_sqrt_t_nonlinear_flags_long_pulses_without_invalidating_them(ratio, nonlinear):
+    """E against √t over the pulse (t ≥ t_min) bends once the pulse is long against τ_d (R² 0.9996 at
+    τ/τ_d = 0.01, 0.9985 at 0.03, 0.9947 at 0.1, 0.983 at 0.3): below R² = 0.995 the row is flagged
+    `sqrt_t_nonlinear`, which concerns the √t estimators only; the sphere fit stays valid and exact."""
+    cols, events = pulse_train(ratio)
+    rows = run(GittOperator(GittSettings(particle_radius=R, nominal_capacity=Q)), cols, events)
+    starts = [e for e in events if e.kind == "step_start" and (e.tags or {}).get("role") == "pulse"]
+    second = starts[1]
+    a, b = second.sample_seq, second.sample_seq + int(np.searchsorted(cols["test_time_second"][second.sample_seq:],
+                                                                       second.test_time_second + ratio * TAU_D,
+                                                                       side="right"))
+    t = cols["test_time_second"][a:b] - second.test_time_second
+    e = cols["voltage_volt"][a:b]
+    w = t >= 1.0
+    r2 = np.corrcoef(np.sqrt(t[w]), e[w])[0, 1] ** 2  # R² of the least-squares line E = a + k√t
+    row = rows[1]
+    assert row["sqrt_t_r2"] == pytest.approx(r2, rel=1e-9)
+    assert ("sqrt_t_nonlinear" in row["flags"]) is nonlinear
+    assert nonlinear is bool(r2 < 0.995)
+    assert row["valid"], row["flags"]
+    assert row["diffusion_coefficient_cm2_s"] == pytest.approx(D * 1e4, rel=1e-6, abs=0)
+
+
+@pytest.mark.parametrize("ocv_slope, dx, plateau_with_capacity, plateau_without", [
+    (-1.5, 0.001, False, True),   # ΔE_s = 1.5 mV but dU/dx = 1.5 V: sloping, only the 2 mV rule calls it a plateau
+    (-0.1, 0.05, True, False),    # ΔE_s = 5 mV but dU/dx = 0.1 V: a plateau the 2 mV rule misses
+    (-0.19, 0.01, True, True),    # 1.9 mV, 0.19 V: below both limits
+    (-0.25, 0.01, False, False),  # 2.5 mV, 0.25 V: above both
+])
+def test_plateau_rule_with_and_without_the_nominal_capacity(ocv_slope, dx, plateau_with_capacity, plateau_without):
+    """With a nominal capacity a pulse is on a plateau when |dU/dx| = |ΔE_s/Q_pulse|·Q_nominal < 0.2 V;
+    without one, when |ΔE_s| < 2 mV. Plateau pulses are not valid."""
+    cols, events = pulse_train(0.01, ocv_slope=ocv_slope, dx=dx)
+    for capacity, plateau in ((Q, plateau_with_capacity), (None, plateau_without)):
+        rows = run(GittOperator(GittSettings(particle_radius=R, nominal_capacity=capacity)), cols, events)
+        for row in rows:
+            assert row["delta_e_s_volt"] == pytest.approx(ocv_slope * dx, rel=1e-3)
+            assert ("plateau" in row["flags"]) is plateau, (capacity, row["flags"])
+            if capacity is None:
+                assert "ocv_slope_volt" not in row
+            else:
+                assert abs(row["ocv_slope_volt"]) == pytest.approx(abs(ocv_slope), rel=1e-3)
+        assert rows[1]["valid"] is (not plateau)

@@ -54,11 +54,18 @@ def _summary(results: dict[str, list[MetricRow]]) -> list[str]:
             txt += f", R_ct {min(rct):.4g} … {max(rct):.4g} Ω"
         lines.append(txt)
     arr = results.get("arrhenius", [])
-    if arr:
-        d = arr[-1].data
+    eis = [r for r in arr if r.data.get("source", "eis") == "eis"]
+    if eis:
+        d = eis[-1].data
         se = d.get("activation_energy_stderr_kj_mol")
         lines.append(f"arrhenius: E_a = {d['activation_energy_kj_mol']:.1f}" + (f" ± {se:.1f}" if se else "")
                      + " kJ/mol (R_ct)")
+    gitt = [r for r in arr if r.data.get("source") == "gitt"]
+    if gitt:
+        d = gitt[-1].data
+        se = d.get("diffusion_activation_energy_stderr_kj_mol")
+        lines.append(f"arrhenius: E_a = {d['diffusion_activation_energy_kj_mol']:.1f}" + (f" ± {se:.1f}" if se else "")
+                     + " kJ/mol (GITT D)")
     return lines or ["no metrics (the data hold no complete cycle, pulse, sweep or spectrum)"]
 
 

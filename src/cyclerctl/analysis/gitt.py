@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .base import Event, MetricRow, column
+from .base import KELVIN_OFFSET, Event, MetricRow, column
 from .diffusion import (
     classic_bias,
     fit_line,
@@ -73,6 +73,7 @@ class _Pulse:
     t: list = field(default_factory=list)
     e: list = field(default_factory=list)
     i: list = field(default_factory=list)
+    temp: list = field(default_factory=list)  # temperature_t1_celsius during the pulse
     rest_t: list = field(default_factory=list)
     rest_e: list = field(default_factory=list)
     rest_t0: float | None = None
@@ -216,6 +217,7 @@ class GittOperator:
         self.ocv_slope_per_coulomb: float | None = None  # dU/dQ (V/C) of the latest pulse off a plateau
         self.relaxed_points: list[tuple[float, float]] = []  # (charge passed in GITT so far, E relaxed)
         self._q = 0.0
+        self.results: list[dict] = []  # rows so far (the Arrhenius operator reads D(T) from them)
 
     def feed_event(self, event: Event) -> list[MetricRow]:
         out: list[MetricRow] = []
@@ -238,6 +240,11 @@ class GittOperator:
                 self._pulse.rest_t0 = float(event.test_time_second) if event.test_time_second is not None else None
             elif self._mode is not None:
                 out += self._finish()
+            if tech != self.technique:
+                # another step (a temperature change, a cycle, a rest) ends the series: the charge
+                # counted and the relaxed points no longer place the next pulse on this OCV, so the
+                # next pulse starts a new curvature chain
+                self._prev_pulse = None
         elif event.kind == "step_end" and self._mode == "rest":
             out += self._finish()
         elif event.kind in ("run_end", "stop", "abort", "fault") and self._mode is not None:
@@ -258,6 +265,7 @@ class GittOperator:
                 p.t.append(t[ok] - p.t_start)
                 p.e.append(v[ok])
                 p.i.append(column(rows, "current_ampere")[ok])
+                p.temp.append(column(rows, "temperature_t1_celsius")[ok])
             else:
                 t0 = p.rest_t0 if p.rest_t0 is not None else float(t[0])
                 p.rest_t.append(t[ok] - t0)
@@ -356,7 +364,12 @@ class GittOperator:
             self.ocv_slope_per_coulomb = res["ocv_slope_volt_per_coulomb"]
         self.relaxed_points.append((self._q, e_after))
         res["valid"] = not (set(res["flags"]) & INVALIDATING) and res.get("diffusion_coefficient_cm2_s") is not None
+        temp = np.concatenate(p.temp) if p.temp else np.empty(0)
+        temp = temp[np.isfinite(temp)]
+        res["temperature_kelvin"] = float(temp.mean()) + KELVIN_OFFSET if temp.size else None
         res.update({"pulse_index": p.index, "cycle_count": p.cycle, "test_time_second": p.t_start + tau + float(rest_t[-1]),
                     "start_time_second": p.t_start,
                     "direction": "discharge" if current < 0 else "charge", "cumulative_charge_c": self._q})
-        return [MetricRow(self.kind, res)]
+        row = MetricRow(self.kind, res)
+        self.results.append(row.data)
+        return [row]

@@ -47,7 +47,7 @@ def operators_for(cell: Cell, cycle_starts_on: str = "discharge", options: Analy
     area_cm2 = cell.area * 1e4 if cell.area else None
     cv = CvOperator(CvSettings(area_cm2=area_cm2))
     eis = EisOperator(EisSettings(particle_radius=radius, ocv_slope=lambda: gitt.ocv_slope_per_coulomb))
-    arrhenius = ArrheniusOperator(eis)
+    arrhenius = ArrheniusOperator(eis, gitt.results)
     return [cycle, dqdv, gitt, ici, cv, eis, arrhenius]
 
 

@@ -98,6 +98,9 @@ def metric_line(ch: str, kind: str, d: dict[str, Any]) -> str | None:
         return None
     if kind == "arrhenius":
         ea = d.get("activation_energy_kj_mol") or d.get("activation_energy_ev")
+        if ea is None and d.get("source") == "gitt":
+            ea = d.get("diffusion_activation_energy_kj_mol")
+            return f"{ch}  Arrhenius (GITT D): Ea = {ea:.4g}" if ea is not None else None
         return f"{ch}  Arrhenius: Ea = {ea:.4g}" if ea is not None else None
     return None
 

@@ -235,6 +235,7 @@ def cv_curves(samples: dict, steps: list[tuple[int, float | None]], out: Path) -
 
 
 def arrhenius(rows: list[MetricRow], out: Path) -> list[Path]:
+    rows = [r for r in rows if r.data.get("source", "eis") == "eis"]  # the R_ct rows (GITT rows carry D only)
     if not rows:
         return []
     d = rows[-1].data
