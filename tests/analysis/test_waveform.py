@@ -169,3 +169,20 @@ def test_eis_operator_flags_a_nonlinear_response():
     (row,) = feed(EisOperator(), wave, {"technique": "eis"})
     assert "waveform_nonlinear" in row.data["flags"] and not row.data["valid"]
     assert row.data["waveform_max_harmonic"] > 0.05
+
+
+def test_a_pause_inside_a_frequency_gives_two_pieces_merged_into_one_point():
+    """Samples of one frequency broken by a pause (the later ones shifted by 1000 s: the phase goes on in
+    step time, not in test time): each piece leaves out its own settling period and the two are merged,
+    weighted by their samples."""
+    f1, z1 = FREQ[[5]], Z[[5]]
+    cols = sine_response(f1, z1, amplitude=5e-3, samples_per_period=32, periods=5, galvanostatic=False, v_dc=0.5)
+    cut = 32 * 3 + 7  # inside the fourth period
+    cols["test_time_second"] = cols["test_time_second"] + np.where(np.arange(cols["test_time_second"].size) >= cut,
+                                                                   1000.0, 0.0)
+    (p,), w = points(cols)
+    assert p.impedance_ohm == pytest.approx(z1[0], rel=1e-9) and w.dropped == 0
+    assert p.samples == (cut - 32) + (6 * 32 - cut - 32)  # each piece without its first period
+    (whole,), _ = points(sine_response(f1, z1, amplitude=5e-3, samples_per_period=32, periods=5,
+                                       galvanostatic=False, v_dc=0.5))
+    assert whole.samples == 5 * 32  # unbroken: one piece, one settling period

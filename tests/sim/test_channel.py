@@ -368,3 +368,33 @@ def test_waveform_with_the_channel_noise_gives_points_to_a_fraction_of_a_percent
     pts = w.close()
     assert len(pts) == len(wave.frequencies())
     assert max(p.relative_error for p in pts) < 0.005 and max(p.harmonic for p in pts) < 0.01
+
+
+def test_waveform_step_resumed_between_frequencies_goes_on_with_the_next_one():
+    """Resumed after the block that ended with a frequency's last sample, the step goes on with the next
+    frequency at its own start (no frequency measured twice, no sample time repeated) and gives the
+    samples of the unbroken run."""
+    wave = Impedance(step_id=1, name="eis", freq_start=1e2, freq_stop=1e-1, points_per_decade=2,
+                     acquisition="waveform", samples_per_period=16, periods=2)
+    full = run(SimChannel(noise=False), wave, StepStart(test_time=0.0, max_block_span=5.0))
+    assert len(full) >= 2
+    ref = SimChannel(noise=False)
+    cut: dict = {}
+
+    async def first_block():
+        gen = ref.run_step(wave, StepStart(test_time=0.0, max_block_span=5.0))
+        async for b in gen:
+            cut.update(state=ref.save_state(), t=float(b.time[-1]), st=float(b.columns["step_time_second"][-1]),
+                       n=len(b))
+            break
+        await gen.aclose()
+
+    asyncio.run(first_block())
+    resumed = SimChannel(noise=False)
+    resumed.load_state(cut["state"])
+    rest = run(resumed, wave, StepStart(test_time=cut["t"], step_time=cut["st"], max_block_span=5.0))
+    t_full, t_rest = cat(full, "test_time_second"), cat(rest, "test_time_second")
+    assert t_rest.size == t_full.size - cut["n"]
+    np.testing.assert_allclose(t_rest, t_full[cut["n"]:], rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(cat(rest, "frequency_hertz"), cat(full, "frequency_hertz")[cut["n"]:])
+    np.testing.assert_allclose(cat(rest, "current_ampere"), cat(full, "current_ampere")[cut["n"]:], rtol=1e-6)

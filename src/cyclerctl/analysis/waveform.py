@@ -25,7 +25,10 @@ trend removed; it holds for any sampling times.
 Only running sums are kept — the Gram matrix of the six basis functions and their products with
 V − V₀ and I − I₀ (V₀, I₀ the segment's first sample, so the DC level does not cancel digits) — so a
 point costs the same however its samples are split into blocks, and the sums, hence the point, are
-bit-identical for any split. A point closes when the frequency changes or the step ends.
+bit-identical for any split. A point closes when the frequency changes or the step ends. A break in
+the samples of one frequency (time going back, or a gap of more than 2.5 mean sampling intervals:
+a pause) closes the piece before it; each piece leaves out its own settling period, and the pieces
+of one frequency are merged into one point weighted by their samples.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ _GV, _GI, _VV, _II = N_GRAM, N_GRAM + NB, N_GRAM + 2 * NB, N_GRAM + 2 * NB + 1
 # state slots: frequency, t₀, V₀, I₀, samples seen, samples used, Σ temperature, temperature count,
 # last time, Σ V (absolute, for the mean potential)
 N_STATE = 10
+GAP_FACTOR = 2.5  # a time step above this many times the piece's mean interval starts a new piece
 _F, _T0, _V0, _I0, _SEEN, _USED, _TSUM, _TN, _TLAST, _VSUM = range(N_STATE)
 
 
@@ -62,8 +66,14 @@ def _accumulate(t, v, i, f, temp, settle, state, sums, out_state, out_sums):  # 
         if not (fk > 0.0 and math.isfinite(fk) and math.isfinite(t[k]) and math.isfinite(v[k])
                 and math.isfinite(i[k])):
             continue
-        if state[_F] != fk:
-            if state[_SEEN] > 0:
+        seen = state[_SEEN]
+        gap = t[k] - state[_TLAST]
+        # a new piece: another frequency, or the same one after a break in the samples (time going
+        # back, or a gap of more than GAP_FACTOR sampling intervals: a pause), whose phase the fit
+        # cannot carry over
+        if state[_F] != fk or (seen > 0 and (gap < 0.0 or (
+                seen >= 2 and gap > GAP_FACTOR * (state[_TLAST] - state[_T0]) / (seen - 1.0)))):
+            if seen > 0:
                 out_state[closed, :] = state
                 out_sums[closed, :] = sums
                 closed += 1
@@ -210,4 +220,30 @@ class WaveformImpedance:
         self._closed = []
         points = demodulate(states, sums, self.settle, self.min_samples)
         self.dropped += sum(p is None for p in points)
-        return [p for p in points if p is not None]
+        return _merge([p for p in points if p is not None])
+
+
+def _merge(points: list[WaveformPoint]) -> list[WaveformPoint]:
+    """Consecutive pieces of one frequency (a waveform broken by a pause) as one point: Z, temperature
+    and potential weighted by samples, the standard errors combined as those of that weighted mean,
+    the largest harmonic and misfit, the last time."""
+    out: list[WaveformPoint] = []
+    group: list[WaveformPoint] = []
+    for p in [*points, None]:
+        if group and (p is None or p.frequency_hertz != group[0].frequency_hertz):
+            if len(group) == 1:
+                out.append(group[0])
+            else:
+                n = np.array([q.samples for q in group], dtype=float)
+                w = n / n.sum()
+                temps = np.array([q.temperature_celsius for q in group])
+                out.append(WaveformPoint(
+                    group[0].frequency_hertz, complex(np.dot(w, [q.impedance_ohm for q in group])), int(n.sum()),
+                    max(q.harmonic for q in group), max(q.residual for q in group),
+                    float(math.sqrt(np.dot(w * w, np.square([q.relative_error for q in group])))),
+                    float(np.dot(w, temps)) if np.isfinite(temps).all() else math.nan,
+                    float(np.dot(w, [q.potential_volt for q in group])), group[-1].test_time_second))
+            group = []
+        if p is not None:
+            group.append(p)
+    return out

@@ -187,11 +187,16 @@ def _sweep(model: CellModel, step: Sweep, position: float, step_charge: float, s
 def _impedance(model: CellModel, step: Impedance, step_time: float, span: float) -> Iterator[Chunk]:
     """One row per frequency, or the sampled waveform (`step.acquisition`); the cell is held at the bias
     (or rests) while each point is measured, and the impedance is that of the linearised model at the
-    state of that moment."""
+    state of that moment. A step resumed inside a frequency's waveform (after a crash or a pause)
+    continues that waveform, its phase counted in step time from the point's start, with the first
+    sample not yet taken."""
     freqs = step.frequencies()
     durations = np.array([eis_point_duration(f, step) for f in freqs])
     done = np.cumsum(durations)
-    k0 = int(np.searchsorted(done, step_time + 1e-9))
+    wave = step.acquisition == "waveform"
+    # a waveform point's last sample is one interval before its end: taken, the point is done
+    last_sample = done - (1.0 / (np.array(freqs) * step.samples_per_period) if wave else 0.0)
+    k0 = int(np.searchsorted(last_sample, step_time + 1e-9))
     if step.bias is None:
         mode, target = 0, 0.0
     elif step.mode == "potentiostatic":
@@ -199,19 +204,21 @@ def _impedance(model: CellModel, step: Impedance, step_time: float, span: float)
     else:
         mode, target = 0, float(step.bias)
     ss = model.new_step(step_time, 0.0, record_first=False)
-    wave = step.acquisition == "waveform"
     names = ("test_time_second", "voltage_volt", "current_ampere", "step_time_second", "temperature_t1_celsius",
              "frequency_hertz") + (() if wave else ("real_impedance_ohm", "imaginary_impedance_ohm"))
     parts: list[np.ndarray] = []
     t_chunk = model.time
     for k in range(k0, len(freqs)):
-        t_a, v_a, i_a = model.time, float(model.st[K.V_LAST]), model.current
-        model.run(ss, mode, target, model.time + durations[k], max_samples=2)
+        # step time into the point (< 0: it begins after the last sample taken, one interval on)
+        into = step_time - (done[k - 1] if k else 0.0) if k == k0 else 0.0
+        t_from, v_from, i_from = model.time, float(model.st[K.V_LAST]), model.current
+        t_origin = t_from - into  # test time at which the point (the phase of its sine) began
+        model.run(ss, mode, target, t_origin + durations[k], max_samples=2)
         z = complex(model.impedance([freqs[k]])[0])
         v = float(model.st[K.V_LAST])
         if wave:
-            parts.append(_sine_response(step, freqs[k], z, t_a, model.time, (v_a, v), (i_a, model.current),
-                                        ss[K.S_T0], model.temperature - KELVIN))
+            parts.append(_sine_response(step, freqs[k], z, t_origin, into, t_from, model.time, (v_from, v),
+                                        (i_from, model.current), ss[K.S_T0], model.temperature - KELVIN))
         else:
             parts.append(np.array([[model.time, v, model.current, model.time - ss[K.S_T0],
                                     model.temperature - KELVIN, freqs[k], z.real, z.imag]]))
@@ -225,14 +232,19 @@ def _impedance(model: CellModel, step: Impedance, step_time: float, span: float)
         yield Chunk({n: np.empty(0) for n in ("test_time_second", "voltage_volt", "current_ampere")}, None, None, True)
 
 
-def _sine_response(step: Impedance, f: float, z: complex, t_a: float, t_b: float, v_dc: tuple[float, float],
-                   i_dc: tuple[float, float], t0: float, temp: float) -> np.ndarray:
+def _sine_response(step: Impedance, f: float, z: complex, t_origin: float, into: float, t_from: float, t_b: float,
+                   v_dc: tuple[float, float], i_dc: tuple[float, float], t0: float, temp: float) -> np.ndarray:
     """The samples of one frequency of a waveform acquisition (rows: time, V, I, step time, °C, f): the
-    steady-state response of the linearised cell, Z, to a sine of rms `step.amplitude` from t_a to
-    t_b, on the DC level moving linearly from its value at t_a to that at t_b (a cell still relaxing)."""
-    m = (1 + step.periods) * step.samples_per_period
-    tau = np.arange(m) / (f * step.samples_per_period)
-    frac = tau / (t_b - t_a)
+    steady-state response of the linearised cell, Z, to a sine of rms `step.amplitude` that began at
+    t_origin, sampled every 1/(f·samples_per_period) from the first sample after `into` seconds of the
+    point (0: from its start) to t_b, on the DC level moving linearly from its value at t_from to that
+    at t_b (a cell still relaxing)."""
+    spp = step.samples_per_period
+    m = (1 + step.periods) * spp
+    j0 = 0 if into <= 0.0 else int(math.floor(into * f * spp + 1e-6)) + 1  # the first sample not yet taken
+    tau = np.arange(j0, m) / (f * spp)
+    t = t_origin + tau
+    frac = (t - t_from) / (t_b - t_from) if t_b > t_from else np.zeros(tau.size)
     phase = 2.0 * math.pi * f * tau
     v = v_dc[0] + (v_dc[1] - v_dc[0]) * frac
     i = i_dc[0] + (i_dc[1] - i_dc[0]) * frac
@@ -243,5 +255,4 @@ def _sine_response(step: Impedance, f: float, z: complex, t_a: float, t_b: float
     else:
         v = v + peak * np.sin(phase)
         i = i + peak / abs(z) * np.sin(phase - cmath.phase(z))
-    t = t_a + tau
-    return np.column_stack([t, v, i, t - t0, np.full(m, temp), np.full(m, f)])
+    return np.column_stack([t, v, i, t - t0, np.full(tau.size, temp), np.full(tau.size, f)])
