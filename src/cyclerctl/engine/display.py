@@ -86,7 +86,8 @@ def metric_line(ch: str, kind: str, d: dict[str, Any]) -> str | None:
             ("series_resistance_ohm", "R0", "Ω"), ("charge_transfer_resistance_ohm", "Rct", "Ω"),
             ("diffusion_coefficient_cm2_s", "D", "cm²/s")) if d.get(k) is not None]
         model = d.get("best_circuit") or d.get("model") or ""
-        return f"{ch}  EIS fit {model}: " + (", ".join(parts) or "no fit")
+        source = " (from the waveform)" if d.get("acquisition") == "waveform" else ""
+        return f"{ch}  EIS fit{source} {model}: " + (", ".join(parts) or "no fit")
     if kind == "rate":
         cap = d.get("mean_specific_charge_capacity_mah_g")
         ce = d.get("mean_coulombic_efficiency")
@@ -129,6 +130,12 @@ class Progress:
     # ---- metric lines ------------------------------------------------------------------------
 
     def _on(self, ch: str, kind: str, payload: Any) -> None:
+        if kind == "event" and getattr(payload, "kind", None) == "analysis_error":
+            d = payload.data
+            self.console.print(f"{ch}  analysis: the {d.get('operator')} analysis failed and is switched off "
+                               f"({d.get('error')}); the test goes on, every sample is journaled",
+                               highlight=False, markup=False)
+            return
         if kind != "metric":
             return
         self.metrics_seen[payload.kind] = self.metrics_seen.get(payload.kind, 0) + 1
