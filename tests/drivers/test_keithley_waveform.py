@@ -35,7 +35,7 @@ SPEED = 20.0
 RADIUS = 0.67e-6  # m, the protocol's particle radius
 PROTOCOL = """\
 cyclerctl: 1
-name: Hard carbon EIS from the waveform on a SourceMeter, 0.5 Hz-10 mHz, 5 mV
+name: Hard carbon EIS from the waveform on a SourceMeter, 0.2 Hz-10 mHz, 5 mV
 cell:
   name: HC-12mm
   active_mass: 4.3 mg
@@ -62,7 +62,7 @@ steps:
 Z_TOLERANCE, PHASE_TOLERANCE_DEG = 0.01, 1.0
 
 
-def protocol(tmp_path: Path, top: str = "0.5 Hz") -> Path:
+def protocol(tmp_path: Path, top: str = "0.2 Hz") -> Path:
     p = tmp_path / "eis_smu.yaml"
     p.write_text(PROTOCOL.replace("FROM", top))
     return p
@@ -75,9 +75,13 @@ def smu_run(tmp_path_factory):
     from cyclerctl.cli import main
 
     tmp = tmp_path_factory.mktemp("smu_eis")
+    # the live demodulator's kernel compiled before the run: a compile on the first block would stall
+    # the event loop for seconds, 20 x that of the SMU's time, and the driver would miss those stairs
+    WaveformImpedance().feed({k: np.ones(3) for k in ("test_time_second", "voltage_volt", "current_ampere",
+                                                      "frequency_hertz")})
     plant = rested_plant()
     program = compile_file(protocol(tmp), capabilities=load_envelope("keithley2450"))
-    (step,) = program.steps
+    (step,) = program.steps()
     f = np.array(step.frequencies())
     z_model = plant.impedance(f)
     with keithley_server(SPEED, plant=plant) as (dev, resource):

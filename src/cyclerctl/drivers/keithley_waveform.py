@@ -22,7 +22,12 @@ are what was applied and measured, at the instrument's times.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
+import queue
+import threading
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -35,6 +40,8 @@ from .stepping import BlockBuilder, block_span
 
 if TYPE_CHECKING:
     from .keithley2450 import Keithley2450Channel
+
+log = logging.getLogger(__name__)
 
 PLC = 1.0 / 50.0  # s, one power-line cycle (50 Hz mains)
 MAX_NPLC = 10.0
@@ -62,14 +69,13 @@ async def waveform_eis(ch: Keithley2450Channel, step: Impedance, start: StepStar
     inst = ch.inst
     clock = ch.clock
     potentiostatic = step.mode == "potentiostatic"
-    n = step.samples_per_period
     freqs = step.frequencies()
     done = np.cumsum([(1 + step.periods) / f for f in freqs])
     k0 = int(np.searchsorted(done, start.step_time + 1e-9, side="right"))  # an interrupted frequency restarts
     peak = math.sqrt(2.0) * step.amplitude
     lim = step.limits
+    ilim = ch._current_limit(step)
     if potentiostatic:
-        ilim = ch._current_limit(step)
         if step.bias is None:  # around the open-circuit voltage, read at 0 A just before
             await ch._call(ch._source_current, 0.0, ch._voltage_limit(step))
             center = (await ch._call(inst.read))[0]
@@ -95,7 +101,6 @@ async def waveform_eis(ch: Keithley2450Channel, step: Impedance, start: StepStar
 
     function = "voltage" if potentiostatic else "current"
     level_name = f"source_{function}"
-    nplc_name = "current_nplc" if potentiostatic else "voltage_nplc"
 
     def no_source_delay() -> None:  # the stair's readings integrate from its level change on
         setattr(inst, f"{function}_source_delay_auto", False)
@@ -105,79 +110,150 @@ async def waveform_eis(ch: Keithley2450Channel, step: Impedance, start: StepStar
     await ch._call(configure)
     await ch._call(no_source_delay)
     builder = BlockBuilder(block_span(start, clock.speed), COLUMNS)
-    unit = _stair_values(n)
-    overhead = ch.reading_overhead
-    host0 = clock.now()
-    rel0: float | None = None  # instrument time of step time start.step_time
-    last_rel, same = -math.inf, 0
+    rows: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+    stairs = _Staircase(ch, step, function, center, ilim if potentiostatic else None, rows, stop)
+    worker = asyncio.ensure_future(asyncio.to_thread(stairs.run, freqs[k0:]))
+    poll = min(1.0, builder.span) if math.isfinite(builder.span) else 1.0
     try:
-        for kf in range(k0, len(freqs)):
-            f = freqs[kf]
-            stair = 1.0 / (f * n)
-            m, nplc = stair_plan(stair, overhead)
-            aperture = nplc * PLC
-            await ch._call(lambda nplc=nplc: setattr(inst, nplc_name, nplc))
-            levels = center + peak * unit
-            t_f = clock.now()
-            gaps: list[float] = []
-            for k in range((1 + step.periods) * n):
-                due = t_f + k * stair
-                if clock.now() >= due + stair:  # the host missed this stair entirely: none of it was applied
-                    continue
-                await clock.sleep_until(due)
-                level = float(levels[k % n])
-
-                def take(level=level, end=due + stair, aperture=aperture, m=m):
-                    # the planned readings, each if its aperture closes before the next stair is due (one
-                    # skipped leaves a hole in the stair's average; one late delays the next stair a little)
-                    raws = [inst.read((function, level))]
-                    while len(raws) < m and clock.now() + aperture <= end:
-                        raws.append(inst.read())
-                    return raws
-
-                raws = await ch._call(take)
-                for raw in raws:
-                    if raw[2] <= last_rel:
-                        same += 1
-                        if same >= ch.stuck_readings:
-                            raise InstrumentError(f"readings stuck at {raw[0]:.6g}, {raw[1]:.6g} (timestamp not "
-                                                  f"advancing for {same + 1} readings)", inst.resource_name, inst.READ)
-                    else:
-                        same = 0
-                    last_rel = raw[2]
-                gaps += [b[2] - a[2] - aperture for a, b in zip(raws, raws[1:], strict=False)]
-                reading = float(np.mean([r[0] for r in raws]))
-                source = float(np.mean([r[1] for r in raws]))
-                rel = float(np.mean([r[2] for r in raws]))
-                if rel0 is None:
-                    rel0 = rel - (clock.now() - host0)
-                voltage, current = (source, reading) if potentiostatic else (reading, source)
-                await _check_limits(ch, step, voltage, current, ilim if potentiostatic else None, level)
-                step_time = start.step_time + rel - rel0
-                test_time = start.test_time + rel - rel0
-                builder.add((test_time, step_time, voltage, current, f))
-                if builder.due(test_time):
+        while True:
+            finished = worker.done()
+            while not rows.empty():
+                rel, rel0, voltage, current, f = rows.get()
+                builder.add((start.test_time + rel - rel0, start.step_time + rel - rel0, voltage, current, f))
+                if builder.due(start.test_time + rel - rel0):
                     yield builder.take()
-            if gaps:  # what a reading costs beyond its aperture here: the next frequency's plan
-                overhead = max(ch.reading_overhead, float(np.median(gaps)))
+            if finished:
+                worker.result()  # the staircase's error, if it had one
+                break
+            await clock.sleep(poll)
     finally:
+        stop.set()
+        if not worker.done():
+            with contextlib.suppress(Exception):
+                await worker
         ch._mode = None  # the next step configures afresh (and its own NPLC)
     await ch._call(lambda: setattr(inst, level_name, center))
     yield builder.take(final=True)
 
 
-async def _check_limits(ch: Keithley2450Channel, step: Impedance, voltage: float, current: float,
-                        ilim: float | None, level: float) -> None:
-    """The safety window on every stair, and the source's compliance: a clamped source is not a sine."""
-    lim = step.limits
-    inst = ch.inst
-    if not lim.voltage_min <= voltage <= lim.voltage_max or abs(current) > lim.current_max:
-        raise InstrumentError(f"safety: {voltage:.4g} V, {current:.4g} A outside the window "
-                              f"[{lim.voltage_min:.4g} V, {lim.voltage_max:.4g} V], {lim.current_max:.4g} A",
-                              inst.resource_name)
-    if ilim is not None and abs(current) >= 0.999 * ilim:
-        if await ch._call(lambda: inst.current_limit_tripped):
-            raise InstrumentError(f"compliance: the current limit {ilim:.3g} A clamps the sine at {voltage:.4g} V",
-                                  inst.resource_name, ":SOUR:VOLT:ILIM:TRIP?")
-    elif ilim is None and abs(current - level) > 0.01 * abs(level) + 1e-8:
-        await ch._check_compliance(step, voltage, current, level)
+class _Staircase:
+    """The staircase of every frequency, run in a worker thread on the channel's clock (the event loop
+    may stall for a journal commit or a compile; the stairs do not), its samples put on `rows` as
+    (instrument time, its origin, V, I, f). Transient instrument errors are retried as `retrying` does."""
+
+    def __init__(self, ch: Keithley2450Channel, step: Impedance, function: str, center: float,
+                 ilim: float | None, rows: queue.SimpleQueue, stop: threading.Event) -> None:
+        self.ch, self.step, self.function, self.center, self.ilim = ch, step, function, center, ilim
+        self.rows, self.stop = rows, stop
+        self.rel0: float | None = None  # instrument time of step time 0 of this run of the step
+        self.host0 = ch.clock.now()
+        self.last_rel, self.same = -math.inf, 0
+
+    def wait_until(self, t: float) -> None:
+        clock = self.ch.clock
+        while not self.stop.is_set():
+            remaining = t - clock.now()
+            if remaining <= 0:
+                return
+            self.stop.wait(min(remaining / clock.speed, 0.5))
+        raise _Stopped
+
+    def call(self, fn):
+        ch, delay = self.ch, 0.2
+        for k in range(ch.retries + 1):
+            try:
+                return fn()
+            except InstrumentError as exc:
+                if not exc.transient:
+                    raise
+                if k == ch.retries:
+                    raise InstrumentError(f"{exc.message} (gave up after {ch.retries + 1} attempts)",
+                                          exc.resource, exc.last_command) from exc
+                log.warning("%s; retry %d of %d in %.3g s", exc, k + 1, ch.retries, delay)
+                self.wait_until(ch.clock.now() + delay)
+                delay *= 2
+                try:
+                    ch.inst.reconnect()
+                except InstrumentError as again:
+                    log.warning("recovery failed: %s", again)
+        raise AssertionError("unreachable")
+
+    def run(self, freqs: list[float]) -> None:
+        with contextlib.suppress(_Stopped):
+            overhead = self.ch.reading_overhead
+            for f in freqs:
+                overhead = self.frequency(f, overhead)
+
+    def frequency(self, f: float, overhead: float) -> float:
+        """One frequency's stairs; what a reading cost beyond its aperture there (the next one's plan)."""
+        ch, inst, clock, step = self.ch, self.ch.inst, self.ch.clock, self.step
+        n = step.samples_per_period
+        stair = 1.0 / (f * n)
+        m, nplc = stair_plan(stair, overhead)
+        aperture = nplc * PLC
+        nplc_name = "current_nplc" if self.function == "voltage" else "voltage_nplc"
+        self.call(lambda: setattr(inst, nplc_name, nplc))
+        levels = self.center + math.sqrt(2.0) * step.amplitude * _stair_values(n)
+        gaps: list[float] = []
+        t_f = clock.now()
+        for k in range((1 + step.periods) * n):
+            due = t_f + k * stair
+            if clock.now() >= due + stair:  # the host missed this stair: its level was never applied
+                continue
+            self.wait_until(due)
+            level = float(levels[k % n])
+
+            def take(level=level, end=due + stair):
+                # the planned readings, each if its aperture closes before the next stair is due (one
+                # skipped leaves a hole in the stair's average; one late delays the next stair a little)
+                raws = [inst.read((self.function, level))]
+                while len(raws) < m and clock.now() + aperture <= end:
+                    raws.append(inst.read())
+                return raws
+
+            raws = self.call(take)
+            for raw in raws:
+                self.check_stuck(raw)
+            gaps += [b[2] - a[2] - aperture for a, b in zip(raws, raws[1:], strict=False)]
+            reading = float(np.mean([r[0] for r in raws]))
+            source = float(np.mean([r[1] for r in raws]))
+            rel = float(np.mean([r[2] for r in raws]))
+            if self.rel0 is None:
+                self.rel0 = rel - (clock.now() - self.host0)
+            voltage, current = (source, reading) if self.function == "voltage" else (reading, source)
+            self.check_limits(voltage, current, level)
+            self.rows.put((rel, self.rel0, voltage, current, f))
+        return max(ch.reading_overhead, float(np.median(gaps))) if gaps else overhead
+
+    def check_stuck(self, raw: tuple[float, float, float]) -> None:
+        if raw[2] <= self.last_rel:
+            self.same += 1
+            if self.same >= self.ch.stuck_readings:
+                raise InstrumentError(f"readings stuck at {raw[0]:.6g}, {raw[1]:.6g} (timestamp not advancing "
+                                      f"for {self.same + 1} readings)", self.ch.inst.resource_name,
+                                      self.ch.inst.READ)
+        else:
+            self.same = 0
+        self.last_rel = raw[2]
+
+    def check_limits(self, voltage: float, current: float, level: float) -> None:
+        """The safety window on every stair, and the source's compliance: a clamped source is not a sine."""
+        lim, inst, ilim = self.step.limits, self.ch.inst, self.ilim
+        if not lim.voltage_min <= voltage <= lim.voltage_max or abs(current) > lim.current_max:
+            raise InstrumentError(f"safety: {voltage:.4g} V, {current:.4g} A outside the window "
+                                  f"[{lim.voltage_min:.4g} V, {lim.voltage_max:.4g} V], {lim.current_max:.4g} A",
+                                  inst.resource_name)
+        if ilim is not None and abs(current) >= 0.999 * ilim:
+            if self.call(lambda: inst.current_limit_tripped):
+                raise InstrumentError(f"compliance: the current limit {ilim:.3g} A clamps the sine at "
+                                      f"{voltage:.4g} V", inst.resource_name, ":SOUR:VOLT:ILIM:TRIP?")
+        elif ilim is None and abs(current - level) > 0.01 * abs(level) + 1e-8:
+            if self.call(lambda: inst.voltage_limit_tripped):
+                raise InstrumentError(
+                    f"compliance: the voltage limit clamps the source at {voltage:.4g} V, {current:.4g} A "
+                    f"instead of {level:.4g} A (cell disconnected?)", inst.resource_name, ":SOUR:CURR:VLIM:TRIP?")
+
+
+class _Stopped(Exception):
+    """The step was stopped (the consumer went away) while the staircase waited."""
