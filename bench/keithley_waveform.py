@@ -4,7 +4,8 @@
   PYTHONPATH=src python bench/keithley_waveform.py [--speed 20] [--spp 64] [--periods 2]
       [--from 0.5 --to 0.01 --per-decade 2] [--mode galvanostatic] [--point]
 
---point: the uncorrected scheme for comparison (one reading per stair, the stair value as V).
+--point: for comparison, each stair sampled instead of integrated: one 0.01 PLC reading as the level
+changes (the stair value and a point reading of the current).
 Prints per frequency |Z| error (%) and phase error (degrees)."""
 
 from __future__ import annotations
@@ -72,9 +73,8 @@ async def measure(f_from: float, f_to: float, per_decade: int, speed: float, spp
 
 
 def point_scheme() -> None:
-    """One reading per stair of 1 PLC at the stair's start (the stair value paired with a point reading)."""
-    keithley_waveform.MAX_NPLC = 1.0
-    keithley_waveform.FILL = 1e-3  # no second reading fits
+    """One 0.01 PLC reading per stair as its level changes (no budget left for a longer one)."""
+    keithley_waveform.FILL = 1e-3
 
 
 def main() -> None:

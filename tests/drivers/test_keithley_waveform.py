@@ -132,8 +132,12 @@ def test_the_eis_row_agrees_with_the_model_spectrum(smu_run):
     assert np.max(np.abs(np.degrees(np.angle(z / z_model)))) < PHASE_TOLERANCE_DEG
     ref = analyze_spectrum(f, z_model, EisSettings(particle_radius=RADIUS))
     assert ref["valid"]
-    assert data["warburg_coefficient_ohm_s_half"] == pytest.approx(ref["warburg_coefficient_ohm_s_half"], rel=0.05)
-    assert data["charge_transfer_resistance_ohm"] == pytest.approx(ref["charge_transfer_resistance_ohm"], rel=0.10)
+    # measured: sigma -1.0 %, R_s + R_ct -0.4 %. Below 0.2 Hz the charge-transfer arc (apex near 1.5 Hz) is
+    # out of range: the fit finds R_s + R_ct, the real part under the diffusion tail, but not their split
+    # (R_ct alone came out 10 % low, R_s as much high); the spectrum of the model gives the same σ and sum
+    assert data["warburg_coefficient_ohm_s_half"] == pytest.approx(ref["warburg_coefficient_ohm_s_half"], rel=0.03)
+    total = data["series_resistance_ohm"] + data["charge_transfer_resistance_ohm"]
+    assert total == pytest.approx(ref["series_resistance_ohm"] + ref["charge_transfer_resistance_ohm"], rel=0.02)
 
 
 def test_the_compiler_refuses_a_frequency_too_high_for_the_smu(tmp_path):

@@ -8,16 +8,17 @@ voltage read at 0 A just before); galvanostatic: a current source around the DC 
 
 Each stair is integrated, not sampled: readings follow one another from the level change (sent in
 the same message as the first reading, the source delay off: the aperture opens as the level
-changes, where the current's spike is) to the stair's end, their apertures (NPLC, at most 10 PLC each) filling the stair but for the readings'
-own overhead, and the stair's sample is the mean of the measured value and of the source readback
-of those readings, at the mean of their instrument timestamps. Why: the cell is driven by the
-staircase, whose harmonics at (mN ± 1)·f a point sample per stair aliases onto f; with a stair value
-and one point reading the demodulated Z is off to first order in 1/N (a phase of order π/N times
-|Z(f)|/|Z(N·f)|: degrees at N = 64). Averaged over the stair, voltage and current are both boxcar
-filtered over the same interval and the aliases drop to second order (≈ (π/N)²/3 times that ratio).
-V and I of a sample come from the same readings, so any common offset of the timestamps cancels in
-Z = V̂/Î. A host that falls behind takes fewer readings of a stair, or starts it late: the samples
-are what was applied and measured, at the instrument's times.
+changes, where the current's spike is) to the stair's end, their apertures (NPLC, at most 10 PLC
+each) filling the stair but for the readings' own overhead, and the stair's sample is the mean of
+the measured value and of the source readback of those readings, at the mean of their instrument
+timestamps. Why: the cell is driven by the staircase, whose harmonics at (mN ± 1)·f a point sample
+per stair aliases onto f; with a stair value and one point reading the demodulated Z is off to
+first order in 1/N (a phase of order π/N times |Z(f)|/|Z(N·f)|: degrees at N = 64). Averaged over
+the stair, voltage and current are boxcar filtered over the same interval and the aliases drop to
+second order. V and I of a sample come from the same readings, so any common offset of the
+timestamps cancels in Z = V̂/Î. The stairs run in a worker thread on the channel's clock; a host
+that falls behind skips a stair it missed (never applied) or starts it late: the samples are what
+was applied and measured, at the instrument's times.
 """
 
 from __future__ import annotations
