@@ -58,8 +58,10 @@ steps:
       periods: 2
     label: eis_waveform
 """
-# measured (bench/keithley_waveform.py, docs/instruments.md): <= 1 % in |Z| and 1 deg in phase
-Z_TOLERANCE, PHASE_TOLERANCE_DEG = 0.01, 1.0
+# measured (bench/keithley_waveform.py, docs/instruments.md): -0.4 to -0.9 % in |Z| and within 0.3 deg for
+# stairs of 0.14 s and longer at 32 samples per period, -1.8 % / -0.8 deg at the envelope's 50 ms stairs;
+# this run measured -0.55 to -0.80 % and -0.20 to +0.07 deg. The margin is for a loaded host missing a stair.
+Z_TOLERANCE, PHASE_TOLERANCE_DEG = 0.015, 1.0
 
 
 def protocol(tmp_path: Path, top: str = "0.2 Hz") -> Path:
@@ -128,16 +130,19 @@ def test_the_eis_row_agrees_with_the_model_spectrum(smu_run):
     assert data["waveform_points_dropped"] == 0 and "waveform_nonlinear" not in data["flags"]
     z = np.array(data["real_impedance_ohm"]) + 1j * np.array(data["imaginary_impedance_ohm"])
     np.testing.assert_allclose(data["frequency_hertz"], f)
-    assert np.max(np.abs(np.abs(z) / np.abs(z_model) - 1)) < Z_TOLERANCE
-    assert np.max(np.abs(np.degrees(np.angle(z / z_model)))) < PHASE_TOLERANCE_DEG
+    err, phase = np.abs(z) / np.abs(z_model) - 1, np.degrees(np.angle(z / z_model))
+    assert np.max(np.abs(err)) < Z_TOLERANCE, err
+    assert np.max(np.abs(phase)) < PHASE_TOLERANCE_DEG, phase
     ref = analyze_spectrum(f, z_model, EisSettings(particle_radius=RADIUS))
     assert ref["valid"]
     # measured: sigma -1.0 %, R_s + R_ct -0.4 %. Below 0.2 Hz the charge-transfer arc (apex near 1.5 Hz) is
     # out of range: the fit finds R_s + R_ct, the real part under the diffusion tail, but not their split
     # (R_ct alone came out 10 % low, R_s as much high); the spectrum of the model gives the same σ and sum
-    assert data["warburg_coefficient_ohm_s_half"] == pytest.approx(ref["warburg_coefficient_ohm_s_half"], rel=0.03)
+    assert data["warburg_coefficient_ohm_s_half"] == pytest.approx(ref["warburg_coefficient_ohm_s_half"], rel=0.03), (
+        data["warburg_coefficient_ohm_s_half"], ref["warburg_coefficient_ohm_s_half"], err, phase)
     total = data["series_resistance_ohm"] + data["charge_transfer_resistance_ohm"]
-    assert total == pytest.approx(ref["series_resistance_ohm"] + ref["charge_transfer_resistance_ohm"], rel=0.02)
+    assert total == pytest.approx(ref["series_resistance_ohm"] + ref["charge_transfer_resistance_ohm"], rel=0.02), (
+        total, err, phase)
 
 
 def test_the_compiler_refuses_a_frequency_too_high_for_the_smu(tmp_path):
@@ -218,3 +223,20 @@ async def test_a_sine_that_would_leave_the_safety_window_is_refused():
             await run_steps(ch, [step])
         assert not dev.output
         await ch.close()
+
+
+def test_a_smu_that_stops_answering_mid_waveform_faults_the_run(tmp_path, capsys):
+    """The same through the engine: the channel faults with one line, the output off, the waveform so far
+    in the journal."""
+    from cyclerctl.cli import main
+
+    with keithley_server(SPEED, ("timeout@60+",), plant=rested_plant()) as (dev, resource):
+        code = main(["run", str(protocol(tmp_path)), "--instrument", f"keithley2450:{resource}", "--speed",
+                     f"{SPEED:g}", "--out", str(tmp_path / "run"), "--no-metrics"])
+        assert not dev.output and dev.smod == {"CURR": "HIMP", "VOLT": "HIMP"}
+    assert code == 3
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]  # (retries are warnings)
+    assert len(err) == 1 and "gave up after 4 attempts" in err[0] and ":READ?" in err[0]
+    samples, events, _ = _journal(tmp_path / "run")
+    assert [e.data["kind"] for e in events if e.kind == "fault"] == ["instrument"]
+    assert np.isfinite(samples["frequency_hertz"]).sum() >= 50  # the stairs before the silence

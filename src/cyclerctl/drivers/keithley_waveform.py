@@ -125,6 +125,8 @@ async def waveform_eis(ch: Keithley2450Channel, step: Impedance, start: StepStar
                 if builder.due(start.test_time + rel - rel0):
                     yield builder.take()
             if finished:
+                if worker.exception() is not None and len(builder):
+                    yield builder.take()  # the stairs measured before the error are data
                 worker.result()  # the staircase's error, if it had one
                 break
             await clock.sleep(poll)
