@@ -4,6 +4,9 @@
   PYTHONPATH=src python bench/keithley_waveform.py [--speed 20] [--spp 64] [--periods 2]
       [--from 0.5 --to 0.01 --per-decade 2] [--mode galvanostatic] [--point]
 
+--reference: no SMU: the cell model driven in-process by a quasi-continuous sine (--spp stairs per period,
+the current sampled at each stair's middle), to check the simulated time stepping against the model's
+linearised impedance; --unformed: the cell on its first sodiation (SEI forming).
 --point: for comparison, each stair sampled instead of integrated: one 0.01 PLC reading as the level
 changes (the stair value and a point reading of the current).
 Prints per frequency |Z| error (%) and phase error (degrees)."""
@@ -17,6 +20,8 @@ import math
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "drivers"))
 
@@ -72,6 +77,28 @@ async def measure(f_from: float, f_to: float, per_decade: int, speed: float, spp
     return [(p.frequency_hertz, p.impedance_ohm, complex(ref[p.frequency_hertz])) for p in points]
 
 
+def reference(freqs: list[float], stairs: int, periods: int, formed: bool) -> list[tuple[float, complex, complex]]:
+    out = []
+    for f in freqs:
+        plant = rested_plant(formed)
+        z_ref = complex(plant.impedance([f])[0])
+        v0 = plant.advance_open(1.0)
+        dt = 1.0 / (f * stairs)
+        peak = math.sqrt(2) * 5e-3
+        t, v, i = [], [], []
+        for k in range((1 + periods) * stairs):
+            level = v0 + peak * math.sin(2 * math.pi * (k + 0.5) / stairs)
+            i.append(plant.advance_voltage(level, dt))
+            t.append((k + 0.5) * dt)
+            v.append(level)
+        demod = WaveformImpedance()
+        demod.feed({"test_time_second": np.array(t), "voltage_volt": np.array(v), "current_ampere": np.array(i),
+                    "frequency_hertz": np.full(len(t), f)})
+        [pt] = demod.close()
+        out.append((f, pt.impedance_ohm, z_ref))
+    return out
+
+
 def point_scheme() -> None:
     """One 0.01 PLC reading per stair as its level changes (no budget left for a longer one)."""
     keithley_waveform.FILL = 1e-3
@@ -87,13 +114,26 @@ def main() -> None:
     ap.add_argument("--per-decade", type=int, default=2)
     ap.add_argument("--mode", default="potentiostatic")
     ap.add_argument("--point", action="store_true")
+    ap.add_argument("--reference", action="store_true")
+    ap.add_argument("--unformed", action="store_true")
     a = ap.parse_args()
     if a.point:
         point_scheme()
     cpu = time.process_time()
+    if a.reference:
+        freqs = Impedance(step_id=0, name="f", freq_start=a.f_from, freq_stop=a.f_to,
+                          points_per_decade=a.per_decade).frequencies()
+        rows = reference(freqs, a.spp, a.periods, not a.unformed)
+        print(f"reference: the cell model, {a.spp} stairs per period, {'unformed' if a.unformed else 'formed'}")
+        _table(rows)
+        return
     rows = asyncio.run(measure(a.f_from, a.f_to, a.per_decade, a.speed, a.spp, a.periods, a.mode, 5e-3 if a.mode == "potentiostatic" else 20e-6))
     print(f"speed {a.speed:g}, {a.spp} samples/period, {a.periods} periods, {a.mode}"
           f"{', point readings' if a.point else ''}; CPU {time.process_time() - cpu:.1f} s")
+    _table(rows)
+
+
+def _table(rows: list[tuple[float, complex, complex]]) -> None:
     print(f"{'f/Hz':>8} {'|Z| model/ohm':>14} {'phase model/deg':>16} {'|Z| err/%':>10} {'phase err/deg':>14}")
     for f, z, zr in rows:
         print(f"{f:8.4g} {abs(zr):14.4g} {math.degrees(cmath.phase(zr)):16.3f} "
