@@ -6,7 +6,10 @@ Steps run as host loops on the channel's clock:
   limit clamps, the SMU delivers the limit current, which is the CC phase of a one-setting CC-CV;
 - rest: a 0 A current source (high impedance: no current flows; the output relay stays closed so the
   open-circuit voltage is measured without relay wear);
-- staircase CV sweep: the host steps the source voltage and reads the current at the end of each stair.
+- staircase CV sweep: the host steps the source voltage and reads the current at the end of each stair;
+- EIS from the sampled waveform (`acquisition: waveform`, the diffusion region, <= about 1 Hz): the host
+  steps the source through a staircase sine and integrates voltage and current over each stair
+  (keithley_waveform.py); a spectrum needs a frequency-response analyser and is refused.
 The output-off state is HIGH IMPEDANCE (relay open) before the output is ever turned off: the
 instrument's default 0 V off-state would short the cell. Every configuration is followed by draining
 the error queue. Ends are detected at the first reading past them (one reading period late at most).
@@ -25,6 +28,7 @@ from ..clock import Clock
 from ..errors import ConfigError, InstrumentError
 from ..program import Cell, ConstantCurrent, ConstantVoltage, Impedance, Rest, SetTemperature, Step, Sweep
 from .envelope import check_speed, load_envelope, simulated
+from .keithley_waveform import waveform_eis
 from .retry import retrying
 from .scpi import Control, ScpiInstrument, _bool_reply, in_range
 from .stepping import BlockBuilder, EndWatch, Recorder, block_span
@@ -90,14 +94,35 @@ class Keithley2450(ScpiInstrument):
                                       values=_OFF_MODES)
     output = Control(":OUTP?", ":OUTP {}", "Output relay on/off.", values=_ON_OFF, parse=_bool_reply)
 
+    current_source_delay_auto = Control(None, ":SOUR:CURR:DEL:AUTO {}",
+                                        "Automatic settling delay between a source change and a measurement.",
+                                        values=_ON_OFF)
+    voltage_source_delay_auto = Control(None, ":SOUR:VOLT:DEL:AUTO {}",
+                                        "Automatic settling delay between a source change and a measurement.",
+                                        values=_ON_OFF)
+    current_source_delay = Control(":SOUR:CURR:DEL?", ":SOUR:CURR:DEL {:.6e}",
+                                   "Delay (s) between a source change and the measurement that follows.",
+                                   check=in_range(0.0, 1e4, "s"))
+    voltage_source_delay = Control(":SOUR:VOLT:DEL?", ":SOUR:VOLT:DEL {:.6e}",
+                                   "Delay (s) between a source change and the measurement that follows.",
+                                   check=in_range(0.0, 1e4, "s"))
+
     READ = ':READ? "defbuffer1", READ, SOUR, REL'
+    _LEVEL = {"current": (":SOUR:CURR {:.6e}", 1.05), "voltage": (":SOUR:VOLT {:.6e}", 210.0)}
 
     def clear_status(self) -> None:
         self.write("*CLS")
 
-    def read(self) -> tuple[float, float, float]:
-        """One measurement: (measured value, source readback, relative timestamp in s)."""
-        reply = self.ask(self.READ)
+    def read(self, level: tuple[str, float] | None = None) -> tuple[float, float, float]:
+        """One measurement: (measured value, source readback, relative timestamp in s). With `level`
+        (function, value) the source is set to value in the same message, so the measurement starts
+        as the level changes (no blind time of a separate command in between)."""
+        command = self.READ
+        if level is not None:
+            fmt, hi = self._LEVEL[level[0]]
+            in_range(-hi, hi, "A" if level[0] == "current" else "V")(f"source_{level[0]}", level[1])
+            command = f"{fmt.format(level[1])};{self.READ}"
+        reply = self.ask(command)
         try:
             reading, source, rel = (float(x) for x in reply.split(","))
         except ValueError as exc:
@@ -124,7 +149,7 @@ class Keithley2450Channel:
                  backend: str = "@py", timeout: float = 2.0, poll_period: float = 0.1, nplc: float = 1.0,
                  remote_sense: bool = True, sweep_step: float = 1e-3, voltage_limit: float = 5.0,
                  retries: int = 3, stuck_readings: int = 5, envelope: str = "keithley2450",
-                 name: str | None = None) -> None:
+                 reading_overhead: float = 5e-3, name: str | None = None) -> None:
         self.inst = Keithley2450(resource, backend=backend, timeout=timeout)
         self.name = name or f"keithley2450:{self.inst.resource_name}"
         self.clock = clock
@@ -137,6 +162,7 @@ class Keithley2450Channel:
         self.default_voltage_limit = voltage_limit
         self.retries = retries
         self.stuck_readings = stuck_readings
+        self.reading_overhead = reading_overhead  # s of a reading beyond its aperture (trigger, transfer)
         self.instrument_speed: float | None = None  # set by open() for a simulated instrument
         self._mode: str | None = None
 
@@ -183,11 +209,18 @@ class Keithley2450Channel:
         return self._run(step, start)
 
     async def _run(self, step: Step, start: StepStart) -> AsyncIterator[Block]:
-        if isinstance(step, (Impedance, SetTemperature)):
+        if isinstance(step, SetTemperature):
             raise InstrumentError(f"a Keithley 2450 cannot run {step.step_type} steps ({step.name!r}); "
-                                  "use an EmStat for EIS or attach a chamber", self.inst.resource_name)
+                                  "attach a chamber", self.inst.resource_name)
+        if isinstance(step, Impedance) and step.acquisition != "waveform":
+            raise InstrumentError(f"a Keithley 2450 cannot run EIS as a spectrum ({step.name!r}): it has no "
+                                  "frequency-response analyser; use 'acquisition: waveform' (up to about 1 Hz) "
+                                  "or an EmStat", self.inst.resource_name)
         try:
-            if isinstance(step, Sweep):
+            if isinstance(step, Impedance):
+                async for block in waveform_eis(self, step, start):
+                    yield block
+            elif isinstance(step, Sweep):
                 async for block in self._sweep(step, start):
                     yield block
             else:

@@ -113,6 +113,9 @@ class BlockBuilder:
     def add(self, row: tuple[float, ...]) -> None:
         self._rows.append(row)
 
+    def __len__(self) -> int:
+        return len(self._rows)
+
     def due(self, test_time: float) -> bool:
         return bool(self._rows) and test_time - self._rows[0][0] >= self.span
 

@@ -691,7 +691,13 @@ def _eis(c: Compiler, item: schema.EISStep, path: tuple) -> None:
     s = item.eis
     sp = (*path, "eis")
     limits, rec, name = c.common(item, path)
-    c.check_technique("impedance", sp)
+    if s.acquisition == "waveform" and c.caps is not None and "impedance_waveform" in c.caps.techniques:
+        pass  # an instrument that records the waveform without an analyser (an SMU): checked in _waveform
+    elif c.caps is not None and "impedance" not in c.caps.techniques and "impedance_waveform" in c.caps.techniques:
+        raise c.fail(sp, f"the instrument {c.caps.model} has no frequency-response analyser; use "
+                     "'acquisition: waveform' (the low frequencies) or an impedance analyser")
+    else:
+        c.check_technique("impedance", sp)
     galvano = s.mode == "galvanostatic"
     amp_kind = "current" if galvano else "voltage"
     amplitude = abs(c.positive(s.amplitude, amp_kind, (*sp, "amplitude"), "the amplitude"))

@@ -21,6 +21,7 @@ import threading
 from collections import deque
 
 from ...clock import Clock
+from ..kernel import Q_PASSED
 from .base import PlantDriver, block_until
 from .faults import Faults
 from .transport import Link
@@ -33,6 +34,10 @@ _LONG = {
 }
 _OFF_MODES = {"HIMP": "HIMP", "HIMPEDANCE": "HIMP", "NORM": "NORM", "NORMAL": "NORM", "ZERO": "ZERO",
               "GUAR": "GUAR", "GUARD": "GUAR"}
+
+
+APERTURE_PIECES = 8  # a reading integrates the cell's response over its aperture in this many pieces
+AUTO_DELAY = 1e-3  # s, the automatic source delay (the 2450's for its lower ranges is about a millisecond)
 
 
 class ScpiError(Exception):
@@ -102,6 +107,9 @@ class SimKeithley2450:
             self.i = 0.0
             self.t0 = self.clock.now()
             self._frozen: tuple[float, float, float] | None = None
+            self.delay = {"CURR": 0.0, "VOLT": 0.0}  # s, source change to measurement
+            self.delay_auto = {"CURR": True, "VOLT": True}  # auto: AUTO_DELAY
+            self._changed = False  # the source level changed since the last reading
 
     def _advance(self, until: float | None = None) -> None:
         """Run the cell under the present source up to `until` (default now)."""
@@ -189,23 +197,63 @@ class SimKeithley2450:
             return None
         if not self.output:
             raise ScpiError(-5074, "Output must be on to make a measurement")
-        block_until(self.clock, self.clock.now() + self.nplc[self.sense] / 50.0, self.stop)
-        self._advance()
-        rel = self.cell.t - self.t0  # the instant the cell state was measured
+        aperture = self.nplc[self.sense] / 50.0
+        if self._changed:  # the source delay after a level change, before the aperture opens
+            delay = AUTO_DELAY if self.delay_auto[self.func] else self.delay[self.func]
+            self._changed = False
+            if delay > 0 and not block_until(self.clock, self.cell.t + delay, self.stop):
+                return None
+            self._advance()
+        t_a = self.cell.t
+        if not block_until(self.clock, t_a + aperture, self.stop):
+            return None
+        v_sum, i_sum = self._integrate(t_a, aperture)
+        rel = self.cell.t - self.t0  # the end of the aperture
         if self.faults.active("stuck", rel):
             if self._frozen is None:
-                self._frozen = self._values(rel)
+                self._frozen = self._values(rel, v_sum, i_sum)
             values = self._frozen
         else:
-            values = self._values(rel)
+            values = self._values(rel, v_sum, i_sum)
         if fault == "timeout":
             return None
         if fault == "garble":
             return "#\x7f?9.1E+0\x15,,"
         return ",".join(f"{x:.9E}" for x in values)
 
-    def _values(self, rel: float) -> tuple[float, float, float]:
-        v, i = self.v, self.i
+    def _integrate(self, t_a: float, aperture: float) -> tuple[float, float]:
+        """Voltage and current averaged over the aperture [t_a, t_a + aperture] (an integrating ADC:
+        the source readback and the measurement over the same interval). The current is the charge
+        the cell model passed over the aperture divided by it (its own bookkeeping, exact however
+        sharp the spike after a level change); the voltage is the trapezoid rule on APERTURE_PIECES
+        pieces, from its value under the present source at t_a."""
+        v0, i0 = self._instant()
+        q0 = self._charge()
+        v_sum = i_sum = 0.0
+        for k in range(1, APERTURE_PIECES + 1):
+            self._advance(t_a + aperture * k / APERTURE_PIECES)
+            v_sum += 0.5 * (v0 + self.v)
+            i_sum += 0.5 * (i0 + self.i)
+            v0, i0 = self.v, self.i
+        i_mean = i_sum / APERTURE_PIECES if q0 is None else (self._charge() - q0) / aperture
+        return v_sum / APERTURE_PIECES, i_mean
+
+    def _instant(self) -> tuple[float, float]:
+        """(V, I) at this instant under the present source (after a level change: its jump)."""
+        plant = self.cell.plant
+        if not self.output or self.clamped or self.faults.active("compliance", self.cell.t - self.t0):
+            return self.v, self.i
+        if self.func == "CURR":
+            return plant.advance_current(self.level["CURR"], 0.0), self.level["CURR"]
+        return self.level["VOLT"], plant.advance_voltage(self.level["VOLT"], 0.0)
+
+    def _charge(self) -> float | None:
+        """The charge (C) the cell model has passed, if it keeps that account."""
+        model = getattr(self.cell.plant, "model", None)
+        st = getattr(model, "st", None)
+        return None if st is None else float(st[Q_PASSED])
+
+    def _values(self, rel: float, v: float, i: float) -> tuple[float, float, float]:
         if self._rng is not None:
             v += self._rng.normal(0.0, self.noise)
         reading, source = (v, i) if self.sense == "VOLT" else (i, v)
@@ -249,6 +297,7 @@ class SimKeithley2450:
             value = self._number(arg, 1.05 if f == "CURR" else 210.0)
             self.level[f] = value
             self.clamped = False
+            self._changed = self._changed or f == self.func
             return None
         if key in ("SOUR:CURR:VLIM", "SOUR:VOLT:ILIM"):
             if query:
@@ -257,6 +306,18 @@ class SimKeithley2450:
                 self.vlim = self._number(arg, 210.0, 0.02)
             else:
                 self.ilim = self._number(arg, 1.05, 1e-9)
+            return None
+        m = re.fullmatch(r"SOUR:(CURR|VOLT):DEL(:AUTO)?", key)
+        if m:
+            if m.group(2):
+                if query:
+                    return "1" if self.delay_auto[m.group(1)] else "0"
+                self.delay_auto[m.group(1)] = _bool(arg)
+            else:
+                if query:
+                    return f"{self.delay[m.group(1)]:.6E}"
+                self.delay[m.group(1)] = self._number(arg, 1e4, 0.0)
+                self.delay_auto[m.group(1)] = False
             return None
         if key in ("SOUR:CURR:VLIM:TRIP", "SOUR:VOLT:ILIM:TRIP"):
             if not query:
