@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import queue
 import threading
@@ -37,12 +36,12 @@ import numpy as np
 from ..channel import Block, StepStart
 from ..errors import InstrumentError
 from ..program import Impedance
+from .retry import retrying_blocking
 from .stepping import BlockBuilder, block_span
 
 if TYPE_CHECKING:
     from .keithley2450 import Keithley2450Channel
 
-log = logging.getLogger(__name__)
 
 PLC = 1.0 / 50.0  # s, one power-line cycle (50 Hz mains)
 MAX_NPLC = 10.0
@@ -143,7 +142,7 @@ async def waveform_eis(ch: Keithley2450Channel, step: Impedance, start: StepStar
 class _Staircase:
     """The staircase of every frequency, run in a worker thread on the channel's clock (the event loop
     may stall for a journal commit or a compile; the stairs do not), its samples put on `rows` as
-    (instrument time, its origin, V, I, f). Transient instrument errors are retried as `retrying` does."""
+    (instrument time, its origin, V, I, f). Transient instrument errors are retried (retry.py)."""
 
     def __init__(self, ch: Keithley2450Channel, step: Impedance, function: str, center: float,
                  ilim: float | None, rows: queue.SimpleQueue, stop: threading.Event) -> None:
@@ -163,24 +162,9 @@ class _Staircase:
         raise _Stopped
 
     def call(self, fn):
-        ch, delay = self.ch, 0.2
-        for k in range(ch.retries + 1):
-            try:
-                return fn()
-            except InstrumentError as exc:
-                if not exc.transient:
-                    raise
-                if k == ch.retries:
-                    raise InstrumentError(f"{exc.message} (gave up after {ch.retries + 1} attempts)",
-                                          exc.resource, exc.last_command) from exc
-                log.warning("%s; retry %d of %d in %.3g s", exc, k + 1, ch.retries, delay)
-                self.wait_until(ch.clock.now() + delay)
-                delay *= 2
-                try:
-                    ch.inst.reconnect()
-                except InstrumentError as again:
-                    log.warning("recovery failed: %s", again)
-        raise AssertionError("unreachable")
+        ch = self.ch
+        return retrying_blocking(fn, lambda d: self.wait_until(ch.clock.now() + d), retries=ch.retries,
+                                 recover=ch.inst.reconnect)
 
     def run(self, freqs: list[float]) -> None:
         with contextlib.suppress(_Stopped):

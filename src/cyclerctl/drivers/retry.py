@@ -37,3 +37,28 @@ async def retrying(attempt: Callable[[], Awaitable[T]], clock: Clock, *, retries
                 except InstrumentError as again:
                     log.warning("recovery failed: %s", again)
     raise AssertionError("unreachable")
+
+
+def retrying_blocking(attempt: Callable[[], T], sleep: Callable[[float], None], *, retries: int = 3,
+                      backoff: float = 0.2, recover: Callable[[], None] | None = None) -> T:
+    """`retrying` for a worker thread: `attempt` and `recover` are plain calls, `sleep(seconds)` waits
+    on the channel's clock (and may raise to stop)."""
+    delay = backoff
+    for k in range(retries + 1):
+        try:
+            return attempt()
+        except InstrumentError as exc:
+            if not exc.transient:
+                raise
+            if k == retries:
+                raise InstrumentError(f"{exc.message} (gave up after {retries + 1} attempts)",
+                                      exc.resource, exc.last_command) from exc
+            log.warning("%s; retry %d of %d in %.3g s", exc, k + 1, retries, delay)
+            sleep(delay)
+            delay *= 2
+            if recover is not None:
+                try:
+                    recover()
+                except InstrumentError as again:
+                    log.warning("recovery failed: %s", again)
+    raise AssertionError("unreachable")
