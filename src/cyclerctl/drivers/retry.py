@@ -23,12 +23,7 @@ async def retrying(attempt: Callable[[], Awaitable[T]], clock: Clock, *, retries
         try:
             return await attempt()
         except InstrumentError as exc:
-            if not exc.transient:
-                raise
-            if k == retries:
-                raise InstrumentError(f"{exc.message} (gave up after {retries + 1} attempts)",
-                                      exc.resource, exc.last_command) from exc
-            log.warning("%s; retry %d of %d in %.3g s", exc, k + 1, retries, delay)
+            _on_failure(exc, k, retries, delay)
             await clock.sleep(delay)
             delay *= 2
             if recover is not None:
@@ -37,6 +32,16 @@ async def retrying(attempt: Callable[[], Awaitable[T]], clock: Clock, *, retries
                 except InstrumentError as again:
                     log.warning("recovery failed: %s", again)
     raise AssertionError("unreachable")
+
+
+def _on_failure(exc: InstrumentError, k: int, retries: int, delay: float) -> None:
+    """After failed attempt k: raise what is not transient or is the last attempt, else log the retry."""
+    if not exc.transient:
+        raise exc
+    if k == retries:
+        raise InstrumentError(f"{exc.message} (gave up after {retries + 1} attempts)",
+                              exc.resource, exc.last_command) from exc
+    log.warning("%s; retry %d of %d in %.3g s", exc, k + 1, retries, delay)
 
 
 def retrying_blocking(attempt: Callable[[], T], sleep: Callable[[float], None], *, retries: int = 3,
@@ -48,12 +53,7 @@ def retrying_blocking(attempt: Callable[[], T], sleep: Callable[[float], None], 
         try:
             return attempt()
         except InstrumentError as exc:
-            if not exc.transient:
-                raise
-            if k == retries:
-                raise InstrumentError(f"{exc.message} (gave up after {retries + 1} attempts)",
-                                      exc.resource, exc.last_command) from exc
-            log.warning("%s; retry %d of %d in %.3g s", exc, k + 1, retries, delay)
+            _on_failure(exc, k, retries, delay)
             sleep(delay)
             delay *= 2
             if recover is not None:
